@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+from curation.vocabulary import normalize
+
+
+class Taxonomy(models.TextChoices):
+    EXTES = "extes", "ExTES"
+    ESCONV = "esconv", "ESConv"
+
+
+class Scenario(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    # normalize(name): what every lookup matches on, so case and spacing never matter.
+    key = models.CharField(max_length=200, unique=True, editable=False)
+    aliases = models.JSONField(default=list, blank=True)
+    # False for scenes found in imported data that match none of the 36: kept, and flagged for a lead.
+    is_official = models.BooleanField(default=True)
+    extes_count = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.key = normalize(self.name)
+        super().save(*args, **kwargs)
+
+
+class Strategy(models.Model):
+    name = models.CharField(max_length=100)
+    key = models.CharField(max_length=100, editable=False)
+    taxonomy = models.CharField(max_length=10, choices=Taxonomy.choices)
+    definition = models.TextField()
+    aliases = models.JSONField(default=list, blank=True)
+    # ExTES strategies point at the ESConv strategy they map to (DOMAIN.md's published mapping).
+    esconv_equivalent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="extes_strategies",
+        limit_choices_to={"taxonomy": Taxonomy.ESCONV},
+    )
+    extes_share = models.FloatField(default=0.0, help_text="Share of labelled ExTES turns, percent")
+
+    class Meta:
+        ordering = ["taxonomy", "name"]
+        verbose_name_plural = "strategies"
+        constraints = [
+            models.UniqueConstraint(fields=["taxonomy", "name"], name="strategy_unique_name"),
+            models.UniqueConstraint(fields=["taxonomy", "key"], name="strategy_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name if self.taxonomy == Taxonomy.EXTES else f"{self.name} (ESConv)"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.key = normalize(self.name)
+        super().save(*args, **kwargs)
+
+
+class DialogueQuerySet(models.QuerySet["Dialogue"]):
+    def search(self, text: str) -> DialogueQuerySet:
+        text = text.strip()
+        if not text:
+            return self
+        in_turns = Turn.objects.filter(text__icontains=text).values("dialogue_id")
+        return self.filter(Q(description__icontains=text) | Q(pk__in=in_turns))
+
+
+class Dialogue(models.Model):
+    class Origin(models.TextChoices):
+        SEED = "seed", "Seed"
+        IMPORTED = "imported", "Imported"
+        GENERATED = "generated", "Generated"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        IN_REVIEW = "in_review", "In review"
+        NEEDS_ADJUDICATION = "needs_adjudication", "Needs adjudication"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, related_name="dialogues")
+    description = models.TextField(blank=True)
+    origin = models.CharField(max_length=10, choices=Origin.choices)
+    # Where it came from: the file and record number for imports and seeds (the generation job
+    # arrives with the generation issue).
+    source_file = models.CharField(max_length=500, blank=True)
+    source_record = models.PositiveIntegerField(null=True, blank=True)
+    source_format = models.CharField(max_length=20, blank=True)
+    # sha256 of the normalised description and turns: importing the same dialogue twice adds nothing.
+    content_hash = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    version = models.PositiveIntegerField(default=1)
+    # The record exactly as read, and what the importer repaired in it: nothing is lost.
+    raw = models.JSONField()
+    repairs = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DialogueQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "id"], name="dialogue_status_id"),
+            models.Index(fields=["origin", "id"], name="dialogue_origin_id"),
+            models.Index(fields=["scenario", "id"], name="dialogue_scenario_id"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(version__gte=1), name="dialogue_version_positive"),
+            models.CheckConstraint(
+                condition=Q(origin__in=["seed", "imported", "generated"]), name="dialogue_origin_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[
+                    "pending", "in_review", "needs_adjudication", "accepted", "rejected",
+                ]),
+                name="dialogue_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.scenario.name}"
+
+    @property
+    def source_label(self) -> str:
+        if self.source_record is None:
+            return self.source_file
+        return f"{self.source_file} · record {self.source_record}"
+
+
+class Turn(models.Model):
+    class Role(models.TextChoices):
+        SEEKER = "seeker", "Seeker"
+        SUPPORTER = "supporter", "Supporter"
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="turns")
+    index = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    text = models.TextField()
+    strategy = models.ForeignKey(
+        Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="turns"
+    )
+
+    class Meta:
+        ordering = ["dialogue", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["dialogue", "index"], name="turn_unique_index"),
+            models.CheckConstraint(condition=Q(role__in=["seeker", "supporter"]), name="turn_role_valid"),
+            models.CheckConstraint(
+                condition=Q(role="supporter") | Q(strategy__isnull=True),
+                name="turn_only_supporter_has_strategy",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dialogue_id}:{self.index} {self.role}"
