@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from curation.models import Dialogue, Scenario, Strategy, Turn
+
+
+@admin.register(Scenario)
+class ScenarioAdmin(admin.ModelAdmin):
+    list_display = ["name", "is_official", "extes_count"]
+    list_filter = ["is_official"]
+    search_fields = ["name", "key"]
+
+
+@admin.register(Strategy)
+class StrategyAdmin(admin.ModelAdmin):
+    list_display = ["name", "taxonomy", "esconv_equivalent", "extes_share"]
+    list_filter = ["taxonomy"]
+    search_fields = ["name", "key", "definition"]
+
+
+class TurnInline(admin.TabularInline):
+    model = Turn
+    fields = ["index", "role", "text", "strategy"]
+    extra = 0
+    autocomplete_fields = ["strategy"]
+
+
+@admin.register(Dialogue)
+class DialogueAdmin(admin.ModelAdmin):
+    list_display = ["id", "scenario", "status", "origin", "source_file", "source_record", "created_at"]
+    list_filter = ["status", "origin", "source_format", "scenario__is_official", "scenario"]
+    search_fields = ["description", "content_hash", "source_file"]
+    readonly_fields = ["content_hash", "raw", "repairs", "created_at", "updated_at", "version"]
+    list_select_related = ["scenario"]
+    show_full_result_count = False
+    inlines = [TurnInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Dialogue]:
+        return super().get_queryset(request).select_related("scenario")
+
+
+@admin.register(Turn)
+class TurnAdmin(admin.ModelAdmin):
+    list_display = ["dialogue", "index", "role", "strategy"]
+    list_filter = ["role", "strategy__taxonomy", "strategy"]
+    search_fields = ["text"]
+    raw_id_fields = ["dialogue"]
+    list_select_related = ["dialogue__scenario", "strategy"]
+    show_full_result_count = False

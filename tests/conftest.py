@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+EXTES_SAMPLE = ROOT.parent / "shared" / "data" / "extes" / "sample.json"
+SEED_FILE = ROOT / "curation" / "seeds" / "seed_dialogues.json"
+
+
+@pytest.fixture(scope="session")
+def esconv_dir() -> Path:
+    folder = Path(os.environ.get("EXTES_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv"))
+    if not (folder / "valid.txt").is_file():
+        pytest.fail(
+            f"ESConv data not found in {folder}: set EXTES_ESCONV_DIR to the folder holding "
+            "train.txt, valid.txt and test.txt"
+        )
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _rejects_in_tmp(settings, tmp_path: Path) -> None:
+    settings.REJECTS_DIR = tmp_path / "rejects"
+
+
+@pytest.fixture
+def annotator(db) -> User:
+    user = User.objects.create_user("alice", password="pw-alice-123")
+    user.groups.add(Group.objects.get(name="annotator"))
+    return user
+
+
+@pytest.fixture
+def superuser(db) -> User:
+    return User.objects.create_superuser("root-admin", password="pw-admin-123")
+
+
+@pytest.fixture
+def seeds(db) -> None:
+    call_command("import_dialogues", str(SEED_FILE), format="extes", origin="seed", stdout=open(os.devnull, "w"))
