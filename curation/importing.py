@@ -88,12 +88,18 @@ def read_records(path: Path, fmt: Format) -> tuple[str, Iterator[tuple[int, Any]
     if isinstance(whole, dict):
         whole = [whole]
     if not isinstance(whole, list):
-        raise ImportFileError(f"{path}: expected a JSON array of dialogues, got {type(whole).__name__}")
+        raise ImportFileError(
+            f"{path}: expected a JSON array of dialogues, got {type(whole).__name__}"
+        )
     objects = [r for r in whole if isinstance(r, dict)]
     if fmt == "extes" and objects and all("dialog" in r and "content" not in r for r in objects):
-        raise ImportFileError(f"{path}: this looks like ESConv (records have 'dialog'); use --format esconv")
+        raise ImportFileError(
+            f"{path}: this looks like ESConv (records have 'dialog'); use --format esconv"
+        )
     if fmt == "esconv" and objects and all("content" in r and "dialog" not in r for r in objects):
-        raise ImportFileError(f"{path}: this looks like ExTES (records have 'content'); use --format extes")
+        raise ImportFileError(
+            f"{path}: this looks like ExTES (records have 'content'); use --format extes"
+        )
     layout = "JSON array" if fmt == "extes" else "nested ESConv.json"
     return layout, enumerate(whole, start=1)
 
@@ -164,8 +170,9 @@ def import_file(
         strategy_ids = {(s.taxonomy, s.name): s.pk for s in Strategy.objects.all()}
         source = source_name or str(path)
         for start in range(0, len(fresh), BATCH_SIZE):
-            _insert_batch(fresh[start : start + BATCH_SIZE], fmt, origin, source,
-                          scenario_ids, strategy_ids)
+            _insert_batch(
+                fresh[start : start + BATCH_SIZE], fmt, origin, source, scenario_ids, strategy_ids
+            )
         report.imported = len(fresh)
         if dry_run:
             transaction.set_rollback(True)
@@ -186,7 +193,9 @@ def _existing_hashes(digests: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(digests), 900):  # stay under SQLite's bound-parameter limit
         chunk = digests[start : start + 900]
-        found.update(Dialogue.objects.filter(content_hash__in=chunk).values_list("content_hash", flat=True))
+        found.update(
+            Dialogue.objects.filter(content_hash__in=chunk).values_list("content_hash", flat=True)
+        )
     return found
 
 
@@ -234,7 +243,12 @@ def _insert_batch(
 
 
 def _reject(
-    report: ImportReport, rejects: list[dict[str, Any]], number: int, kind: str, detail: str, raw: Any
+    report: ImportReport,
+    rejects: list[dict[str, Any]],
+    number: int,
+    kind: str,
+    detail: str,
+    raw: Any,
 ) -> None:
     report.rejected[kind] += 1
     rejects.append({"record": number, "reason": kind, "detail": detail, "raw": raw})

@@ -41,7 +41,11 @@ class Strategy(models.Model):
     aliases = models.JSONField(default=list, blank=True)
     # ExTES strategies point at the ESConv strategy they map to (DOMAIN.md's published mapping).
     esconv_equivalent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="extes_strategies",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="extes_strategies",
         limit_choices_to={"taxonomy": Taxonomy.ESCONV},
     )
     extes_share = models.FloatField(default=0.0, help_text="Share of labelled ExTES turns, percent")
@@ -114,12 +118,19 @@ class Dialogue(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(version__gte=1), name="dialogue_version_positive"),
             models.CheckConstraint(
-                condition=Q(origin__in=["seed", "imported", "generated"]), name="dialogue_origin_valid"
+                condition=Q(origin__in=["seed", "imported", "generated"]),
+                name="dialogue_origin_valid",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=[
-                    "pending", "in_review", "needs_adjudication", "accepted", "rejected",
-                ]),
+                condition=Q(
+                    status__in=[
+                        "pending",
+                        "in_review",
+                        "needs_adjudication",
+                        "accepted",
+                        "rejected",
+                    ]
+                ),
                 name="dialogue_status_valid",
             ),
         ]
@@ -151,7 +162,9 @@ class Turn(models.Model):
         ordering = ["dialogue", "index"]
         constraints = [
             models.UniqueConstraint(fields=["dialogue", "index"], name="turn_unique_index"),
-            models.CheckConstraint(condition=Q(role__in=["seeker", "supporter"]), name="turn_role_valid"),
+            models.CheckConstraint(
+                condition=Q(role__in=["seeker", "supporter"]), name="turn_role_valid"
+            ),
             models.CheckConstraint(
                 condition=Q(role="supporter") | Q(strategy__isnull=True),
                 name="turn_only_supporter_has_strategy",

@@ -131,7 +131,9 @@ class ParsedDialogue(BaseModel):
     def _is_a_dialogue(self) -> ParsedDialogue:
         roles = {turn.role for turn in self.turns}
         if roles != {"seeker", "supporter"}:
-            raise ValueError("too_short: a dialogue needs at least one seeker and one supporter turn")
+            raise ValueError(
+                "too_short: a dialogue needs at least one seeker and one supporter turn"
+            )
         for before, after in zip(self.turns, self.turns[1:], strict=False):
             if before.role == after.role:
                 raise ValueError("not_alternating: consecutive turns of one speaker")
@@ -177,7 +179,9 @@ class _EsconvUtterance(BaseModel):
             return "seeker"
         if speaker in {"sys", "supporter", "system"}:
             return "supporter"
-        raise Rejected("unknown_speaker", f"speaker {self.speaker!r} is neither seeker nor supporter")
+        raise Rejected(
+            "unknown_speaker", f"speaker {self.speaker!r} is neither seeker nor supporter"
+        )
 
     @property
     def label(self) -> str | None:
@@ -203,19 +207,20 @@ def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
         raise Rejected("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     if fmt == "extes":
         scene, description, utterances = _read_extes(raw, repairs)
-        taxonomy = "extes"
     else:
         scene, description, utterances = _read_esconv(raw, repairs)
-        taxonomy = "esconv"
 
     scene_name, scene_repair = vocab.match_scenario(scene)
     if scene_repair:
         repairs.append(Repair(scene_repair, scene))
 
-    turns = _normalise_turns(utterances, taxonomy, vocab, repairs)
+    turns = _normalise_turns(utterances, fmt, vocab, repairs)
     try:
         return ParsedDialogue(
-            scene=scene_name, description=description, turns=turns, taxonomy=taxonomy,
+            scene=scene_name,
+            description=description,
+            turns=turns,
+            taxonomy=fmt,
             repairs=repairs,
         )
     except ValidationError as exc:
@@ -256,7 +261,9 @@ def _read_extes(raw: dict[str, Any], repairs: list[Repair]) -> tuple[str, str, l
 
 def _read_extes_utterance(item: Any, position: int, repairs: list[Repair]) -> list[_Utterance]:
     if not isinstance(item, dict):
-        raise Rejected("unreadable_utterance", f"utterance {position} is not an object: {item!r:.80}")
+        raise Rejected(
+            "unreadable_utterance", f"utterance {position} is not an object: {item!r:.80}"
+        )
     seeker: Any = None
     supporter: Any = None
     label: Any = None
@@ -301,7 +308,9 @@ def _utterance_text(value: Any, position: int, repairs: list[Repair]) -> str:
         if len(strings) == 1:
             repairs.append(Repair("object_utterance", f"utterance {position}"))
             return strings[0]
-    raise Rejected("unreadable_utterance", f"utterance {position} has no readable text: {value!r:.80}")
+    raise Rejected(
+        "unreadable_utterance", f"utterance {position} has no readable text: {value!r:.80}"
+    )
 
 
 def _read_esconv(raw: dict[str, Any], repairs: list[Repair]) -> tuple[str, str, list[_Utterance]]:

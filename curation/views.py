@@ -27,18 +27,22 @@ def _int_or_none(value: str | None) -> int | None:
 
 def _filtered(request: HttpRequest) -> tuple[QuerySet[Dialogue], dict[str, Any]]:
     params = request.GET
+    scenario = _int_or_none(params.get("scenario"))
+    status = params.get("status", "")
+    origin = params.get("origin", "")
+    q = params.get("q", "").strip()[:200]
     filters = {
-        "scenario": _int_or_none(params.get("scenario")),
-        "status": params.get("status", "") if params.get("status") in Dialogue.Status.values else "",
-        "origin": params.get("origin", "") if params.get("origin") in Dialogue.Origin.values else "",
-        "q": params.get("q", "").strip()[:200],
+        "scenario": scenario,
+        "status": status if status in Dialogue.Status.values else "",
+        "origin": origin if origin in Dialogue.Origin.values else "",
+        "q": q,
     }
     dialogues = Dialogue.objects.all()
-    if filters["scenario"]:
-        dialogues = dialogues.filter(scenario_id=filters["scenario"])
+    if scenario:
+        dialogues = dialogues.filter(scenario_id=scenario)
     if filters["origin"]:
-        dialogues = dialogues.filter(origin=filters["origin"])
-    dialogues = dialogues.search(filters["q"])
+        dialogues = dialogues.filter(origin=origin)
+    dialogues = dialogues.search(q)
     return dialogues, filters
 
 
@@ -48,7 +52,10 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
     dialogues, filters = _filtered(request)
     # Status counts ignore the status filter, so each tab shows what choosing it would give.
     status_counts = dict(
-        dialogues.order_by().values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        dialogues.order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
     )
     if filters["status"]:
         dialogues = dialogues.filter(status=filters["status"])

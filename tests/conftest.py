@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import os
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+
+from curation.models import Scenario, Strategy
+from curation.vocabulary import install
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,6 +34,16 @@ def _rejects_in_tmp(settings, tmp_path: Path) -> None:
 
 
 @pytest.fixture
+def vocabulary_db(transactional_db) -> None:
+    """A transactional test's database, with the vocabulary the data migration loads.
+
+    Transactional tests empty every table afterwards (pytest-django runs them after all others),
+    so each one puts the migration's rows back first.
+    """
+    install(Strategy, Scenario, Group)
+
+
+@pytest.fixture
 def annotator(db) -> User:
     user = User.objects.create_user("alice", password="pw-alice-123")
     user.groups.add(Group.objects.get(name="annotator"))
@@ -43,4 +57,10 @@ def superuser(db) -> User:
 
 @pytest.fixture
 def seeds(db) -> None:
-    call_command("import_dialogues", str(SEED_FILE), format="extes", origin="seed", stdout=open(os.devnull, "w"))
+    call_command(
+        "import_dialogues",
+        str(SEED_FILE),
+        format="extes",
+        origin="seed",
+        stdout=StringIO(),
+    )

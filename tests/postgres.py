@@ -34,7 +34,8 @@ def start_local_cluster() -> None:
     print(f"starting the local PostgreSQL {versions[0]} cluster", file=sys.stderr)
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "start"],
-        check=False, capture_output=True,
+        check=False,
+        capture_output=True,
     )
     time.sleep(2)
 

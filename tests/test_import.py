@@ -47,8 +47,11 @@ def test_drift_file_report_counts_every_kind(tmp_path):
         "supporter_first": 1,
     }
     assert dict(report.rejected) == {
-        "not_an_object": 1, "missing_scene": 1, "missing_content": 1,
-        "unreadable_utterance": 1, "too_short": 1,
+        "not_an_object": 1,
+        "missing_scene": 1,
+        "missing_content": 1,
+        "unreadable_utterance": 1,
+        "too_short": 1,
     }
     assert report.new_scenarios == ["Existential Dread at Work"]
 
@@ -77,12 +80,16 @@ def test_drift_repairs_land_in_the_database():
 
     miso = Dialogue.objects.get(description__contains="Miso")
     assert list(miso.turns.values_list("role", "strategy__name")) == [
-        ("seeker", None), ("supporter", "Emotional Validation"),
-        ("seeker", None), ("supporter", "Share Information")]
+        ("seeker", None),
+        ("supporter", "Emotional Validation"),
+        ("seeker", None),
+        ("supporter", "Share Information"),
+    ]
 
     meeting = Dialogue.objects.get(description__contains="team meetings")
-    assert list(meeting.turns.filter(role="supporter").values_list("strategy__name", flat=True)) == [
-        "Emotional Validation", "Avoid Judgment And Criticism"]
+    assert list(
+        meeting.turns.filter(role="supporter").values_list("strategy__name", flat=True)
+    ) == ["Emotional Validation", "Avoid Judgment And Criticism"]
 
     pub = Dialogue.objects.get(description__contains="ninety days")
     assert pub.turns.get(index=0).role == "supporter"
@@ -103,7 +110,10 @@ def test_esconv_valid_split(esconv_dir):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     # What the repairs must give, counted independently: one turn per run of one speaker.
     runs = sum(
-        1 + sum(a["speaker"] != b["speaker"] for a, b in zip(r["dialog"], r["dialog"][1:], strict=False))
+        1
+        + sum(
+            a["speaker"] != b["speaker"] for a, b in zip(r["dialog"], r["dialog"][1:], strict=False)
+        )
         for r in records
     )
     opening_supporter = sum(r["dialog"][0]["speaker"] == "sys" for r in records)
@@ -116,8 +126,10 @@ def test_esconv_valid_split(esconv_dir):
     assert report.repairs["merged_consecutive"] == repeats == 1211
     assert Dialogue.objects.filter(origin="imported", source_format="esconv").count() == 195
     assert Turn.objects.count() == runs
-    assert Turn.objects.filter(role="supporter", strategy__isnull=False).count() == Turn.objects.filter(
-        role="supporter").count()
+    assert (
+        Turn.objects.filter(role="supporter", strategy__isnull=False).count()
+        == Turn.objects.filter(role="supporter").count()
+    )
     assert Turn.objects.filter(strategy__taxonomy="extes").count() == 0
     assert set(report.new_scenarios) == {"Procrastination", "Sleep Problems"}
     depression = Dialogue.objects.filter(scenario__name="Depression and Low Mood").count()
@@ -133,10 +145,16 @@ def test_nested_esconv_json(tmp_path):
     job = Dialogue.objects.get(description__startswith="My contract")
     assert job.scenario.name == "Job Loss or Career Setbacks"
     assert list(job.turns.values_list("role", "strategy__name")) == [
-        ("supporter", "Question"), ("seeker", None),
-        ("supporter", "Reflection of feelings"), ("seeker", None),
-        ("supporter", "Providing Suggestions")]
-    assert job.turns.get(index=1).text == "Not great. My contract ends in four weeks. And I have nothing lined up."
+        ("supporter", "Question"),
+        ("seeker", None),
+        ("supporter", "Reflection of feelings"),
+        ("seeker", None),
+        ("supporter", "Providing Suggestions"),
+    ]
+    assert (
+        job.turns.get(index=1).text
+        == "Not great. My contract ends in four weeks. And I have nothing lined up."
+    )
     assert report.repairs["strategy_case"] == 1
     assert report.new_scenarios == ["Sleep problems"]
 
@@ -144,10 +162,16 @@ def test_nested_esconv_json(tmp_path):
 def test_same_dialogue_in_both_esconv_layouts_is_one_dialogue(tmp_path):
     nested = json.loads((DATA / "esconv_nested.json").read_text())[1]
     lines = {
-        "problem_type": nested["problem_type"], "situation": nested["situation"],
-        "dialog": [{"text": u["content"], "speaker": "usr" if u["speaker"] == "seeker" else "sys",
-                    **({"strategy": u["annotation"]["strategy"]} if u["annotation"] else {})}
-                   for u in nested["dialog"]],
+        "problem_type": nested["problem_type"],
+        "situation": nested["situation"],
+        "dialog": [
+            {
+                "text": u["content"],
+                "speaker": "usr" if u["speaker"] == "seeker" else "sys",
+                **({"strategy": u["annotation"]["strategy"]} if u["annotation"] else {}),
+            }
+            for u in nested["dialog"]
+        ],
     }
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(lines) + "\n")
@@ -201,20 +225,43 @@ def test_unreadable_files_raise_a_one_line_error(tmp_path, content, fmt, message
 
 def test_missing_file_exits_non_zero_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "manage.py", "import_dialogues", str(tmp_path / "nope.json"), "--format", "extes"],
-        cwd=ROOT, capture_output=True, text=True, env=_env(tmp_path),
+        [
+            sys.executable,
+            "manage.py",
+            "import_dialogues",
+            str(tmp_path / "nope.json"),
+            "--format",
+            "extes",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
     )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [f"CommandError: {tmp_path / 'nope.json'}: no such file"]
+    assert result.stderr.strip().splitlines() == [
+        f"CommandError: {tmp_path / 'nope.json'}: no such file"
+    ]
 
 
 def test_a_file_with_rejects_still_exits_zero(tmp_path):
     env = _env(tmp_path)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     result = subprocess.run(
-        [sys.executable, "manage.py", "import_dialogues", str(DRIFT), "--format", "extes",
-         "--rejects", str(tmp_path / "r.jsonl")],
-        cwd=ROOT, capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "manage.py",
+            "import_dialogues",
+            str(DRIFT),
+            "--format",
+            "extes",
+            "--rejects",
+            str(tmp_path / "r.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "rejected: 5" in result.stdout

@@ -24,11 +24,16 @@ def test_a_clean_record_needs_no_repair():
     dialogue = parse_record(extes(CLEAN), "extes", VOCAB)
     assert kinds(dialogue) == []
     assert [(t.role, t.strategy) for t in dialogue.turns] == [
-        ("seeker", None), ("supporter", "Clarification")]
+        ("seeker", None),
+        ("supporter", "Clarification"),
+    ]
 
 
 def test_object_valued_utterances_become_text():
-    content = [{"User": {"text": "I can't focus."}}, {"AI Strategy": "Clarification", "AI": {"Response": "Since when?"}}]
+    content = [
+        {"User": {"text": "I can't focus."}},
+        {"AI Strategy": "Clarification", "AI": {"Response": "Since when?"}},
+    ]
     dialogue = parse_record(extes(content), "extes", VOCAB)
     assert [t.text for t in dialogue.turns] == ["I can't focus.", "Since when?"]
     assert kinds(dialogue) == ["object_utterance", "object_utterance"]
@@ -42,7 +47,11 @@ def test_lowercase_strategy_key_is_read():
 
 
 def test_merged_seeker_and_supporter_object_is_split():
-    content = [{"User": "Hi", "AI Strategy": "Others", "AI": "Hello"}, {"User": "Bye"}, {"AI": "Bye", "AI Strategy": ""}]
+    content = [
+        {"User": "Hi", "AI Strategy": "Others", "AI": "Hello"},
+        {"User": "Bye"},
+        {"AI": "Bye", "AI Strategy": ""},
+    ]
     dialogue = parse_record(extes(content), "extes", VOCAB)
     assert [t.role for t in dialogue.turns] == ["seeker", "supporter", "seeker", "supporter"]
     assert dialogue.turns[3].strategy is None
@@ -50,16 +59,24 @@ def test_merged_seeker_and_supporter_object_is_split():
 
 
 def test_empty_and_null_texts_are_dropped_and_neighbours_merged():
-    content = [{"User": "One"}, {"AI Strategy": "Others", "AI": None}, {"User": "Two"},
-               {"AI Strategy": "Others", "AI": "Hello"}]
+    content = [
+        {"User": "One"},
+        {"AI Strategy": "Others", "AI": None},
+        {"User": "Two"},
+        {"AI Strategy": "Others", "AI": "Hello"},
+    ]
     dialogue = parse_record(extes(content), "extes", VOCAB)
     assert [t.text for t in dialogue.turns] == ["One Two", "Hello"]
     assert kinds(dialogue) == ["empty_text", "merged_consecutive"]
 
 
 def test_strategy_case_variant_and_free_text():
-    content = [{"User": "Hi"}, {"AI Strategy": "OFFER HOPE", "AI": "It can get better."},
-               {"User": "Maybe"}, {"AI Strategy": "a warm hug", "AI": "I'm here."}]
+    content = [
+        {"User": "Hi"},
+        {"AI Strategy": "OFFER HOPE", "AI": "It can get better."},
+        {"User": "Maybe"},
+        {"AI Strategy": "a warm hug", "AI": "I'm here."},
+    ]
     dialogue = parse_record(extes(content), "extes", VOCAB)
     assert [t.strategy for t in dialogue.turns if t.role == "supporter"] == ["Offer Hope", None]
     assert kinds(dialogue) == ["strategy_case", "strategy_unknown"]
@@ -98,22 +115,38 @@ def test_what_cannot_be_repaired_is_rejected_with_its_kind(record, kind):
 
 def test_esconv_json_lines_record():
     record = {
-        "problem_type": "Academic Pressure", "situation": "Exams.", "emotion_type": "anxiety",
+        "problem_type": "Academic Pressure",
+        "situation": "Exams.",
+        "emotion_type": "anxiety",
         "dialog": [
             {"text": "Hi, how can I help?", "speaker": "sys", "strategy": "Question"},
-            {"text": "Exams", "speaker": "usr"}, {"text": "so many", "speaker": "usr"},
+            {"text": "Exams", "speaker": "usr"},
+            {"text": "so many", "speaker": "usr"},
             {"text": "That is a lot.", "speaker": "sys", "strategy": "Reflection of feelings"},
-            {"text": "Try one subject at a time.", "speaker": "sys", "strategy": "Providing Suggestions"},
+            {
+                "text": "Try one subject at a time.",
+                "speaker": "sys",
+                "strategy": "Providing Suggestions",
+            },
         ],
     }
     dialogue = parse_record(record, "esconv", VOCAB)
     assert dialogue.scene == "Academic Stress"
     assert [(t.role, t.strategy) for t in dialogue.turns] == [
-        ("supporter", "Question"), ("seeker", None), ("supporter", "Reflection of feelings")]
+        ("supporter", "Question"),
+        ("seeker", None),
+        ("supporter", "Reflection of feelings"),
+    ]
     assert dialogue.turns[2].text == "That is a lot. Try one subject at a time."
-    assert sorted(kinds(dialogue)) == sorted([
-        "scene_alias", "merged_consecutive", "merged_consecutive", "merged_label_dropped",
-        "supporter_first"])
+    assert sorted(kinds(dialogue)) == sorted(
+        [
+            "scene_alias",
+            "merged_consecutive",
+            "merged_consecutive",
+            "merged_label_dropped",
+            "supporter_first",
+        ]
+    )
 
 
 def test_esconv_unknown_speaker_is_rejected():

@@ -8,7 +8,9 @@ from curation.vocabulary import EXTES_STRATEGIES, normalize
 
 
 def test_normalize_ignores_case_spacing_and_punctuation():
-    assert normalize("  Avoid judgment and   criticism ") == normalize("Avoid Judgment And Criticism")
+    assert normalize("  Avoid judgment and   criticism ") == normalize(
+        "Avoid Judgment And Criticism"
+    )
     assert normalize("Breakups & Divorce") == normalize("breakups and divorce")
     assert normalize("LGBTQ+ Identity") != normalize("LGBTQ Identity")
 
@@ -43,7 +45,9 @@ def test_strategy_matching_is_case_and_whitespace_insensitive():
     vocab = Vocabulary.from_specs()
     assert vocab.match_strategy("Emotional Validation", "extes") == ("Emotional Validation", None)
     assert vocab.match_strategy("avoid  judgment and criticism", "extes") == (
-        "Avoid Judgment And Criticism", "strategy_case")
+        "Avoid Judgment And Criticism",
+        "strategy_case",
+    )
     assert vocab.match_strategy("Validation", "extes") == ("Emotional Validation", "strategy_alias")
     assert vocab.match_strategy("question", "esconv") == ("Question", "strategy_case")
     assert vocab.match_strategy("Question", "extes") == ("Clarification", "strategy_alias")

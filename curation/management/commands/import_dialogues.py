@@ -22,19 +22,25 @@ class Command(BaseCommand):
         parser.add_argument("--format", required=True, choices=["extes", "esconv"])
         parser.add_argument("--dry-run", action="store_true", help="report, but save nothing")
         parser.add_argument(
-            "--rejects", type=Path, default=None,
+            "--rejects",
+            type=Path,
+            default=None,
             help="where to write rejected records (default: EXTES_DATA_DIR/rejects/)",
         )
         parser.add_argument(
-            "--origin", default=Dialogue.Origin.IMPORTED,
+            "--origin",
+            default=Dialogue.Origin.IMPORTED,
             choices=[Dialogue.Origin.IMPORTED, Dialogue.Origin.SEED],
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             report = import_file(
-                options["path"], options["format"], origin=options["origin"],
-                dry_run=options["dry_run"], rejects_path=options["rejects"],
+                options["path"],
+                options["format"],
+                origin=options["origin"],
+                dry_run=options["dry_run"],
+                rejects_path=options["rejects"],
             )
         except ImportFileError as exc:
             raise CommandError(str(exc)) from None

@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from curation.importing import import_file
-from curation.models import Dialogue
+from curation import vocabulary
+from curation.models import Dialogue, Scenario, Strategy
 
 SEED_FILE = Path(__file__).resolve().parents[2] / "seeds" / "seed_dialogues.json"
 
@@ -19,8 +20,15 @@ SEED_FILE = Path(__file__).resolve().parents[2] / "seeds" / "seed_dialogues.json
 ROLE_PERMISSIONS = {
     "annotator": ["view_dialogue", "view_turn", "view_scenario", "view_strategy"],
     "lead": [
-        "view_dialogue", "change_dialogue", "view_turn", "change_turn",
-        "view_scenario", "add_scenario", "change_scenario", "view_strategy", "change_strategy",
+        "view_dialogue",
+        "change_dialogue",
+        "view_turn",
+        "change_turn",
+        "view_scenario",
+        "add_scenario",
+        "change_scenario",
+        "view_strategy",
+        "change_strategy",
     ],
     "admin": [],
 }
@@ -35,13 +43,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
+            vocabulary.install(Strategy, Scenario, Group)
             for role, codenames in ROLE_PERMISSIONS.items():
                 group, _ = Group.objects.get_or_create(name=role)
                 group.permissions.set(
-                    Permission.objects.filter(content_type__app_label="curation", codename__in=codenames)
+                    Permission.objects.filter(
+                        content_type__app_label="curation", codename__in=codenames
+                    )
                 )
         report = import_file(
-            SEED_FILE, "extes", origin=Dialogue.Origin.SEED,
+            SEED_FILE,
+            "extes",
+            origin=Dialogue.Origin.SEED,
             source_name="curation/seeds/seed_dialogues.json",
         )
         self.stdout.write(
@@ -57,7 +70,9 @@ class Command(BaseCommand):
             user, created = User.objects.get_or_create(username=username)
             user.groups.add(Group.objects.get(name=role))
             if not created:
-                self.stdout.write(f"Demo account {username!r} ({role}) exists; its password is unchanged.")
+                self.stdout.write(
+                    f"Demo account {username!r} ({role}) exists; its password is unchanged."
+                )
                 continue
             password = shared or secrets.token_urlsafe(9)
             user.set_password(password)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from curation.models import Dialogue, Scenario, Strategy, Turn
+
+pytestmark = pytest.mark.django_db
+
+MODELS = [Dialogue, Turn, Scenario, Strategy]
+
+
+@pytest.fixture
+def admin_client_seeded(client, superuser, seeds):
+    client.force_login(superuser)
+    return client
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_changelist_search_and_change_pages_load(admin_client_seeded, model):
+    opts = model._meta
+    changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+    assert admin_client_seeded.get(changelist).status_code == 200
+    assert admin_client_seeded.get(changelist, {"q": "work"}).status_code == 200
+    obj = model.objects.first()
+    change = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    assert admin_client_seeded.get(change).status_code == 200
+    add = reverse(f"admin:{opts.app_label}_{opts.model_name}_add")
+    assert admin_client_seeded.get(add).status_code == 200
+
+
+def test_dialogue_changelist_filters(admin_client_seeded):
+    url = reverse("admin:curation_dialogue_changelist")
+    response = admin_client_seeded.get(url, {"status__exact": "pending", "origin__exact": "seed"})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 48
+
+
+def test_annotator_cannot_open_the_admin(client, annotator):
+    client.force_login(annotator)
+    response = client.get(reverse("admin:curation_dialogue_changelist"))
+    assert response.status_code == 302
+    assert "/admin/login/" in response.url
