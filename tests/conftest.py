@@ -13,7 +13,6 @@ from curation.vocabulary import install
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-EXTES_SAMPLE = ROOT.parent / "shared" / "data" / "extes" / "sample.json"
 SEED_FILE = ROOT / "curation" / "seeds" / "seed_dialogues.json"
 
 
@@ -26,6 +25,16 @@ def esconv_dir() -> Path:
             "train.txt, valid.txt and test.txt"
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def extes_sample() -> Path:
+    path = Path(
+        os.environ.get("EXTES_SAMPLE_FILE", ROOT.parent / "shared" / "data" / "extes" / "sample.json")
+    )
+    if not path.is_file():
+        pytest.fail(f"ExTES sample not found at {path}: set EXTES_SAMPLE_FILE to its path")
+    return path
 
 
 @pytest.fixture(autouse=True)

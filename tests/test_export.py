@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 
 from curation.importing import import_file
 from curation.models import Dialogue, Turn
-from tests.conftest import DATA, EXTES_SAMPLE, SEED_FILE
+from tests.conftest import DATA, SEED_FILE
 
 pytestmark = pytest.mark.django_db
 
@@ -19,9 +19,9 @@ def export(tmp_path, **options) -> list:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def test_sample_round_trip_is_equal(tmp_path):
-    import_file(EXTES_SAMPLE, "extes")
-    assert export(tmp_path) == json.loads(EXTES_SAMPLE.read_text())
+def test_sample_round_trip_is_equal(tmp_path, extes_sample):
+    import_file(extes_sample, "extes")
+    assert export(tmp_path) == json.loads(extes_sample.read_text())
 
 
 def test_seed_file_round_trip_is_equal(tmp_path):
@@ -29,8 +29,8 @@ def test_seed_file_round_trip_is_equal(tmp_path):
     assert export(tmp_path) == json.loads(SEED_FILE.read_text())
 
 
-def test_export_uses_exact_extes_keys(tmp_path):
-    import_file(EXTES_SAMPLE, "extes")
+def test_export_uses_exact_extes_keys(tmp_path, extes_sample):
+    import_file(extes_sample, "extes")
     (record,) = export(tmp_path)
     assert list(record) == ["scene", "description", "content"]
     assert {tuple(u) for u in record["content"]} == {("User",), ("AI Strategy", "AI")}
@@ -80,7 +80,7 @@ def test_esconv_dialogues_export_with_their_labels(tmp_path, esconv_dir):
     assert "Question" in labels and "" not in labels
 
 
-def test_export_to_stdout(capsys):
-    import_file(EXTES_SAMPLE, "extes")
+def test_export_to_stdout(capsys, extes_sample):
+    import_file(extes_sample, "extes")
     call_command("export_dialogues", out="-")
-    assert json.loads(capsys.readouterr().out) == json.loads(EXTES_SAMPLE.read_text())
+    assert json.loads(capsys.readouterr().out) == json.loads(extes_sample.read_text())

@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group, Permission, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from curation.importing import import_file
 from curation import vocabulary
+from curation.importing import import_file
 from curation.models import Dialogue, Scenario, Strategy
 
 SEED_FILE = Path(__file__).resolve().parents[2] / "seeds" / "seed_dialogues.json"
