@@ -30,7 +30,9 @@ def esconv_dir() -> Path:
 @pytest.fixture(scope="session")
 def extes_sample() -> Path:
     path = Path(
-        os.environ.get("EXTES_SAMPLE_FILE", ROOT.parent / "shared" / "data" / "extes" / "sample.json")
+        os.environ.get(
+            "EXTES_SAMPLE_FILE", ROOT.parent / "shared" / "data" / "extes" / "sample.json"
+        )
     )
     if not path.is_file():
         pytest.fail(f"ExTES sample not found at {path}: set EXTES_SAMPLE_FILE to its path")
