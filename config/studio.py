@@ -11,6 +11,7 @@ Redis: REDIS_URL when set; else the one answering on 127.0.0.1:6379; else a serv
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import signal
@@ -49,7 +50,7 @@ def main(host: str, port: int) -> int:
         if _port_in_use(host, port):
             print(f"Port {port} on {host} is already in use: stop what runs there or use PORT=…")
             return 1
-        _prepare()
+        created_accounts = _prepare()
         redis_url, server = _redis(children)
         env = {**os.environ, "REDIS_URL": redis_url}
         children.append(
@@ -77,10 +78,15 @@ def main(host: str, port: int) -> int:
             _spawn([sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
         )
         _wait_for_port(host, port, children)
+        worker = "ready" if _worker_answers(redis_url) else "not answering yet (see its log above)"
+        accounts = "\n".join(f"    {line}" for line in created_accounts) or (
+            "    annotator, lead, admin (passwords were shown when they were created)"
+        )
         print(
             f"\nExTES Studio is running at http://{host}:{port}/\n"
             f"  Redis: {redis_url}{' (started here: ' + server + ')' if server else ''}\n"
-            "  Demo accounts: annotator, lead, admin (passwords printed above when first created).\n"
+            f"  Celery worker: {worker}\n"
+            f"  Demo accounts:\n{accounts}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -96,7 +102,8 @@ def main(host: str, port: int) -> int:
         stop()
 
 
-def _prepare() -> None:
+def _prepare() -> list[str]:
+    """Migrate and run setup_studio; returns the lines announcing newly created accounts."""
     import django
     from django.conf import settings
     from django.core.management import call_command
@@ -104,7 +111,23 @@ def _prepare() -> None:
     django.setup()
     Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
     call_command("migrate", interactive=False, verbosity=0)
-    call_command("setup_studio")
+    output = io.StringIO()
+    call_command("setup_studio", stdout=output)
+    print(output.getvalue(), end="", flush=True)
+    return [
+        line for line in output.getvalue().splitlines() if line.startswith("Created demo account")
+    ]
+
+
+def _worker_answers(redis_url: str, timeout: float = 30) -> bool:
+    from celery import Celery
+
+    app = Celery(broker=redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=1.0):
+            return True
+    return False
 
 
 def _redis(children: list[subprocess.Popen[bytes]]) -> tuple[str, str]:

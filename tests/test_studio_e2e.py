@@ -73,29 +73,22 @@ class Studio:
         return self.process.wait(timeout=30)
 
 
-def worker_replies(timeout: float = 60) -> list[dict]:
-    from celery import Celery
-
-    app = Celery(broker=REDIS_URL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=1.0)
-        if replies:
-            return replies
-    return []
-
-
 def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path):
     studio_run = Studio(tmp_path / "var")
     try:
-        studio_run.wait_for("ExTES Studio is running at")
+        studio_run.wait_for("Press Ctrl-C to stop.")
         base = f"http://127.0.0.1:{studio_run.port}"
         assert urllib.request.urlopen(f"{base}/login/", timeout=10).status == 200
         with urllib.request.urlopen(f"{base}/dialogues/", timeout=10) as response:
             assert response.url.startswith(f"{base}/login/")  # followed the login redirect
         assert "Seed dialogues: 48 new" in studio_run.output
         assert "Created demo account 'lead' (lead)" in studio_run.output
-        assert worker_replies(), "no Celery worker answered a ping through Redis"
+        banner = studio_run.output.split("ExTES Studio is running at")[1]
+        assert "Celery worker: ready" in banner
+        assert (
+            "Created demo account 'admin' (admin), password: (from EXTES_DEMO_PASSWORD)" in banner
+        )
+        assert studio._worker_answers(REDIS_URL), "no Celery worker answered a ping through Redis"
     finally:
         code = studio_run.stop()
     assert code == 0
@@ -106,7 +99,7 @@ def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path):
     # A second run is quick and keeps the data.
     again = Studio(tmp_path / "var")
     try:
-        again.wait_for("ExTES Studio is running at")
+        again.wait_for("Press Ctrl-C to stop.")
         assert "Seed dialogues: 0 new, 48 already loaded" in again.output
         assert "exists; its password is unchanged" in again.output
     finally:
