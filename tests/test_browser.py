@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.core.management import call_command
 
 from curation.models import Dialogue, Scenario
-from tests.conftest import SEED_FILE
 
 pytestmark = [
     pytest.mark.browser,
@@ -65,14 +62,7 @@ def page(browser):
 
 
 @pytest.fixture
-def studio(live_server, vocabulary_db):
-    call_command(
-        "import_dialogues",
-        str(SEED_FILE),
-        format="extes",
-        origin="seed",
-        stdout=StringIO(),
-    )
+def studio(live_server, vocabulary_db, seeds):
     user = User.objects.create_user("amira", password="amira-pass-123")
     user.groups.add(Group.objects.get(name="annotator"))
     return live_server

@@ -32,44 +32,39 @@ def test_importing_the_same_file_twice_adds_nothing(esconv_dir):
     assert second.new_scenarios == []
 
 
-def test_an_error_mid_file_leaves_the_database_as_before(esconv_dir, monkeypatch):
-    before = snapshot()
+def interrupted_import(path, monkeypatch, on_batch: int, error: BaseException) -> list[int]:
+    """Import PATH in batches of 50, raising ERROR when batch ON_BATCH is about to be written."""
     monkeypatch.setattr(importing, "BATCH_SIZE", 50)
     real_insert = importing._insert_batch
-    calls = []
+    calls: list[int] = []
 
-    def fail_on_third_batch(*args, **kwargs):
+    def insert(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk on fire")
+        if len(calls) == on_batch:
+            raise error
         return real_insert(*args, **kwargs)
 
     with (
-        mock.patch.object(importing, "_insert_batch", side_effect=fail_on_third_batch),
-        pytest.raises(RuntimeError, match="disk on fire"),
+        mock.patch.object(importing, "_insert_batch", side_effect=insert),
+        pytest.raises(type(error)),
     ):
-        import_file(esconv_dir / "valid.txt", "esconv")
+        import_file(path, "esconv")
+    return calls
+
+
+def test_an_error_mid_file_leaves_the_database_as_before(esconv_dir, monkeypatch):
+    before = snapshot()
+    calls = interrupted_import(
+        esconv_dir / "valid.txt", monkeypatch, 3, RuntimeError("disk on fire")
+    )
     assert len(calls) == 3  # two batches of 50 were written before the failure
     assert snapshot() == before  # ... and rolled back, new scenarios included
 
 
 def test_ctrl_c_mid_file_leaves_the_database_as_before(esconv_dir, monkeypatch):
     before = snapshot()
-    monkeypatch.setattr(importing, "BATCH_SIZE", 50)
-    real_insert = importing._insert_batch
-    calls = []
-
-    def interrupt_on_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_insert(*args, **kwargs)
-
-    with (
-        mock.patch.object(importing, "_insert_batch", side_effect=interrupt_on_second_batch),
-        pytest.raises(KeyboardInterrupt),
-    ):
-        import_file(esconv_dir / "valid.txt", "esconv")
+    calls = interrupted_import(esconv_dir / "valid.txt", monkeypatch, 2, KeyboardInterrupt())
+    assert len(calls) == 2
     assert snapshot() == before
 
 

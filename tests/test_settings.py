@@ -44,36 +44,32 @@ def test_production_mode_refuses_to_start_without_a_secret_key(tmp_path):
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
 
 
-def test_database_url_selects_postgresql():
-    code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+def setting(expression: str, **env: str) -> str:
+    """The value of a settings expression in a fresh process with ENV."""
+    code = f"import django; django.setup(); from django.conf import settings; print({expression})"
+    base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-c", f"import django, os; django.setup(); {code}"],
+        [sys.executable, "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "DATABASE_URL": "postgres://u:p@db.internal:5432/extes",
-        },
+        env={**base, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
     )
-    assert result.stdout.strip() == "django.db.backends.postgresql", result.stderr
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_database_url_selects_postgresql():
+    engine = setting(
+        "settings.DATABASES['default']['ENGINE']",
+        DATABASE_URL="postgres://u:p@db.internal:5432/extes",
+    )
+    assert engine == "django.db.backends.postgresql"
 
 
 def test_data_dir_holds_the_sqlite_file(tmp_path):
-    code = "from django.conf import settings; print(settings.DATABASES['default']['NAME'])"
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "EXTES_DATA_DIR": str(tmp_path / "d"),
-        },
-    )
-    assert result.stdout.strip() == str(tmp_path / "d" / "extes.sqlite3"), result.stderr
+    name = setting("settings.DATABASES['default']['NAME']", EXTES_DATA_DIR=str(tmp_path / "d"))
+    assert name == str(tmp_path / "d" / "extes.sqlite3")
 
 
 def test_bad_boolean_is_a_clear_error(tmp_path):

@@ -20,8 +20,6 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/15"
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -30,12 +28,12 @@ def free_port() -> int:
 
 
 class Studio:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, redis_url: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env |= {
             "EXTES_DATA_DIR": str(data_dir),
-            "REDIS_URL": REDIS_URL,
+            "REDIS_URL": redis_url,
             "EXTES_DEMO_PASSWORD": "e2e-demo-password",
             "PYTHONUNBUFFERED": "1",
         }
@@ -73,8 +71,8 @@ class Studio:
         return self.process.wait(timeout=30)
 
 
-def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path):
-    studio_run = Studio(tmp_path / "var")
+def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path, redis_url):
+    studio_run = Studio(tmp_path / "var", redis_url)
     try:
         studio_run.wait_for("Press Ctrl-C to stop.")
         base = f"http://127.0.0.1:{studio_run.port}"
@@ -88,7 +86,7 @@ def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path):
         assert (
             "Created demo account 'admin' (admin), password: (from EXTES_DEMO_PASSWORD)" in banner
         )
-        assert studio._worker_answers(REDIS_URL), "no Celery worker answered a ping through Redis"
+        assert studio._worker_answers(redis_url), "no Celery worker answered a ping through Redis"
     finally:
         code = studio_run.stop()
     assert code == 0
@@ -97,7 +95,7 @@ def test_make_run_starts_everything_and_stops_it_on_ctrl_c(tmp_path):
     assert "Stopping" in studio_run.output
 
     # A second run is quick and keeps the data.
-    again = Studio(tmp_path / "var")
+    again = Studio(tmp_path / "var", redis_url)
     try:
         again.wait_for("Press Ctrl-C to stop.")
         assert "Seed dialogues: 0 new, 48 already loaded" in again.output
