@@ -5,7 +5,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
@@ -64,7 +64,16 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
     per_page = settings.DIALOGUES_PER_PAGE
     before = _int_or_none(request.GET.get("before"))
     after = _int_or_none(request.GET.get("after"))
-    page = dialogues.select_related("scenario").annotate(turn_count=Count("turns"))
+    # A correlated subquery runs only for the rows of the page; a join + GROUP BY would count
+    # the turns of every dialogue in the filtered set first.
+    turn_count = (
+        Turn.objects.filter(dialogue=OuterRef("pk"))
+        .order_by()
+        .values("dialogue")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    page = dialogues.select_related("scenario").annotate(turn_count=Subquery(turn_count))
     if after is not None:
         rows = list(page.filter(id__gt=after).order_by("id")[: per_page + 1])
         has_newer = len(rows) > per_page

@@ -1,0 +1,134 @@
+"""Time the dialogue list page (the annotators' home) as the table grows.
+
+    python bench/dialogue_list.py [--dialogues 20000] [--requests 30]
+
+Fills a fresh SQLite database with the 1,300 ESConv dialogues, then copies of them up to
+--dialogues, and requests the list unfiltered, filtered by status, by scenario, by text, and a
+deep keyset page. Prints one line per view:
+    list_<case> dialogues=N p50_ms=… p95_ms=… queries=…
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(esconv_dir: Path, dialogues: int, requests: int) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["EXTES_DATA_DIR"] = tempfile.mkdtemp(prefix="extes-bench-")
+    os.environ.pop("DATABASE_URL", None)
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connection, transaction
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from curation.importing import import_file
+    from curation.models import Dialogue, Scenario, Turn
+
+    call_command("migrate", verbosity=0)
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        import_file(esconv_dir / name, "esconv")
+    _copy_until(dialogues, Dialogue, Turn, transaction)
+    Dialogue.objects.filter(id__lt=Dialogue.objects.count() // 3).update(status="accepted")
+
+    user = User.objects.create_user("bench", password="bench-password-1")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    scenario = Scenario.objects.get(name="Depression and Low Mood").pk
+    middle = Dialogue.objects.order_by("id").values_list("id", flat=True)[dialogues // 2]
+    cases = {
+        "unfiltered": {},
+        "status": {"status": "accepted"},
+        "scenario": {"scenario": scenario},
+        "text": {"q": "my job"},
+        "deep_page": {"before": middle},
+        "htmx_partial": {"origin": "imported"},
+    }
+    total = Dialogue.objects.count()
+    for case, params in cases.items():
+        headers = {"HX-Request": "true"} if case == "htmx_partial" else {}
+        client.get("/dialogues/", params, headers=headers)  # warm
+        times = []
+        for _ in range(requests):
+            with CaptureQueriesContext(connection) as queries:
+                start = time.perf_counter()
+                response = client.get("/dialogues/", params, headers=headers)
+                times.append((time.perf_counter() - start) * 1000)
+            assert response.status_code == 200
+        p95 = statistics.quantiles(times, n=20)[-1]
+        print(
+            f"list_{case} dialogues={total} p50_ms={statistics.median(times):.1f} "
+            f"p95_ms={p95:.1f} queries={len(queries)}"
+        )
+
+
+def _copy_until(target: int, Dialogue, Turn, transaction) -> None:
+    """Copy existing dialogues (with new hashes) until the table holds `target` rows."""
+    originals = list(Dialogue.objects.order_by("id"))
+    turns: dict[int, list] = {}
+    for turn in Turn.objects.order_by("dialogue_id", "index"):
+        turns.setdefault(turn.dialogue_id, []).append(turn)
+    copy_number = 0
+    while Dialogue.objects.count() < target:
+        copy_number += 1
+        batch = originals[: target - Dialogue.objects.count()]
+        with transaction.atomic():
+            made = Dialogue.objects.bulk_create(
+                Dialogue(
+                    scenario_id=d.scenario_id,
+                    description=d.description,
+                    origin=d.origin,
+                    source_file=d.source_file,
+                    source_record=d.source_record,
+                    source_format=d.source_format,
+                    content_hash=f"{d.content_hash[:56]}{copy_number:08d}",
+                    raw=d.raw,
+                    repairs=d.repairs,
+                )
+                for d in batch
+            )
+            Turn.objects.bulk_create(
+                Turn(
+                    dialogue_id=new.pk,
+                    index=t.index,
+                    role=t.role,
+                    text=t.text,
+                    strategy_id=t.strategy_id,
+                )
+                for old, new in zip(batch, made, strict=True)
+                for t in turns[old.pk]
+            )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--esconv-dir",
+        type=Path,
+        default=Path(
+            os.environ.get("EXTES_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv")
+        ),
+    )
+    parser.add_argument("--dialogues", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=30)
+    return parser
+
+
+if __name__ == "__main__":
+    args = make_parser().parse_args()
+    main(args.esconv_dir, args.dialogues, args.requests)
