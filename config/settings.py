@@ -116,6 +116,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Tests use a file too: an in-memory database shared between threads locks whole tables
+    # instead of waiting, unlike the real thing (inline jobs and live-server tests use threads).
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -152,6 +155,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+# The teacher LLM. With no base URL, the local SmolLM2 model (see generation/teacher.py) is used.
+# The API key (EXTES_TEACHER_API_KEY or OPENAI_API_KEY) is read by the teacher itself, never here.
+TEACHER_TIMEOUT = float(envstr("EXTES_TEACHER_TIMEOUT", "120"))
+TEACHER_MAX_CONCURRENCY = envint("EXTES_TEACHER_MAX_CONCURRENCY", 16)
+TEACHER_MAX_RETRIES = envint("EXTES_TEACHER_MAX_RETRIES", 4)
+# A claimed unit of generation work whose worker has not reported for this long is given to another.
+GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
+GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)
+GENERATION_QUEUE = envstr("EXTES_GENERATION_QUEUE", "generation")
+CELERY_TASK_ROUTES = {"generation.*": {"queue": GENERATION_QUEUE}}
 
 # Dialogue list: rows per page; counts above this are shown as "N+" to keep the page fast.
 DIALOGUES_PER_PAGE = envint("EXTES_DIALOGUES_PER_PAGE", 50)

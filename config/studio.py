@@ -53,27 +53,12 @@ def main(host: str, port: int) -> int:
         created_accounts = _prepare()
         redis_url, server = _redis(children)
         env = {**os.environ, "REDIS_URL": redis_url}
-        children.append(
-            _spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "--loglevel",
-                    "INFO",
-                    "--queues",
-                    "default",
-                    "--concurrency",
-                    "2",
-                    "--hostname",
-                    "default@%h",
-                ],
-                env,
-            )
-        )
+        # Generation calls the teacher over HTTP or runs the local model: threads suit both, and
+        # the local model then loads once per worker. (Training gets a solo worker of its own.)
+        worker_command = ["celery", "-A", "config", "worker", "--loglevel", "INFO", "--queues",
+                  f"default,{os.environ.get('EXTES_GENERATION_QUEUE', 'generation')}", "--pool", "threads", "--concurrency", "8",
+                  "--hostname", "default@%h"]  # fmt: skip
+        children.append(_spawn([sys.executable, "-m", *worker_command], env))
         children.append(
             _spawn([sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
         )

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from curation.models import Dialogue, Scenario, Strategy, Turn
+from curation.models import Candidate, Dialogue, Scenario, Strategy, Turn
 
 
 @admin.register(Scenario)
@@ -41,7 +41,15 @@ class DialogueAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "origin", "source_format", "scenario__is_official", "scenario"]
     search_fields = ["description", "content_hash", "source_file"]
-    readonly_fields = ["content_hash", "raw", "repairs", "created_at", "updated_at", "version"]
+    readonly_fields = [
+        "content_hash",
+        "raw",
+        "repairs",
+        "provenance",
+        "created_at",
+        "updated_at",
+        "version",
+    ]
     list_select_related = ["scenario"]
     show_full_result_count = False
     inlines = [TurnInline]
@@ -58,3 +66,12 @@ class TurnAdmin(admin.ModelAdmin):
     raw_id_fields = ["dialogue"]
     list_select_related = ["dialogue__scenario", "strategy"]
     show_full_result_count = False
+
+
+@admin.register(Candidate)
+class CandidateAdmin(admin.ModelAdmin):
+    list_display = ["id", "turn", "strategy", "created_at"]
+    list_filter = ["strategy"]
+    search_fields = ["text"]
+    raw_id_fields = ["turn"]
+    readonly_fields = ["provenance"]

@@ -103,6 +103,11 @@ class Dialogue(models.Model):
     # The record exactly as read, and what the importer repaired in it: nothing is lost.
     raw = models.JSONField()
     repairs = models.JSONField(default=list, blank=True)
+    # For generated dialogues: job, round, unit, teacher, prompt version, sampling, attempts, usage.
+    provenance = models.JSONField(default=dict, blank=True)
+    # Set by the generation gate (or later by annotators) when the seeker may be at risk.
+    crisis_flag = models.BooleanField(default=False)
+    safety_notes = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -173,3 +178,22 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dialogue_id}:{self.index} {self.role}"
+
+
+class Candidate(models.Model):
+    """A DRI reply written by the teacher for a masked supporter turn."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="candidates")
+    text = models.TextField()
+    strategy = models.ForeignKey(
+        Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="candidates"
+    )
+    # Job, unit, teacher, prompt version, sampling, attempts, usage, similarity to the original.
+    provenance = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["turn", "id"]
+
+    def __str__(self) -> str:
+        return f"candidate {self.pk} for turn {self.turn_id}"

@@ -1,0 +1,29 @@
+"""Who may do what: roles are the Django groups annotator, lead and admin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+
+
+def is_lead(user: Any) -> bool:
+    """Leads and admins (and superusers) run jobs and releases."""
+    if not user.is_authenticated:
+        return False
+    return user.is_superuser or user.groups.filter(name__in=["lead", "admin"]).exists()
+
+
+def lead_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not is_lead(request.user):
+            raise PermissionDenied("This page is for project leads.")
+        return view(request, *args, **kwargs)
+
+    return wrapped

@@ -1,0 +1,339 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from curation.models import Dialogue, Scenario, Turn
+
+FAILURE_CLASSES = (
+    "invalid_json",
+    "schema",
+    "unknown_strategy",
+    "too_short",
+    "not_alternating",
+    "truncated",
+    "refusal",
+    "http_error",
+    "duplicate",
+)
+
+
+class GenerationJob(models.Model):
+    class Kind(models.TextChoices):
+        SELFCHAT = "selfchat", "Self-chat"
+        DRI = "dri", "DRI"
+
+    class Mode(models.TextChoices):
+        DIALOGUE = "dialogue", "Whole dialogue"
+        TURNS = "turns", "Turn by turn"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SELFCHAT)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.DIALOGUE)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # The new-job form's one-time token: a double-clicked submit creates one job.
+    request_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
+
+    # What to make. Self-chat: `per_scenario` dialogues per scenario in each of `rounds` rounds.
+    scenarios = models.ManyToManyField(Scenario, blank=True, related_name="generation_jobs")
+    per_scenario = models.PositiveIntegerField(default=1)
+    rounds = models.PositiveIntegerField(default=1)
+    current_round = models.PositiveIntegerField(default=0)
+    examples_per_prompt = models.PositiveIntegerField(default=1)
+    min_utterances = models.PositiveIntegerField(default=8)
+    max_utterances = models.PositiveIntegerField(default=30)
+    exchanges = models.PositiveIntegerField(
+        default=6, help_text="turns mode: seeker/supporter pairs"
+    )
+    # turns mode: "target" samples each supporter strategy from `strategy_shares`; "teacher" lets it pick.
+    strategy_policy = models.CharField(max_length=10, default="target")
+    strategy_shares = models.JSONField(default=dict, blank=True)
+    duplicate_threshold = models.FloatField(
+        null=True, blank=True, default=0.92, help_text="cosine; empty turns the filter off"
+    )
+
+    # DRI: which dialogues and turns, and how many candidates per masked turn.
+    dri_source_status = models.CharField(max_length=20, default=Dialogue.Status.ACCEPTED)
+    dri_dialogue_limit = models.PositiveIntegerField(default=20)
+    dri_mask = models.CharField(max_length=10, default="random")  # all | random | strategy
+    dri_turns_per_dialogue = models.PositiveIntegerField(default=1)
+    dri_strategies = models.JSONField(default=list, blank=True)
+    dri_candidates = models.PositiveIntegerField(default=4)
+    dri_right_context = models.BooleanField(default=True)
+
+    # Provenance shared by everything the job makes (the API key is never stored).
+    teacher = models.JSONField(default=dict)  # TeacherConfig: backend, model, base_url
+    sampling = models.JSONField(default=dict)
+    prompt_version = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} job #{self.pk}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def start(self) -> bool:
+        """queued -> running, once; False when someone else already started it."""
+        updated = GenerationJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, started_at=timezone.now(), current_round=1
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def request_cancel(self) -> bool:
+        now = timezone.now()
+        updated = GenerationJob.objects.filter(
+            pk=self.pk, status__in=[self.Status.QUEUED, self.Status.RUNNING]
+        ).update(status=self.Status.CANCELLED, finished_at=now)
+        if updated:
+            self.units.filter(status=GenerationUnit.Status.PENDING).update(
+                status=GenerationUnit.Status.CANCELLED, finished_at=now
+            )
+        self.refresh_from_db()
+        return updated == 1
+
+    def finish(self, status: str, error: str = "") -> None:
+        GenerationJob.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=status, finished_at=timezone.now(), error=error
+        )
+        self.refresh_from_db()
+
+    def progress(self) -> dict[str, Any]:
+        """Counts derived from the units: one query for the units, one for failures."""
+        units = self.units.aggregate(
+            total=Count("id"),
+            done=Count("id", filter=Q(status=GenerationUnit.Status.DONE)),
+            failed=Count("id", filter=Q(status=GenerationUnit.Status.FAILED)),
+            cancelled=Count("id", filter=Q(status=GenerationUnit.Status.CANCELLED)),
+            running=Count("id", filter=Q(status=GenerationUnit.Status.RUNNING)),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            calls=Sum("calls"),
+            created=Sum("created"),
+        )
+        # Units of later rounds do not exist yet: the planned total includes them.
+        per_round = self.planned_units_per_round()
+        planned = per_round * self.rounds if self.kind == self.Kind.SELFCHAT else units["total"]
+        finished = units["done"] + units["failed"] + units["cancelled"]
+        failures = dict(
+            self.failures.values_list("failure_class").annotate(n=Count("id")).order_by()
+        )
+        return {
+            "planned": planned,
+            "finished": finished,
+            "percent": round(100 * finished / planned) if planned else 0,
+            "done": units["done"],
+            "failed": units["failed"],
+            "running": units["running"],
+            "created": units["created"] or 0,
+            "prompt_tokens": units["prompt_tokens"] or 0,
+            "completion_tokens": units["completion_tokens"] or 0,
+            "calls": units["calls"] or 0,
+            "failures": {k: failures.get(k, 0) for k in FAILURE_CLASSES if failures.get(k)},
+            "failed_attempts": sum(failures.values()),
+            "duplicates": failures.get("duplicate", 0),
+        }
+
+    def planned_units_per_round(self) -> int:
+        return self.per_scenario * self.scenarios.count()
+
+    def rounds_summary(self) -> list[dict[str, Any]]:
+        rows = (
+            self.units.filter(status=GenerationUnit.Status.DONE, dialogue__isnull=False)
+            .values("round")
+            .annotate(
+                created=Count("id"),
+                accepted=Count("id", filter=Q(dialogue__status=Dialogue.Status.ACCEPTED)),
+                rejected=Count("id", filter=Q(dialogue__status=Dialogue.Status.REJECTED)),
+            )
+            .order_by("round")
+        )
+        return [
+            {**row, "rate": round(100 * row["accepted"] / row["created"]) if row["created"] else 0}
+            for row in rows
+        ]
+
+
+class GenerationUnit(models.Model):
+    """One unit of work: a dialogue slot (job, round, scenario, slot) or a masked turn (job, turn).
+
+    The unique constraints make a redelivered or retried task unable to create a second unit, and
+    `claim` lets exactly one worker run a unit at a time.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="units")
+    round = models.PositiveIntegerField(default=1)
+    scenario = models.ForeignKey(Scenario, null=True, blank=True, on_delete=models.PROTECT)
+    slot = models.PositiveIntegerField(default=0)
+    turn = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.CASCADE)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The dialogue made (self-chat) or masked (DRI).
+    dialogue = models.ForeignKey(Dialogue, null=True, blank=True, on_delete=models.SET_NULL)
+    created = models.PositiveIntegerField(default=0)  # dialogues or candidates made
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    calls = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "round", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job", "round", "scenario", "slot"],
+                condition=Q(turn__isnull=True),
+                name="unit_unique_slot",
+            ),
+            models.UniqueConstraint(
+                fields=["job", "turn"], condition=Q(turn__isnull=False), name="unit_unique_turn"
+            ),
+        ]
+        indexes = [models.Index(fields=["job", "status"], name="unit_job_status")]
+
+    def __str__(self) -> str:
+        return f"unit {self.pk} of job {self.job_id}"
+
+    @classmethod
+    def claim(cls, pk: int, worker: str) -> GenerationUnit | None:
+        """Take the unit if it is pending, or running under a lease that has run out."""
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+        claimable = Q(status=cls.Status.PENDING) | Q(
+            status=cls.Status.RUNNING, heartbeat_at__lt=stale
+        )
+        updated = cls.objects.filter(
+            claimable, pk=pk, job__status=GenerationJob.Status.RUNNING
+        ).update(
+            status=cls.Status.RUNNING,
+            claimed_by=worker,
+            claimed_at=now,
+            heartbeat_at=now,
+        )
+        if updated != 1:
+            return None
+        return cls.objects.select_related("job", "scenario", "turn").get(pk=pk)
+
+    def heartbeat(self) -> None:
+        GenerationUnit.objects.filter(pk=self.pk, claimed_by=self.claimed_by).update(
+            heartbeat_at=timezone.now()
+        )
+
+    def still_mine(self) -> bool:
+        return GenerationUnit.objects.filter(
+            pk=self.pk,
+            status=self.Status.RUNNING,
+            claimed_by=self.claimed_by,
+            claimed_at=self.claimed_at,
+        ).exists()
+
+    @transaction.atomic
+    def complete(
+        self,
+        status: str,
+        *,
+        created: int,
+        attempts: int,
+        usage: dict[str, int],
+        dialogue: Dialogue | None = None,
+        error: str = "",
+    ) -> bool:
+        """Record the outcome, if this claim still holds; False means another worker took over."""
+        updated = GenerationUnit.objects.filter(
+            pk=self.pk,
+            status=self.Status.RUNNING,
+            claimed_by=self.claimed_by,
+            claimed_at=self.claimed_at,
+        ).update(
+            status=status,
+            created=created,
+            attempts=attempts,
+            dialogue=dialogue,
+            error=error[:2000],
+            finished_at=timezone.now(),
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            calls=usage.get("calls", 0),
+        )
+        return updated == 1
+
+
+class GenerationFailure(models.Model):
+    """One failed attempt: its class, what was wrong and what the teacher wrote."""
+
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="failures")
+    unit = models.ForeignKey(GenerationUnit, on_delete=models.CASCADE, related_name="failures")
+    attempt = models.PositiveIntegerField()
+    failure_class = models.CharField(
+        max_length=20, choices=[(c, c.replace("_", " ")) for c in FAILURE_CLASSES]
+    )
+    detail = models.TextField(blank=True)
+    raw_output = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["job", "failure_class"], name="failure_job_class")]
+
+    def __str__(self) -> str:
+        return f"{self.failure_class} in job {self.job_id}"
+
+
+def new_job(
+    kind: str,
+    *,
+    teacher: dict[str, str],
+    sampling: dict[str, Any],
+    scenarios: list[Scenario] | None = None,
+    created_by: Any = None,
+    **options: Any,
+) -> GenerationJob:
+    """A queued job with its provenance fixed: teacher, sampling, and the prompt version."""
+    from generation import prompts
+
+    mode = options.get("mode", GenerationJob.Mode.DIALOGUE)
+    job = GenerationJob.objects.create(
+        kind=kind,
+        teacher=teacher,
+        sampling=sampling,
+        prompt_version=prompts.version("dri" if kind == GenerationJob.Kind.DRI else mode),
+        created_by=created_by,
+        **options,
+    )
+    if scenarios:
+        job.scenarios.set(scenarios)
+    return job

@@ -1,0 +1,548 @@
+"""Jobs and units in the database: planning, running one unit, advancing rounds, recovery.
+
+Celery tasks (generation/tasks.py) and `--inline` runs call these plain functions. Functions that
+make more work return the ids of units to run, and the caller decides how to run them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from curation.exporting import extes_records
+from curation.models import Candidate, Dialogue, Scenario, Strategy, Turn
+from curation.parsing import ParsedDialogue, Vocabulary
+from curation.vocabulary import EXTES_STRATEGIES
+from generation import inpainting, selfchat
+from generation.models import GenerationFailure, GenerationJob, GenerationUnit
+from generation.selfchat import Failure
+from generation.teacher import Sampling, TeacherConfig, Usage, get_teacher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARES = {s.name: s.extes_share for s in EXTES_STRATEGIES}
+
+
+# ---- planning ---------------------------------------------------------------------------------
+
+
+def start(job_id: int) -> list[int]:
+    """Start a queued job and plan its first units; returns the unit ids to run."""
+    job = GenerationJob.objects.get(pk=job_id)
+    if not job.start():
+        logger.info("job %s is %s; not starting it again", job_id, job.status)
+        return []
+    if job.kind == GenerationJob.Kind.DRI:
+        _plan_dri(job)
+    else:
+        _plan_round(job, 1)
+    ids = list(job.units.filter(status=GenerationUnit.Status.PENDING).values_list("pk", flat=True))
+    if not ids:
+        job.finish(
+            GenerationJob.Status.FAILED, "nothing to do: no scenarios or no dialogues chosen"
+        )
+    return ids
+
+
+def _plan_round(job: GenerationJob, round_number: int) -> None:
+    # ignore_conflicts: planning the same round twice (a redelivered task) adds nothing.
+    GenerationUnit.objects.bulk_create(
+        [
+            GenerationUnit(job=job, round=round_number, scenario=scenario, slot=slot)
+            for scenario in job.scenarios.order_by("name")
+            for slot in range(job.per_scenario)
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _plan_dri(job: GenerationJob) -> None:
+    rng = random.Random(f"dri-{job.pk}")
+    dialogues = Dialogue.objects.filter(status=job.dri_source_status)
+    if job.scenarios.exists():
+        dialogues = dialogues.filter(scenario__in=job.scenarios.all())
+    units = []
+    for dialogue in dialogues.order_by("id")[: job.dri_dialogue_limit]:
+        supporter = list(
+            dialogue.turns.filter(role=Turn.Role.SUPPORTER)
+            .select_related("strategy")
+            .order_by("index")
+        )
+        chosen = inpainting.choose_turns(
+            [t.index for t in supporter],
+            [t.strategy.name if t.strategy else None for t in supporter],
+            job.dri_mask,
+            job.dri_turns_per_dialogue,
+            job.dri_strategies,
+            rng,
+        )
+        by_index = {t.index: t for t in supporter}
+        units += [
+            GenerationUnit(job=job, turn=by_index[i], dialogue=dialogue, scenario=dialogue.scenario)
+            for i in chosen
+        ]
+    GenerationUnit.objects.bulk_create(units, ignore_conflicts=True)
+
+
+# ---- one unit ---------------------------------------------------------------------------------
+
+
+def process_unit(unit_id: int, worker: str) -> list[int]:
+    """Claim and run one unit; returns unit ids that now need running (next round, stale ones)."""
+    unit = GenerationUnit.claim(unit_id, worker)
+    if unit is None:
+        logger.info("unit %s is not claimable (done, cancelled or held by another worker)", unit_id)
+        return []
+    job = unit.job
+    try:
+        if job.kind == GenerationJob.Kind.DRI:
+            _run_dri_unit(unit)
+        else:
+            _run_selfchat_unit(unit)
+    except Exception as exc:
+        logger.exception("unit %s crashed", unit_id)
+        unit.complete(
+            GenerationUnit.Status.FAILED,
+            created=0,
+            attempts=unit.attempts,
+            usage={},
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    return advance(job.pk) + stale_units(job.pk)
+
+
+def _run_selfchat_unit(unit: GenerationUnit) -> None:
+    job = unit.job
+    scenario = unit.scenario
+    assert scenario is not None
+    teacher = get_teacher(TeacherConfig(**job.teacher))
+    sampling = Sampling.from_dict(job.sampling)
+    vocab = _vocabulary()
+    strategies = _strategy_definitions()
+    rng = random.Random(f"{job.pk}-{unit.pk}")
+    gates: list[Callable[[ParsedDialogue], None]] = [_exact_duplicate_gate]
+    if job.duplicate_threshold is not None:
+        gates.append(_near_duplicate_gate(scenario.pk, job.duplicate_threshold))
+
+    if job.mode == GenerationJob.Mode.TURNS:
+        produced = selfchat.write_dialogue_by_turns(
+            teacher,
+            selfchat.TurnsSpec(
+                scenario.name,
+                strategies,
+                job.exchanges,
+                job.strategy_policy,
+                job.strategy_shares or DEFAULT_SHARES,
+            ),
+            vocab,
+            sampling,
+            rng,
+            gates=gates,
+            max_attempts=settings.GENERATION_MAX_ATTEMPTS,
+            heartbeat=unit.heartbeat,
+        )
+    else:
+        examples = _examples(scenario, job, unit.round, rng)
+        produced = selfchat.write_dialogue(
+            teacher,
+            selfchat.DialogueSpec(
+                scenario.name, strategies, examples, job.min_utterances, job.max_utterances
+            ),
+            vocab,
+            sampling,
+            gates=gates,
+            max_attempts=settings.GENERATION_MAX_ATTEMPTS,
+            heartbeat=unit.heartbeat,
+        )
+
+    provenance = _provenance(job, unit, produced.attempts, produced.usage)
+    try:
+        with transaction.atomic():
+            dialogue = None
+            if produced.dialogue is not None:
+                dialogue = _store_dialogue(
+                    produced.dialogue, produced.raw, scenario, job, unit, provenance
+                )
+            _record(
+                unit,
+                produced.failures,
+                produced.attempts,
+                produced.usage,
+                dialogue,
+                created=1 if dialogue else 0,
+            )
+    except IntegrityError:
+        # Same text as a dialogue stored since the gate looked: a duplicate after all.
+        produced.failures.append(Failure("duplicate", "the same dialogue was stored meanwhile"))
+        with transaction.atomic():
+            _record(unit, produced.failures, produced.attempts, produced.usage, None, created=0)
+
+
+def _run_dri_unit(unit: GenerationUnit) -> None:
+    job = unit.job
+    turn = unit.turn
+    assert turn is not None
+    teacher = get_teacher(TeacherConfig(**job.teacher))
+    context = [
+        inpainting.ContextTurn(t.role, t.text)
+        for t in Turn.objects.filter(dialogue_id=turn.dialogue_id).order_by("index")
+    ]
+    strategy = turn.strategy.name if turn.strategy else "whichever strategy fits best"
+    dedupe = (
+        _embedding_deduplicate(job.duplicate_threshold)
+        if job.duplicate_threshold is not None
+        else inpainting.exact_deduplicate
+    )
+    result = inpainting.write_candidates(
+        teacher,
+        context,
+        turn.index,
+        strategy,
+        job.dri_candidates,
+        Sampling.from_dict(job.sampling),
+        dedupe,
+        right_context=job.dri_right_context,
+        max_attempts=settings.GENERATION_MAX_ATTEMPTS,
+        heartbeat=unit.heartbeat,
+    )
+    provenance = _provenance(job, unit, result.attempts, result.usage)
+    provenance["right_context"] = job.dri_right_context
+    with transaction.atomic():
+        if unit.still_mine():
+            Candidate.objects.bulk_create(
+                Candidate(turn=turn, text=text, strategy=turn.strategy, provenance=provenance)
+                for text in result.texts
+            )
+        _record(
+            unit,
+            result.failures,
+            result.attempts,
+            result.usage,
+            turn.dialogue,
+            created=len(result.texts),
+            ok=bool(result.texts),
+        )
+
+
+def _record(
+    unit: GenerationUnit,
+    failures: list[Failure],
+    attempts: int,
+    usage: Usage,
+    dialogue: Dialogue | None,
+    *,
+    created: int,
+    ok: bool | None = None,
+) -> None:
+    """Mark the unit finished and keep every failed attempt, in the caller's transaction."""
+    succeeded = created > 0 if ok is None else ok
+    status = GenerationUnit.Status.DONE if succeeded else GenerationUnit.Status.FAILED
+    error = "" if succeeded else (failures[-1].detail if failures else "no result")
+    if not unit.complete(
+        status,
+        created=created,
+        attempts=attempts,
+        usage=usage.as_dict(),
+        dialogue=dialogue,
+        error=error,
+    ):
+        # Another worker took the unit over (our lease ran out): keep nothing of ours.
+        transaction.set_rollback(True)
+        return
+    GenerationFailure.objects.bulk_create(
+        GenerationFailure(
+            job_id=unit.job_id,
+            unit=unit,
+            attempt=number,
+            failure_class=f.failure_class,
+            detail=f.detail[:2000],
+            raw_output=f.raw[:20000],
+        )
+        for number, f in enumerate(failures, start=1)
+    )
+
+
+def _store_dialogue(
+    parsed: ParsedDialogue,
+    raw: str,
+    scenario: Scenario,
+    job: GenerationJob,
+    unit: GenerationUnit,
+    provenance: dict[str, Any],
+) -> Dialogue:
+    from generation.safety import check_texts
+
+    crisis = check_texts(
+        [parsed.description, *(t.text for t in parsed.turns if t.role == Turn.Role.SEEKER)]
+    )
+    dialogue = Dialogue.objects.create(
+        scenario=scenario,
+        description=parsed.description,
+        origin=Dialogue.Origin.GENERATED,
+        source_file=f"generation job {job.pk}",
+        source_record=unit.pk,
+        source_format=f"generated-{job.mode}",
+        content_hash=parsed.content_hash(),
+        raw={"output": raw},
+        repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
+        provenance=provenance,
+        crisis_flag=crisis.flagged,
+        safety_notes=(
+            {
+                "source": "generation gate",
+                "categories": list(crisis.categories),
+                "matches": list(crisis.matches),
+            }
+            if crisis.flagged
+            else {}
+        ),
+    )
+    strategy_ids = _strategy_ids()
+    Turn.objects.bulk_create(
+        Turn(
+            dialogue=dialogue,
+            index=i,
+            role=t.role,
+            text=t.text,
+            strategy_id=strategy_ids[t.strategy] if t.strategy else None,
+        )
+        for i, t in enumerate(parsed.turns)
+    )
+    return dialogue
+
+
+def _provenance(
+    job: GenerationJob, unit: GenerationUnit, attempts: int, usage: Usage
+) -> dict[str, Any]:
+    return {
+        "job": job.pk,
+        "kind": job.kind,
+        "mode": job.mode if job.kind == GenerationJob.Kind.SELFCHAT else "dri",
+        "round": unit.round,
+        "unit": unit.pk,
+        "teacher": job.teacher,
+        "prompt_version": job.prompt_version,
+        "sampling": job.sampling,
+        "attempts": attempts,
+        "usage": usage.as_dict(),
+    }
+
+
+# ---- what the teacher sees -------------------------------------------------------------------
+
+
+def _examples(
+    scenario: Scenario, job: GenerationJob, round_number: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Round 1: the scenario's seeds. Later rounds: seeds plus dialogues accepted since."""
+    pool = Dialogue.objects.filter(scenario=scenario)
+    if round_number == 1:
+        pool = pool.filter(origin=Dialogue.Origin.SEED)
+    else:
+        pool = pool.filter(
+            Q(origin=Dialogue.Origin.SEED)
+            | Q(origin=Dialogue.Origin.GENERATED, status=Dialogue.Status.ACCEPTED)
+        )
+    ids = list(pool.values_list("pk", flat=True))
+    if not ids:  # a scenario without seeds (e.g. one found in imported data): any seed will do
+        ids = list(
+            Dialogue.objects.filter(origin=Dialogue.Origin.SEED).values_list("pk", flat=True)
+        )
+    chosen = rng.sample(ids, min(job.examples_per_prompt, len(ids)))
+    return list(extes_records(Dialogue.objects.filter(pk__in=chosen)))
+
+
+def _vocabulary() -> Vocabulary:
+    return Vocabulary.build(
+        Strategy.objects.values_list("taxonomy", "name", "aliases"),
+        Scenario.objects.values_list("name", "aliases", "is_official"),
+    )
+
+
+def _strategy_definitions() -> list[tuple[str, str]]:
+    return list(
+        Strategy.objects.filter(taxonomy="extes").order_by("pk").values_list("name", "definition")
+    )
+
+
+def _strategy_ids() -> dict[str, int]:
+    return dict(Strategy.objects.filter(taxonomy="extes").values_list("name", "pk"))
+
+
+# ---- gates ----------------------------------------------------------------------------------
+
+
+def _exact_duplicate_gate(dialogue: ParsedDialogue) -> None:
+    if Dialogue.objects.filter(content_hash=dialogue.content_hash()).exists():
+        raise Failure("duplicate", "the very same dialogue already exists")
+
+
+class _ScenarioIndex:
+    """Embeddings of a scenario's dialogues in this process, topped up with rows added since."""
+
+    def __init__(self, scenario_id: int) -> None:
+        from generation.embeddings import NearDuplicateIndex
+
+        self.scenario_id = scenario_id
+        self.index = NearDuplicateIndex()
+        self.last_id = 0
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:
+        from generation.embeddings import dialogue_text, get_embedder
+
+        new = list(
+            Dialogue.objects.filter(scenario_id=self.scenario_id, pk__gt=self.last_id)
+            .order_by("pk")
+            .values_list("pk", "description")
+        )
+        if not new:
+            return
+        texts: dict[int, list[str]] = {pk: [] for pk, _ in new}
+        for dialogue_id, text in (
+            Turn.objects.filter(dialogue_id__in=texts)
+            .order_by("dialogue_id", "index")
+            .values_list("dialogue_id", "text")
+        ):
+            texts[dialogue_id].append(text)
+        vectors = get_embedder().embed([dialogue_text(d, texts[pk]) for pk, d in new])
+        for (pk, _), vector in zip(new, vectors, strict=True):
+            self.index.add(pk, vector)
+        self.last_id = new[-1][0]
+
+
+_indexes: dict[int, _ScenarioIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def _near_duplicate_gate(scenario_id: int, threshold: float) -> Callable[[ParsedDialogue], None]:
+    def gate(dialogue: ParsedDialogue) -> None:
+        from generation.embeddings import dialogue_text, get_embedder
+
+        with _indexes_lock:
+            index = _indexes.setdefault(scenario_id, _ScenarioIndex(scenario_id))
+        with index.lock:
+            index.refresh()
+            vector = get_embedder().embed(
+                [dialogue_text(dialogue.description, [t.text for t in dialogue.turns])]
+            )[0]
+            key, score = index.index.nearest(vector)
+        if key is not None and score >= threshold:
+            raise Failure("duplicate", f"cosine {score:.3f} to dialogue #{key} (limit {threshold})")
+
+    return gate
+
+
+def _embedding_deduplicate(threshold: float) -> inpainting.Deduplicate:
+    def deduplicate(original: str, kept: list[str], fresh: list[str]) -> list[int]:
+        from generation.embeddings import get_embedder
+
+        if not fresh:
+            return []
+        embedder = get_embedder()
+        seen = list(embedder.embed([original, *kept]))
+        keep = []
+        for index, vector in enumerate(embedder.embed(fresh)):
+            if all(float(vector @ other) < threshold for other in seen):
+                keep.append(index)
+                seen.append(vector)
+        return keep
+
+    return deduplicate
+
+
+# ---- rounds, completion, recovery --------------------------------------------------------------
+
+
+def advance(job_id: int) -> list[int]:
+    """When the current round has no open unit: plan the next one, or finish the job."""
+    with transaction.atomic():
+        job = GenerationJob.objects.select_for_update().get(pk=job_id)
+        if job.status != GenerationJob.Status.RUNNING:
+            return []
+        open_units = job.units.filter(
+            round=job.current_round,
+            status__in=[GenerationUnit.Status.PENDING, GenerationUnit.Status.RUNNING],
+        )
+        if open_units.exists():
+            return []
+        if job.kind == GenerationJob.Kind.SELFCHAT and job.current_round < job.rounds:
+            job.current_round += 1
+            job.save(update_fields=["current_round"])
+            _plan_round(job, job.current_round)
+            return list(
+                job.units.filter(
+                    round=job.current_round, status=GenerationUnit.Status.PENDING
+                ).values_list("pk", flat=True)
+            )
+        if job.units.filter(status=GenerationUnit.Status.DONE).exists():
+            job.finish(GenerationJob.Status.COMPLETED)
+        else:
+            job.finish(GenerationJob.Status.FAILED, "every unit failed: see the failure samples")
+        return []
+
+
+def stale_units(job_id: int) -> list[int]:
+    """Running units whose worker stopped reporting (killed?): another worker may claim them."""
+    stale = timezone.now() - timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+    return list(
+        GenerationUnit.objects.filter(
+            job_id=job_id,
+            job__status=GenerationJob.Status.RUNNING,
+            status=GenerationUnit.Status.RUNNING,
+            heartbeat_at__lt=stale,
+        ).values_list("pk", flat=True)
+    )
+
+
+def recover(worker: str) -> tuple[list[int], list[int]]:
+    """At worker start: (jobs to start, units to run) that no live worker is on.
+
+    Units this worker name held before it restarted are orphans: their lease is ended at once.
+    Pending units are enqueued again; a unit already in the queue is claimed only once anyway.
+    """
+    GenerationUnit.objects.filter(status=GenerationUnit.Status.RUNNING, claimed_by=worker).update(
+        heartbeat_at=timezone.now() - timedelta(days=1)
+    )
+    running = GenerationJob.objects.filter(status=GenerationJob.Status.RUNNING)
+    stale = timezone.now() - timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+    units = GenerationUnit.objects.filter(job__in=running).filter(
+        Q(status=GenerationUnit.Status.PENDING)
+        | Q(status=GenerationUnit.Status.RUNNING, heartbeat_at__lt=stale)
+    )
+    queued = GenerationJob.objects.filter(status=GenerationJob.Status.QUEUED)
+    unit_ids = list(units.values_list("pk", flat=True))
+    # A running job whose last units finished while no worker could advance it.
+    for job_id in running.values_list("pk", flat=True):
+        unit_ids += advance(job_id)
+    return list(queued.values_list("pk", flat=True)), unit_ids
+
+
+# ---- inline -------------------------------------------------------------------------------------
+
+
+def run_inline(job_id: int, concurrency: int = 4, worker: str = "inline") -> GenerationJob:
+    """Run a job in this process, `concurrency` units at a time, until it ends."""
+
+    def work(unit_id: int) -> list[int]:
+        try:
+            return process_unit(unit_id, worker)
+        finally:
+            connection.close()  # this thread's own connection
+
+    pending = start(job_id)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        while pending:
+            results = list(pool.map(work, pending))
+            pending = sorted({uid for ids in results for uid in ids})
+    return GenerationJob.objects.get(pk=job_id)

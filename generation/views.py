@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from curation.roles import is_lead, lead_required
+from curation.views import HtmxHttpRequest
+from generation.forms import JobForm
+from generation.models import FAILURE_CLASSES, GenerationJob, new_job
+from generation.tasks import start_job
+
+
+@require_GET
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = list(GenerationJob.objects.select_related("created_by")[:100])
+    rows = [(job, job.progress()) for job in jobs]
+    return render(
+        request, "generation/job_list.html", {"rows": rows, "can_start": is_lead(request.user)}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@lead_required
+def job_new(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = JobForm(request.POST)
+        if form.is_valid():
+            token = form.cleaned_data["token"]
+            existing = GenerationJob.objects.filter(request_token=token).first()
+            if existing:  # the same form sent twice (double click, retry)
+                return redirect("generation-job-detail", existing.pk)
+            try:
+                with transaction.atomic():
+                    job = new_job(
+                        form.cleaned_data["kind"],
+                        teacher=form.teacher_config(),
+                        sampling=form.sampling(),
+                        scenarios=list(form.cleaned_data["scenarios"]),
+                        created_by=request.user,
+                        **form.job_options(),
+                    )
+                    start_job.delay_on_commit(job.pk)
+            except IntegrityError:
+                job = get_object_or_404(GenerationJob, request_token=token)
+            messages.success(request, f"{job} queued.")
+            return redirect("generation-job-detail", job.pk)
+    else:
+        kind = request.GET.get("kind", GenerationJob.Kind.SELFCHAT)
+        form = JobForm(initial={"kind": kind, "token": uuid.uuid4().hex})
+    return render(request, "generation/job_new.html", {"form": form})
+
+
+@require_GET
+@login_required
+def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(GenerationJob.objects.select_related("created_by"), pk=pk)
+    failure_class = request.GET.get("failure", "")
+    failures = job.failures.select_related("unit__scenario")
+    if failure_class in FAILURE_CLASSES:
+        failures = failures.filter(failure_class=failure_class)
+    context = {
+        "job": job,
+        "progress": job.progress(),
+        "rounds": job.rounds_summary() if job.kind == GenerationJob.Kind.SELFCHAT else [],
+        "failures": failures[:20],
+        "failure_class": failure_class,
+        "can_cancel": is_lead(request.user) and not job.is_finished,
+        "scenario_names": list(job.scenarios.values_list("name", flat=True)),
+        "recent": job.units.filter(status="done")
+        .select_related("dialogue")
+        .order_by("-finished_at")[:10],
+    }
+    if request.htmx and request.htmx.target == "progress":
+        return render(request, "generation/job_detail.html#progress", context)
+    return render(request, "generation/job_detail.html", context)
+
+
+@require_POST
+@lead_required
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(GenerationJob, pk=pk)
+    if job.request_cancel():
+        messages.success(request, f"{job} cancelled. What it made so far is kept.")
+    else:
+        messages.info(request, f"{job} had already ended ({job.get_status_display().lower()}).")
+    return redirect("generation-job-detail", job.pk)

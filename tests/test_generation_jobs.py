@@ -1,0 +1,289 @@
+"""Generation jobs run in-process (`--inline`) against the real HTTP fake teacher."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from curation.models import Candidate, Dialogue, Scenario, Turn
+from curation.parsing import ParsedDialogue, ParsedTurn
+from generation import runner
+from generation.models import GenerationFailure, GenerationJob, GenerationUnit, new_job
+from generation.teacher import Sampling, TeacherConfig
+from tests.fake_teacher import FakeTeacher
+
+pytestmark = pytest.mark.usefixtures("vocabulary_db", "seeds")
+
+
+@pytest.fixture
+def fake(settings):
+    settings.TEACHER_MAX_RETRIES = 0
+    with FakeTeacher() as server:
+        yield server
+
+
+def selfchat_job(fake, scenarios=("Anxiety and Panic",), **options) -> GenerationJob:
+    options.setdefault("duplicate_threshold", None)
+    return new_job(
+        GenerationJob.Kind.SELFCHAT,
+        teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
+        sampling=Sampling(max_tokens=2000).as_dict(),
+        scenarios=[Scenario.objects.get(name=n) for n in scenarios],
+        **options,
+    )
+
+
+def test_every_failure_class_is_counted_and_each_unit_still_delivers(fake):
+    fake.script = [
+        "refusal",
+        "fenced_prose",
+        "truncated",
+        "invalid_json",
+        "wrong_key_case",
+        "server_error",
+        "object_utterances",
+        "valid",
+    ]
+    job = runner.run_inline(selfchat_job(fake, per_scenario=4).pk, concurrency=1)
+    assert job.status == GenerationJob.Status.COMPLETED
+    progress = job.progress()
+    assert progress["created"] == 4
+    assert progress["failures"] == {
+        "invalid_json": 1,
+        "truncated": 1,
+        "refusal": 1,
+        "http_error": 1,
+    }
+    assert progress["calls"] == 7  # the failed HTTP request is not a completed call
+    assert progress["prompt_tokens"] > 0 and progress["completion_tokens"] > 0
+    refusal = job.failures.get(failure_class="refusal")
+    assert refusal.raw_output.startswith("I'm sorry")
+    assert Dialogue.objects.filter(origin="generated").count() == 4
+
+
+def test_generated_dialogues_wait_for_review_with_their_provenance(fake):
+    job = runner.run_inline(selfchat_job(fake, per_scenario=2).pk, concurrency=2)
+    dialogues = Dialogue.objects.filter(origin="generated")
+    assert dialogues.count() == 2
+    for dialogue in dialogues:
+        assert dialogue.status == Dialogue.Status.PENDING
+        assert dialogue.scenario.name == "Anxiety and Panic"
+        assert dialogue.source_file == f"generation job {job.pk}"
+        p = dialogue.provenance
+        assert p["job"] == job.pk and p["round"] == 1 and p["attempts"] == 1
+        assert p["teacher"] == {"backend": "http", "model": "fake-teacher", "base_url": fake.url}
+        assert p["prompt_version"] == job.prompt_version and p["prompt_version"].startswith(
+            "dialogue-"
+        )
+        assert p["sampling"]["max_tokens"] == 2000
+        assert p["usage"]["calls"] == 1
+        assert dialogue.turns.filter(role="supporter", strategy__taxonomy="extes").exists()
+        assert dialogue.raw["output"]
+    # The job's prompt showed a seed of the scenario.
+    prompt = fake.requests[0]["messages"][1]["content"]
+    seed = Dialogue.objects.filter(origin="seed", scenario__name="Anxiety and Panic").first()
+    assert seed.description in prompt
+
+
+def test_rounds_plan_new_units_and_later_rounds_see_accepted_dialogues(fake):
+    job = runner.run_inline(selfchat_job(fake, per_scenario=2, rounds=2).pk, concurrency=2)
+    assert job.status == GenerationJob.Status.COMPLETED
+    assert list(job.units.values_list("round", flat=True).order_by("round")) == [1, 1, 2, 2]
+    accepted = Dialogue.objects.filter(origin="generated").first()
+    accepted.status = Dialogue.Status.ACCEPTED
+    accepted.save()
+    summary = job.rounds_summary()
+    assert [r["created"] for r in summary] == [2, 2]
+    assert sum(r["accepted"] for r in summary) == 1
+
+    scenario = accepted.scenario
+    job.examples_per_prompt = 100
+    round1 = {e["description"] for e in runner._examples(scenario, job, 1, random.Random(0))}
+    round2 = {e["description"] for e in runner._examples(scenario, job, 2, random.Random(0))}
+    assert accepted.description not in round1
+    assert accepted.description in round2
+    assert round1 < round2
+
+
+def test_near_duplicates_are_filtered_with_embeddings(fake):
+    first = runner.run_inline(selfchat_job(fake, per_scenario=1).pk)
+    made = Dialogue.objects.get(origin="generated")
+    # Same dialogue, one word changed: not an exact copy, but nearly the same text.
+    turn = made.turns.get(index=0)
+    turn.text = turn.text + " Honestly."
+    turn.save()
+    Dialogue.objects.filter(pk=made.pk).update(content_hash="changed")
+    assert first.status == GenerationJob.Status.COMPLETED
+
+    with FakeTeacher() as again:  # serves the same text again, from the start of its pool
+        job = runner.run_inline(selfchat_job(again, per_scenario=1, duplicate_threshold=0.92).pk)
+    failure = job.failures.get()
+    assert failure.failure_class == "duplicate"
+    assert f"dialogue #{made.pk}" in failure.detail
+    assert job.progress()["created"] == 1  # the next attempt was a different dialogue
+
+
+def test_exact_copies_are_duplicates_even_without_embeddings(fake):
+    runner.run_inline(selfchat_job(fake, per_scenario=1).pk)
+    with FakeTeacher() as again:
+        job = runner.run_inline(selfchat_job(again, per_scenario=1).pk)
+    assert job.failures.get().failure_class == "duplicate"
+    assert Dialogue.objects.filter(origin="generated").count() == 2
+
+
+def test_a_unit_runs_once_however_often_it_is_delivered(fake):
+    job = selfchat_job(fake, per_scenario=1)
+    (unit_id,) = runner.start(job.pk)
+    assert runner.start(job.pk) == []  # a second start plans nothing
+    runner._plan_round(job, 1)
+    assert job.units.count() == 1
+    runner.process_unit(unit_id, "worker-a")
+    runner.process_unit(unit_id, "worker-b")
+    assert Dialogue.objects.filter(origin="generated").count() == 1
+    assert len(fake.requests) == 1
+
+
+def test_a_stale_claim_passes_to_another_worker_and_the_first_result_is_dropped(fake, settings):
+    settings.GENERATION_LEASE_SECONDS = 60
+    job = selfchat_job(fake, per_scenario=1)
+    (unit_id,) = runner.start(job.pk)
+    first = GenerationUnit.claim(unit_id, "worker-a")
+    assert GenerationUnit.claim(unit_id, "worker-b") is None  # lease still held
+    GenerationUnit.objects.filter(pk=unit_id).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert runner.stale_units(job.pk) == [unit_id]
+    second = GenerationUnit.claim(unit_id, "worker-b")
+    assert second is not None
+    assert not first.complete("done", created=1, attempts=1, usage={})
+    assert second.complete("done", created=1, attempts=1, usage={})
+    assert GenerationUnit.objects.get(pk=unit_id).claimed_by == "worker-b"
+
+
+def test_cancel_stops_pending_units_and_keeps_what_was_made(fake):
+    job = selfchat_job(fake, per_scenario=3)
+    ids = runner.start(job.pk)
+    runner.process_unit(ids[0], "w")
+    assert job.request_cancel()
+    assert not job.request_cancel()
+    assert runner.process_unit(ids[1], "w") == []
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.CANCELLED
+    assert set(job.units.values_list("status", flat=True)) == {"done", "cancelled"}
+    assert Dialogue.objects.filter(origin="generated").count() == 1
+
+
+def test_crisis_disclosures_are_flagged_for_leads(fake):
+    job = selfchat_job(fake, per_scenario=1)
+    (unit_id,) = runner.start(job.pk)
+    unit = GenerationUnit.claim(unit_id, "w")
+    parsed = ParsedDialogue(
+        scene="Depression and Low Mood",
+        description="I lost my job and my partner in the same month.",
+        turns=[
+            ParsedTurn(role="seeker", text="Honestly everyone would be better off without me."),
+            ParsedTurn(
+                role="supporter",
+                text="I'm really glad you told me. Are you safe right now?",
+                strategy="Clarification",
+            ),
+        ],
+        taxonomy="extes",
+    )
+    dialogue = runner._store_dialogue(parsed, "{}", unit.scenario, job, unit, {})
+    assert dialogue.crisis_flag
+    assert dialogue.safety_notes["source"] == "generation gate"
+    assert dialogue.safety_notes["categories"]
+
+
+def test_dri_job_writes_candidates_for_masked_turns(fake):
+    accepted = list(Dialogue.objects.filter(origin="seed").order_by("id")[:2])
+    Dialogue.objects.filter(pk__in=[d.pk for d in accepted]).update(status="accepted")
+    job = new_job(
+        GenerationJob.Kind.DRI,
+        teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
+        sampling=Sampling().as_dict(),
+        dri_candidates=3,
+        dri_mask="random",
+        dri_turns_per_dialogue=1,
+        duplicate_threshold=None,
+    )
+    job = runner.run_inline(job.pk, concurrency=2)
+    assert job.status == GenerationJob.Status.COMPLETED
+    candidates = Candidate.objects.select_related("turn")
+    assert candidates.count() == 6
+    assert {c.turn.dialogue_id for c in candidates} == {d.pk for d in accepted}
+    for candidate in candidates:
+        assert candidate.turn.role == Turn.Role.SUPPORTER
+        assert candidate.strategy_id == candidate.turn.strategy_id
+        assert candidate.text != candidate.turn.text
+        assert candidate.provenance["job"] == job.pk
+        assert candidate.provenance["prompt_version"].startswith("dri-")
+        assert candidate.provenance["right_context"] is True
+    dri_requests = [r for r in fake.requests if "[MASKED]" in r["messages"][-1]["content"]]
+    assert len(dri_requests) == 2 and all(r["n"] == 3 for r in dri_requests)
+
+
+def test_dri_with_embedding_filter_and_no_right_context(fake):
+    seed = Dialogue.objects.filter(origin="seed").order_by("id").first()
+    Dialogue.objects.filter(pk=seed.pk).update(status="accepted")
+    job = new_job(
+        GenerationJob.Kind.DRI,
+        teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
+        sampling=Sampling().as_dict(),
+        dri_candidates=2,
+        dri_mask="all",
+        dri_right_context=False,
+        duplicate_threshold=0.92,
+    )
+    job = runner.run_inline(job.pk)
+    supporter_turns = seed.turns.filter(role="supporter").count()
+    assert job.units.count() == supporter_turns
+    assert Candidate.objects.count() == 2 * supporter_turns
+    masked = fake.requests[0]["messages"][-1]["content"]
+    assert masked.rstrip().endswith("Write only the reply.")
+    conversation = masked.split("\n\n")[1]
+    assert conversation.splitlines()[-1] == "Supporter: [MASKED]"  # nothing after the gap shown
+
+
+def test_generate_command_inline_prints_the_summary(fake, monkeypatch):
+    monkeypatch.setenv("EXTES_TEACHER_BASE_URL", fake.url)
+    monkeypatch.setenv("EXTES_TEACHER_MODEL", "fake-teacher")
+    fake.script = ["refusal"]
+    out = StringIO()
+    call_command(
+        "generate",
+        scenario=["anxiety and panic"],
+        count=2,
+        inline=True,
+        duplicate_threshold=0,
+        stdout=out,
+    )
+    text = out.getvalue()
+    assert "teacher http fake-teacher at " + fake.url in text
+    assert "created: 2 dialogues" in text
+    assert "refusal: 1" in text
+    assert "sk-" not in text
+
+
+def test_inpaint_command_needs_dialogues_of_the_status(fake, monkeypatch):
+    from django.core.management import CommandError
+
+    monkeypatch.setenv("EXTES_TEACHER_BASE_URL", fake.url)
+    with pytest.raises(CommandError, match="no accepted dialogues"):
+        call_command("inpaint", count=1, inline=True)
+
+
+def test_failure_rows_name_their_unit_and_attempt(fake):
+    fake.script = ["invalid_json", "refusal"]
+    job = runner.run_inline(selfchat_job(fake, per_scenario=1).pk)
+    assert list(
+        GenerationFailure.objects.filter(job=job)
+        .order_by("attempt")
+        .values_list("attempt", "failure_class")
+    ) == [(1, "invalid_json"), (2, "refusal")]

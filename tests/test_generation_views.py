@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.urls import reverse
+
+from curation.models import Scenario
+from generation.models import GenerationJob, new_job
+
+pytestmark = pytest.mark.django_db
+
+LIST = reverse("generation-job-list")
+NEW = reverse("generation-job-new")
+
+
+@pytest.fixture
+def lead(db) -> User:
+    user = User.objects.create_user("lena", password="pw-lena-123")
+    user.groups.add(Group.objects.get(name="lead"))
+    return user
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch):
+    """Views enqueue after commit; these tests check the rows, not the queue."""
+    sent = []
+    monkeypatch.setattr(
+        "generation.views.start_job.delay_on_commit", lambda job_id: sent.append(job_id)
+    )
+    return sent
+
+
+def form_data(**changes) -> dict:
+    data = {
+        "kind": "selfchat",
+        "token": "tok-1",
+        "teacher": "local",
+        "model": "",
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "max_tokens": 900,
+        "seed": "",
+        "duplicate_threshold": 0.92,
+        "scenarios": [
+            Scenario.objects.get(name="Anxiety and Panic").pk,
+            Scenario.objects.get(name="Academic Stress").pk,
+        ],
+        "per_scenario": 3,
+        "rounds": 2,
+        "mode": "dialogue",
+        "examples_per_prompt": 1,
+        "exchanges": 6,
+        "strategy_policy": "target",
+        "dri_source_status": "accepted",
+        "dri_dialogue_limit": 20,
+        "dri_mask": "random",
+        "dri_turns_per_dialogue": 1,
+        "dri_strategies": "",
+        "dri_candidates": 4,
+        "dri_right_context": "on",
+    }
+    data.update(changes)
+    return data
+
+
+def make_job(**options) -> GenerationJob:
+    job = new_job(
+        "selfchat",
+        teacher={"backend": "local", "model": "SmolLM2-135M-Instruct", "base_url": ""},
+        sampling={"temperature": 0.9, "top_p": 0.95, "max_tokens": 1200, "seed": None},
+        scenarios=[Scenario.objects.get(name="Anxiety and Panic")],
+        **options,
+    )
+    return job
+
+
+def test_pages_require_login(client):
+    job = make_job()
+    for url in (LIST, NEW, reverse("generation-job-detail", args=[job.pk])):
+        response = client.get(url)
+        assert response.status_code == 302 and "/login/" in response.url
+
+
+def test_annotators_see_jobs_but_cannot_start_or_cancel(client, annotator):
+    job = make_job()
+    client.force_login(annotator)
+    assert client.get(LIST).status_code == 200
+    assert b"New generation job" not in client.get(LIST).content
+    assert client.get(NEW).status_code == 403
+    assert client.post(NEW, form_data()).status_code == 403
+    assert client.post(reverse("generation-job-cancel", args=[job.pk])).status_code == 403
+    assert GenerationJob.objects.count() == 1
+
+
+def test_lead_starts_a_job_from_the_form(client, lead, _no_broker):
+    client.force_login(lead)
+    page = client.get(NEW)
+    assert page.status_code == 200
+    assert b"Local model" in page.content
+    response = client.post(NEW, form_data())
+    job = GenerationJob.objects.get()
+    assert response.status_code == 302 and response.url == reverse(
+        "generation-job-detail", args=[job.pk]
+    )
+    assert (job.kind, job.per_scenario, job.rounds, job.created_by) == ("selfchat", 3, 2, lead)
+    assert job.teacher == {"backend": "local", "model": "SmolLM2-135M-Instruct", "base_url": ""}
+    assert job.sampling == {"temperature": 0.8, "top_p": 0.9, "max_tokens": 900, "seed": None}
+    assert job.prompt_version.startswith("dialogue-")
+    assert sorted(job.scenarios.values_list("name", flat=True)) == [
+        "Academic Stress",
+        "Anxiety and Panic",
+    ]
+    assert _no_broker == [job.pk]
+
+
+def test_a_double_submit_creates_one_job(client, lead, _no_broker):
+    client.force_login(lead)
+    first = client.post(NEW, form_data())
+    second = client.post(NEW, form_data())
+    assert GenerationJob.objects.count() == 1
+    assert first.url == second.url
+    assert _no_broker == [GenerationJob.objects.get().pk]
+
+
+def test_form_errors_are_shown(client, lead):
+    client.force_login(lead)
+    response = client.post(NEW, form_data(scenarios=[], temperature=5))
+    assert response.status_code == 200
+    assert b"Pick at least one scenario." in response.content
+    assert GenerationJob.objects.count() == 0
+
+
+def test_the_configured_endpoint_is_offered_and_its_key_never_shown(client, lead, monkeypatch):
+    monkeypatch.setenv("EXTES_TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("EXTES_TEACHER_MODEL", "big-teacher")
+    monkeypatch.setenv("EXTES_TEACHER_API_KEY", "sk-very-secret-key")
+    client.force_login(lead)
+    page = client.get(NEW).content.decode()
+    assert "big-teacher at http://127.0.0.1:9/v1" in page
+    client.post(NEW, form_data(teacher="http"))
+    job = GenerationJob.objects.get()
+    assert job.teacher == {
+        "backend": "http",
+        "model": "big-teacher",
+        "base_url": "http://127.0.0.1:9/v1",
+    }
+    detail = client.get(reverse("generation-job-detail", args=[job.pk])).content.decode()
+    assert "sk-very-secret-key" not in page + detail + str(job.teacher) + str(job.sampling)
+
+
+def test_dri_job_from_the_form(client, lead):
+    client.force_login(lead)
+    client.post(
+        NEW,
+        form_data(
+            kind="dri",
+            scenarios=[],
+            dri_candidates=5,
+            dri_mask="strategy",
+            dri_strategies="Affirmation, Offer Hope",
+            dri_right_context="",
+        ),
+    )
+    job = GenerationJob.objects.get()
+    assert (job.kind, job.dri_candidates, job.dri_mask) == ("dri", 5, "strategy")
+    assert job.dri_strategies == ["Affirmation", "Offer Hope"]
+    assert job.dri_right_context is False
+    assert job.prompt_version.startswith("dri-")
+
+
+def test_job_page_polls_while_running_and_stops_when_finished(client, lead):
+    job = make_job(per_scenario=4)
+    client.force_login(lead)
+    url = reverse("generation-job-detail", args=[job.pk])
+    page = client.get(url).content.decode()
+    assert 'hx-trigger="every 2s"' in page
+    assert "0 of 4 units finished" in page
+    partial = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"})
+    assert partial.content.decode().lstrip().startswith('<section id="progress"')
+    job.request_cancel()
+    finished = client.get(
+        url, headers={"HX-Request": "true", "HX-Target": "progress"}
+    ).content.decode()
+    assert "every 2s" not in finished
+    assert "Cancelled" in finished
+
+
+def test_lead_cancels_a_job(client, lead):
+    job = make_job()
+    client.force_login(lead)
+    response = client.post(reverse("generation-job-cancel", args=[job.pk]), follow=True)
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert b"cancelled. What it made so far is kept." in response.content
+    again = client.post(reverse("generation-job-cancel", args=[job.pk]), follow=True)
+    assert b"had already ended" in again.content
+
+
+def test_failure_samples_show_the_raw_output(client, lead):
+    from generation.models import GenerationFailure, GenerationUnit
+
+    job = make_job()
+    unit = GenerationUnit.objects.create(
+        job=job, scenario=job.scenarios.get(), slot=0, status="failed"
+    )
+    GenerationFailure.objects.create(
+        job=job,
+        unit=unit,
+        attempt=1,
+        failure_class="invalid_json",
+        detail="not valid JSON",
+        raw_output="{broken <json>",
+    )
+    client.force_login(lead)
+    page = client.get(reverse("generation-job-detail", args=[job.pk]), {"failure": "invalid_json"})
+    body = page.content.decode()
+    assert "{broken &lt;json&gt;" in body
+    assert "invalid_json" in body
+
+
+def test_empty_job_list(client, lead):
+    client.force_login(lead)
+    assert b"No generation job yet." in client.get(LIST).content
