@@ -107,7 +107,7 @@ def _prepare() -> list[str]:
 def _worker_answers(redis_url: str, timeout: float = 30) -> bool:
     from celery import Celery
 
-    app = Celery(broker=redis_url)
+    app = Celery(broker=redis_url, set_as_current=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if app.control.ping(timeout=1.0):

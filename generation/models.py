@@ -1,14 +1,35 @@
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from curation.models import Dialogue, Scenario, Turn
+
+_sqlite_writer = threading.Lock()
+
+
+@contextlib.contextmanager
+def writing() -> Iterator[None]:
+    """Around a write transaction of generation work.
+
+    SQLite has one writer at a time, and a writer that finds it busy sleeps in growing steps (up
+    to 100 ms). Threads of one worker therefore queue on a lock here instead; other processes still
+    meet SQLite's own wait. PostgreSQL locks rows, so there this does nothing.
+    """
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with _sqlite_writer:
+        yield
+
 
 FAILURE_CLASSES = (
     "invalid_json",
@@ -249,9 +270,16 @@ class GenerationUnit(models.Model):
         return cls.objects.select_related("job", "scenario", "turn").get(pk=pk)
 
     def heartbeat(self) -> None:
-        GenerationUnit.objects.filter(pk=self.pk, claimed_by=self.claimed_by).update(
-            heartbeat_at=timezone.now()
-        )
+        """Tell others this claim is alive; at most every tenth of the lease (writes are costly)."""
+        now = timezone.now()
+        interval = timedelta(seconds=settings.GENERATION_LEASE_SECONDS / 10)
+        if self.heartbeat_at is not None and now - self.heartbeat_at < interval:
+            return
+        with writing():
+            GenerationUnit.objects.filter(pk=self.pk, claimed_by=self.claimed_by).update(
+                heartbeat_at=now
+            )
+        self.heartbeat_at = now
 
     def still_mine(self) -> bool:
         return GenerationUnit.objects.filter(

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +26,7 @@ from curation.models import Candidate, Dialogue, Scenario, Strategy, Turn
 from curation.parsing import ParsedDialogue, Vocabulary
 from curation.vocabulary import EXTES_STRATEGIES
 from generation import inpainting, selfchat
-from generation.models import GenerationFailure, GenerationJob, GenerationUnit
+from generation.models import GenerationFailure, GenerationJob, GenerationUnit, writing
 from generation.selfchat import Failure
 from generation.teacher import Sampling, TeacherConfig, Usage, get_teacher
 
@@ -127,8 +129,8 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
     assert scenario is not None
     teacher = get_teacher(TeacherConfig(**job.teacher))
     sampling = Sampling.from_dict(job.sampling)
-    vocab = _vocabulary()
-    strategies = _strategy_definitions()
+    reference = _reference_data()
+    vocab, strategies = reference.vocab, reference.definitions
     rng = random.Random(f"{job.pk}-{unit.pk}")
     gates: list[Callable[[ParsedDialogue], None]] = [_exact_duplicate_gate]
     if job.duplicate_threshold is not None:
@@ -167,7 +169,7 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
 
     provenance = _provenance(job, unit, produced.attempts, produced.usage)
     try:
-        with transaction.atomic():
+        with writing(), transaction.atomic():
             dialogue = None
             if produced.dialogue is not None:
                 dialogue = _store_dialogue(
@@ -184,7 +186,7 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
     except IntegrityError:
         # Same text as a dialogue stored since the gate looked: a duplicate after all.
         produced.failures.append(Failure("duplicate", "the same dialogue was stored meanwhile"))
-        with transaction.atomic():
+        with writing(), transaction.atomic():
             _record(unit, produced.failures, produced.attempts, produced.usage, None, created=0)
 
 
@@ -217,7 +219,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
     )
     provenance = _provenance(job, unit, result.attempts, result.usage)
     provenance["right_context"] = job.dri_right_context
-    with transaction.atomic():
+    with writing(), transaction.atomic():
         if unit.still_mine():
             Candidate.objects.bulk_create(
                 Candidate(turn=turn, text=text, strategy=turn.strategy, provenance=provenance)
@@ -307,7 +309,7 @@ def _store_dialogue(
             else {}
         ),
     )
-    strategy_ids = _strategy_ids()
+    strategy_ids = _reference_data().strategy_ids
     Turn.objects.bulk_create(
         Turn(
             dialogue=dialogue,
@@ -345,38 +347,72 @@ def _examples(
     scenario: Scenario, job: GenerationJob, round_number: int, rng: random.Random
 ) -> list[dict[str, Any]]:
     """Round 1: the scenario's seeds. Later rounds: seeds plus dialogues accepted since."""
-    pool = Dialogue.objects.filter(scenario=scenario)
-    if round_number == 1:
-        pool = pool.filter(origin=Dialogue.Origin.SEED)
-    else:
+    pool = _example_pool(scenario.pk, later=round_number > 1)
+    chosen = rng.sample(pool, min(job.examples_per_prompt, len(pool)))
+    missing = [pk for pk in chosen if pk not in _example_records]
+    if missing:
+        for pk, record in zip(
+            sorted(missing), extes_records(Dialogue.objects.filter(pk__in=missing)), strict=True
+        ):
+            _example_records[pk] = record
+    return [_example_records[pk] for pk in chosen]
+
+
+# Per process: which dialogues may serve as examples (refreshed every EXAMPLES_TTL seconds, so
+# newly accepted dialogues join later rounds) and their ExTES records.
+EXAMPLES_TTL = 30.0
+_example_pools: dict[tuple[int, bool], tuple[float, list[int]]] = {}
+_example_records: dict[int, dict[str, Any]] = {}
+
+
+def _example_pool(scenario_id: int, later: bool) -> list[int]:
+    cached = _example_pools.get((scenario_id, later))
+    if cached and time.monotonic() - cached[0] < EXAMPLES_TTL:
+        return cached[1]
+    pool = Dialogue.objects.filter(scenario_id=scenario_id)
+    if later:
         pool = pool.filter(
             Q(origin=Dialogue.Origin.SEED)
             | Q(origin=Dialogue.Origin.GENERATED, status=Dialogue.Status.ACCEPTED)
         )
-    ids = list(pool.values_list("pk", flat=True))
+    else:
+        pool = pool.filter(origin=Dialogue.Origin.SEED)
+    ids = sorted(pool.values_list("pk", flat=True))
     if not ids:  # a scenario without seeds (e.g. one found in imported data): any seed will do
-        ids = list(
+        ids = sorted(
             Dialogue.objects.filter(origin=Dialogue.Origin.SEED).values_list("pk", flat=True)
         )
-    chosen = rng.sample(ids, min(job.examples_per_prompt, len(ids)))
-    return list(extes_records(Dialogue.objects.filter(pk__in=chosen)))
+    _example_pools[(scenario_id, later)] = (time.monotonic(), ids)
+    return ids
 
 
-def _vocabulary() -> Vocabulary:
-    return Vocabulary.build(
-        Strategy.objects.values_list("taxonomy", "name", "aliases"),
-        Scenario.objects.values_list("name", "aliases", "is_official"),
-    )
+@dataclass(frozen=True)
+class _Reference:
+    vocab: Vocabulary
+    definitions: list[tuple[str, str]]  # ExTES strategies: (name, definition)
+    strategy_ids: dict[str, int]
 
 
-def _strategy_definitions() -> list[tuple[str, str]]:
-    return list(
-        Strategy.objects.filter(taxonomy="extes").order_by("pk").values_list("name", "definition")
-    )
+_reference: tuple[float, _Reference] | None = None
+REFERENCE_TTL = 60.0  # seconds: a lead's edit to a definition reaches the prompts within a minute
 
 
-def _strategy_ids() -> dict[str, int]:
-    return dict(Strategy.objects.filter(taxonomy="extes").values_list("name", "pk"))
+def _reference_data() -> _Reference:
+    """Strategies and scenarios, read once a minute per process rather than once per unit."""
+    global _reference
+    now = time.monotonic()
+    if _reference is None or now - _reference[0] > REFERENCE_TTL:
+        extes = Strategy.objects.filter(taxonomy="extes").order_by("pk")
+        data = _Reference(
+            vocab=Vocabulary.build(
+                Strategy.objects.values_list("taxonomy", "name", "aliases"),
+                Scenario.objects.values_list("name", "aliases", "is_official"),
+            ),
+            definitions=list(extes.values_list("name", "definition")),
+            strategy_ids=dict(extes.values_list("name", "pk")),
+        )
+        _reference = (now, data)
+    return _reference[1]
 
 
 # ---- gates ----------------------------------------------------------------------------------
@@ -466,7 +502,16 @@ def _embedding_deduplicate(threshold: float) -> inpainting.Deduplicate:
 
 def advance(job_id: int) -> list[int]:
     """When the current round has no open unit: plan the next one, or finish the job."""
-    with transaction.atomic():
+    open_statuses = [GenerationUnit.Status.PENDING, GenerationUnit.Status.RUNNING]
+    # A read first: most units finish while others are open, and need no write lock at all.
+    if GenerationUnit.objects.filter(
+        job_id=job_id,
+        job__status=GenerationJob.Status.RUNNING,
+        status__in=open_statuses,
+        round=GenerationJob.objects.filter(pk=job_id).values("current_round")[:1],
+    ).exists():
+        return []
+    with writing(), transaction.atomic():
         job = GenerationJob.objects.select_for_update().get(pk=job_id)
         if job.status != GenerationJob.Status.RUNNING:
             return []
@@ -492,8 +537,19 @@ def advance(job_id: int) -> list[int]:
         return []
 
 
+_last_stale_check: dict[int, float] = {}
+
+
 def stale_units(job_id: int) -> list[int]:
-    """Running units whose worker stopped reporting (killed?): another worker may claim them."""
+    """Running units whose worker stopped reporting (killed?): another worker may claim them.
+
+    Looked for at most every tenth of the lease per job and process: a unit only goes stale
+    after a whole lease.
+    """
+    now = time.monotonic()
+    if now - _last_stale_check.get(job_id, 0.0) < settings.GENERATION_LEASE_SECONDS / 10:
+        return []
+    _last_stale_check[job_id] = now
     stale = timezone.now() - timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
     return list(
         GenerationUnit.objects.filter(
@@ -546,3 +602,14 @@ def run_inline(job_id: int, concurrency: int = 4, worker: str = "inline") -> Gen
             results = list(pool.map(work, pending))
             pending = sorted({uid for ids in results for uid in ids})
     return GenerationJob.objects.get(pk=job_id)
+
+
+def clear_caches() -> None:
+    """Forget what this process cached about the database (tests switch databases)."""
+    global _reference
+    _reference = None
+    _example_pools.clear()
+    _example_records.clear()
+    _last_stale_check.clear()
+    with _indexes_lock:
+        _indexes.clear()

@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, cast
 
+import openai
+from openai.types.chat import ChatCompletion
+
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
@@ -135,8 +138,6 @@ class HttpTeacher:
         backoff_cap: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        import openai
-
         self.model = model
         self.base_url = base_url
         # The openai client's own retries are off: ours honour Retry-After and count attempts.
@@ -170,9 +171,6 @@ class HttpTeacher:
         return reply
 
     def _call(self, messages: list[Message], sampling: Sampling, n: int) -> Reply:
-        import openai
-        from openai.types.chat import ChatCompletion
-
         attempt = 0
         while True:
             try:

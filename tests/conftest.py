@@ -56,6 +56,13 @@ def redis_url():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_generation_caches():
+    from generation import runner
+
+    runner.clear_caches()
+
+
+@pytest.fixture(autouse=True)
 def _rejects_in_tmp(settings, tmp_path: Path) -> None:
     settings.REJECTS_DIR = tmp_path / "rejects"
 

@@ -103,6 +103,7 @@ def test_rounds_plan_new_units_and_later_rounds_see_accepted_dialogues(fake):
 
     scenario = accepted.scenario
     job.examples_per_prompt = 100
+    runner.clear_caches()  # workers see newly accepted dialogues after EXAMPLES_TTL seconds
     round1 = {e["description"] for e in runner._examples(scenario, job, 1, random.Random(0))}
     round2 = {e["description"] for e in runner._examples(scenario, job, 2, random.Random(0))}
     assert accepted.description not in round1
