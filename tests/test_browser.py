@@ -1,10 +1,15 @@
-"""A new user's first minutes, in a real Chromium: log in, browse, filter, read a dialogue."""
+"""In a real Chromium: a new user's first minutes (log in, browse, filter, read a dialogue), and a
+lead starting a generation job whose dialogues a real Celery worker makes while the page watches."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -104,3 +109,81 @@ def test_log_in_browse_filter_and_read(page, studio, tmp_path):
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login/"))
+
+
+@pytest.fixture
+def lead_studio(live_server, vocabulary_db, seeds, redis_url, monkeypatch, tmp_path):
+    """The live server plus a real worker process on the same (file) database and a fake teacher."""
+    from django.db import connection, transaction
+    from kombu import Connection
+
+    from generation import views
+    from generation.tasks import start_job
+    from tests.conftest import ROOT
+    from tests.fake_teacher import FakeTeacher
+
+    user = User.objects.create_user("leo", password="leo-pass-123")
+    user.groups.add(Group.objects.get(name="lead"))
+    queue = f"generation-browser-{uuid.uuid4().hex[:8]}"
+    with FakeTeacher(latency=0.3) as fake:
+        monkeypatch.setenv("EXTES_TEACHER_BASE_URL", fake.url)
+        monkeypatch.setenv("EXTES_TEACHER_MODEL", "fake-teacher")
+
+        def enqueue(job_id: int) -> None:
+            def send() -> None:
+                with Connection(redis_url) as broker:
+                    start_job.apply_async(args=[job_id], queue=queue, connection=broker)
+
+            transaction.on_commit(send)
+
+        monkeypatch.setattr(views.start_job, "delay_on_commit", enqueue)
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+        env |= {
+            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "REDIS_URL": redis_url,
+            "EXTES_GENERATION_QUEUE": queue,
+            "EXTES_DATA_DIR": str(tmp_path),
+        }
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", queue,
+             "--pool", "threads", "--concurrency", "4", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield live_server
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+
+def test_lead_starts_a_job_and_watches_dialogues_arrive(page, lead_studio, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(f"{lead_studio.url}/login/")
+    page.get_by_label("Username").fill("leo")
+    page.get_by_label("Password").fill("leo-pass-123")
+    page.get_by_role("button", name="Log in").click()
+
+    page.get_by_role("link", name="Generation").click()
+    expect(page.get_by_text("No generation job yet.")).to_be_visible()
+    page.get_by_role("link", name="New generation job").click()
+    page.get_by_label("Anxiety and Panic").check()
+    page.get_by_label("Dialogues per scenario, per round").fill("3")
+    page.get_by_label("Teacher").select_option("http")
+    expect(page.get_by_label("Teacher")).to_contain_text("fake-teacher at http://127.0.0.1:")
+    page.get_by_role("button", name="Start job").click()
+
+    expect(page.get_by_role("heading", name=re.compile(r"Self-chat job #\d+"))).to_be_visible()
+    expect(page.locator("#progress")).to_contain_text("Completed", timeout=60_000)
+    expect(page.locator("#progress")).to_contain_text("3 of 3 units finished")
+    expect(page.locator("#progress")).to_contain_text("3 dialogues created")
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    expect(page.locator("#progress li")).to_have_count(3)  # the latest dialogues, linked
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+
+    page.get_by_role("link", name="Dialogues").click()
+    page.get_by_label("Origin").select_option("generated")
+    expect(page.locator("table.dialogues tbody tr")).to_have_count(3)
+    expect(page.locator("table.dialogues tbody tr").first).to_contain_text("Pending")
+    assert Dialogue.objects.filter(origin="generated", status="pending").count() == 3
