@@ -82,6 +82,8 @@ class JobForm(forms.Form):
         teacher = cast(forms.ChoiceField, self.fields["teacher"])
         teacher.choices = choices
         teacher.initial = choices[0][0]
+        # A 135M local model rarely writes a whole dialogue as valid JSON: turn by turn works.
+        self.fields["mode"].initial = "dialogue" if configured.backend == "http" else "turns"
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -40,7 +40,10 @@ DEFAULT_SHARES = {s.name: s.extes_share for s in EXTES_STRATEGIES}
 
 def start(job_id: int) -> list[int]:
     """Start a queued job and plan its first units; returns the unit ids to run."""
-    job = GenerationJob.objects.get(pk=job_id)
+    job = GenerationJob.objects.filter(pk=job_id).first()
+    if job is None:
+        logger.warning("job %s does not exist (deleted?); nothing to start", job_id)
+        return []
     if not job.start():
         logger.info("job %s is %s; not starting it again", job_id, job.status)
         return []
@@ -113,13 +116,14 @@ def process_unit(unit_id: int, worker: str) -> list[int]:
             _run_selfchat_unit(unit)
     except Exception as exc:
         logger.exception("unit %s crashed", unit_id)
-        unit.complete(
-            GenerationUnit.Status.FAILED,
-            created=0,
-            attempts=unit.attempts,
-            usage={},
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        with writing():
+            unit.complete(
+                GenerationUnit.Status.FAILED,
+                created=0,
+                attempts=unit.attempts,
+                usage={},
+                error=f"{type(exc).__name__}: {exc}",
+            )
     return advance(job.pk) + stale_units(job.pk)
 
 

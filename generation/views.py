@@ -5,6 +5,7 @@ import uuid
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -73,6 +74,11 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "failure_class": failure_class,
         "can_cancel": is_lead(request.user) and not job.is_finished,
         "scenario_names": list(job.scenarios.values_list("name", flat=True)),
+        "unit_errors": job.units.filter(status="failed")
+        .exclude(error="")
+        .values("error")
+        .annotate(n=Count("id"))
+        .order_by("-n")[:5],
         "recent": job.units.filter(status="done")
         .select_related("dialogue")
         .order_by("-finished_at")[:10],

@@ -97,15 +97,6 @@ def test_paraphrase_scores_far_above_unrelated(embedder: Embedder) -> None:
     assert min(para) - max(unrel) > 0.4
 
 
-def test_matches_sentence_transformers_when_available(embedder: Embedder) -> None:
-    st = pytest.importorskip("sentence_transformers")
-    reference = st.SentenceTransformer(str(model_folder()), device="cpu")
-    texts = [a for a, _ in PARAPHRASES]
-    np.testing.assert_allclose(
-        embedder.embed(texts), reference.encode(texts, normalize_embeddings=True), atol=1e-4
-    )
-
-
 def test_get_embedder_is_a_singleton(embedder: Embedder) -> None:
     assert get_embedder() is embedder
     assert get_embedder() is get_embedder()

@@ -288,3 +288,19 @@ def test_failure_rows_name_their_unit_and_attempt(fake):
         .order_by("attempt")
         .values_list("attempt", "failure_class")
     ) == [(1, "invalid_json"), (2, "refusal")]
+
+
+def test_starting_a_missing_job_does_nothing():
+    assert runner.start(999_999) == []
+
+
+def test_a_crashing_unit_is_recorded_and_the_job_still_ends(fake, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("bug in the prompt builder")
+
+    monkeypatch.setattr(runner.selfchat, "write_dialogue", explode)
+    job = runner.run_inline(selfchat_job(fake, per_scenario=2).pk)
+    assert job.status == GenerationJob.Status.FAILED
+    assert "every unit failed" in job.error
+    errors = set(job.units.values_list("error", flat=True))
+    assert errors == {"RuntimeError: bug in the prompt builder"}

@@ -221,3 +221,19 @@ def test_failure_samples_show_the_raw_output(client, lead):
 def test_empty_job_list(client, lead):
     client.force_login(lead)
     assert b"No generation job yet." in client.get(LIST).content
+
+
+def test_job_page_says_why_units_failed(client, lead):
+    from generation.models import GenerationUnit
+
+    job = make_job()
+    GenerationUnit.objects.create(
+        job=job,
+        scenario=job.scenarios.get(),
+        slot=0,
+        status="failed",
+        error="RuntimeError: bug in the prompt builder",
+    )
+    client.force_login(lead)
+    body = client.get(reverse("generation-job-detail", args=[job.pk])).content.decode()
+    assert "1 unit: RuntimeError: bug in the prompt builder" in body

@@ -25,7 +25,12 @@ class Command(BaseCommand):
             "--count", type=int, required=True, help="dialogues per scenario per round"
         )
         parser.add_argument("--rounds", type=int, default=1)
-        parser.add_argument("--mode", choices=GenerationJob.Mode.values, default="dialogue")
+        parser.add_argument(
+            "--mode",
+            choices=GenerationJob.Mode.values,
+            default=None,
+            help="default: dialogue with an HTTP teacher, turns with the local model",
+        )
         parser.add_argument("--examples", type=int, default=1, help="example dialogues per prompt")
         parser.add_argument(
             "--exchanges", type=int, default=6, help="turns mode: seeker/supporter pairs"
@@ -45,12 +50,13 @@ class Command(BaseCommand):
         if options["count"] < 1 or options["rounds"] < 1:
             raise CommandError("--count and --rounds must be at least 1")
         teacher, sampling = teacher_and_sampling(options)
+        mode = options["mode"] or ("dialogue" if teacher["backend"] == "http" else "turns")
         job = new_job(
             GenerationJob.Kind.SELFCHAT,
             teacher=teacher,
             sampling=sampling,
             scenarios=find_scenarios(options["scenario"]),
-            mode=options["mode"],
+            mode=mode,
             per_scenario=options["count"],
             rounds=options["rounds"],
             examples_per_prompt=options["examples"],
