@@ -167,6 +167,10 @@ GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)
 GENERATION_QUEUE = envstr("EXTES_GENERATION_QUEUE", "generation")
 CELERY_TASK_ROUTES = {"generation.*": {"queue": GENERATION_QUEUE}}
 
+# Review queue: how many annotators review each dialogue, and how long a claimed one stays theirs.
+REVIEWS_PER_DIALOGUE = envint("EXTES_REVIEWS_PER_DIALOGUE", 2)
+REVIEW_LEASE_MINUTES = envint("EXTES_REVIEW_LEASE_MINUTES", 30)
+
 # Dialogue list: rows per page; counts above this are shown as "N+" to keep the page fast.
 DIALOGUES_PER_PAGE = envint("EXTES_DIALOGUES_PER_PAGE", 50)
 DIALOGUE_COUNT_CAP = envint("EXTES_DIALOGUE_COUNT_CAP", 100_000)

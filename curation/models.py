@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -100,6 +101,7 @@ class Dialogue(models.Model):
     content_hash = models.CharField(max_length=64, unique=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     version = models.PositiveIntegerField(default=1)
+    reviews_done = models.PositiveIntegerField(default=0)  # submitted reviews, kept with them
     # The record exactly as read, and what the importer repaired in it: nothing is lost.
     raw = models.JSONField()
     repairs = models.JSONField(default=list, blank=True)
@@ -197,3 +199,125 @@ class Candidate(models.Model):
 
     def __str__(self) -> str:
         return f"candidate {self.pk} for turn {self.turn_id}"
+
+
+class Review(models.Model):
+    """One annotator's review of one dialogue: a draft while they work, then submitted once."""
+
+    class Decision(models.TextChoices):
+        ACCEPT = "accept", "Accept"
+        REJECT = "reject", "Reject"
+
+    class Flag(models.TextChoices):
+        CRISIS = "crisis", "Crisis / self-harm"
+        PERSONAL_DATA = "personal_data", "Personal data"
+        OFF_SCENARIO = "off_scenario", "Off-scenario"
+        UNREALISTIC = "unrealistic", "Unrealistic"
+        REPETITIVE = "repetitive", "Repetitive"
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="reviews")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices, blank=True)
+    reasons = models.JSONField(default=list, blank=True)
+    flags = models.JSONField(default=list, blank=True)
+    notes = models.TextField(blank=True)
+    based_on_version = models.PositiveIntegerField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dialogue", "annotator"], name="review_one_per_annotator"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"review of #{self.dialogue_id} by {self.annotator_id}"
+
+    @property
+    def is_submitted(self) -> bool:
+        return self.submitted_at is not None
+
+
+class TurnLabel(models.Model):
+    """The strategy one annotator chose for one supporter turn."""
+
+    review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="labels")
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="labels")
+    strategy = models.ForeignKey(Strategy, null=True, blank=True, on_delete=models.PROTECT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["review", "turn"], name="label_one_per_turn")
+        ]
+
+    def __str__(self) -> str:
+        return f"label of turn {self.turn_id}"
+
+
+class TurnEdit(models.Model):
+    """A change to a turn's text, made during a review; the dialogue's version moved with it."""
+
+    review = models.ForeignKey(Review, null=True, blank=True, on_delete=models.SET_NULL)
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="edits")
+    editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    before = models.TextField()
+    after = models.TextField()
+    reason = models.CharField(max_length=300, blank=True)
+    version = models.PositiveIntegerField(help_text="the dialogue version this edit created")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"edit of turn {self.turn_id}"
+
+
+class Assignment(models.Model):
+    """A lease: this dialogue is reserved for this annotator until `expires_at`."""
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+    skipped = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dialogue", "annotator"], name="assignment_once"),
+        ]
+        indexes = [models.Index(fields=["dialogue", "expires_at"], name="assignment_active")]
+
+    def __str__(self) -> str:
+        return f"#{self.dialogue_id} for {self.annotator_id}"
+
+
+class Event(models.Model):
+    """The dialogue's history: who changed what, when, from what to what."""
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="events")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    action = models.CharField(max_length=40)
+    target = models.CharField(max_length=100, blank=True)  # e.g. "turn 3"
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["dialogue", "id"], name="event_dialogue")]
+
+    def __str__(self) -> str:
+        return f"{self.action} on #{self.dialogue_id}"

@@ -1,0 +1,245 @@
+"""The review queue and what a review changes: claims with leases, labels, edits, submissions.
+
+Claiming is atomic: on PostgreSQL candidate rows are locked with SKIP LOCKED, so two annotators
+pressing "next" at once take different dialogues; on SQLite the claim's write transaction
+(BEGIN IMMEDIATE) already runs one claim at a time. Reviews are blind: nothing here shows one
+annotator another's review.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+
+from curation.models import (
+    Assignment,
+    Dialogue,
+    Event,
+    Review,
+    Strategy,
+    Turn,
+    TurnEdit,
+    TurnLabel,
+)
+
+OPEN = [Dialogue.Status.PENDING, Dialogue.Status.IN_REVIEW]
+
+
+class StaleVersion(Exception):
+    """The dialogue changed since the page was loaded: the save is refused, nothing is lost."""
+
+    def __init__(self, current: int, changes: list[Event]) -> None:
+        super().__init__(f"the dialogue is at version {current}")
+        self.current = current
+        self.changes = changes
+
+
+def lease() -> timedelta:
+    return timedelta(minutes=settings.REVIEW_LEASE_MINUTES)
+
+
+def available_for(user: Any, now: Any = None) -> QuerySet[Dialogue]:
+    """Dialogues this annotator may claim: open, not flagged for leads, not already reviewed or
+    skipped by them, and with room left among submitted reviews and others' live leases."""
+    now = now or timezone.now()
+    live = Q(assignments__released_at__isnull=True, assignments__expires_at__gt=now)
+    return (
+        Dialogue.objects.filter(status__in=OPEN, crisis_flag=False)
+        .exclude(reviews__annotator=user)
+        .exclude(assignments__annotator=user, assignments__skipped=True)
+        .annotate(live_leases=Count("assignments", filter=live & ~Q(assignments__annotator=user)))
+        .filter(reviews_done__lt=settings.REVIEWS_PER_DIALOGUE)
+        .filter(live_leases__lt=settings.REVIEWS_PER_DIALOGUE - F("reviews_done"))
+        .order_by("id")
+    )
+
+
+def held_by(user: Any) -> Dialogue | None:
+    """The dialogue this annotator holds and has not submitted yet, if any (lease renewed)."""
+    now = timezone.now()
+    assignment = (
+        Assignment.objects.filter(annotator=user, released_at__isnull=True, expires_at__gt=now)
+        .exclude(dialogue__reviews__annotator=user, dialogue__reviews__submitted_at__isnull=False)
+        .select_related("dialogue")
+        .order_by("id")
+        .first()
+    )
+    if assignment is None:
+        return None
+    Assignment.objects.filter(pk=assignment.pk).update(expires_at=now + lease())
+    return assignment.dialogue
+
+
+def claim_next(user: Any) -> Dialogue | None:
+    """The dialogue to review next: the one already held, else a newly claimed one."""
+    held = held_by(user)
+    if held is not None:
+        return held
+    now = timezone.now()
+    with transaction.atomic():
+        for pk in available_for(user, now).values_list("pk", flat=True)[:20]:
+            rows = Dialogue.objects.filter(pk=pk)
+            if connection.vendor == "postgresql":
+                # One row at a time: a row another claim holds is skipped, not waited for.
+                rows = rows.select_for_update(skip_locked=True)
+            dialogue = rows.first()
+            if dialogue is None:
+                continue
+            # Checked again under the lock: another claim may have filled the last place.
+            live = (
+                dialogue.assignments.filter(released_at__isnull=True, expires_at__gt=now)
+                .exclude(annotator=user)
+                .count()
+            )
+            if dialogue.reviews_done + live >= settings.REVIEWS_PER_DIALOGUE:
+                continue
+            Assignment.objects.update_or_create(
+                dialogue=dialogue,
+                annotator=user,
+                defaults={"expires_at": now + lease(), "released_at": None, "skipped": False},
+            )
+            Dialogue.objects.filter(pk=dialogue.pk, status=Dialogue.Status.PENDING).update(
+                status=Dialogue.Status.IN_REVIEW
+            )
+            Event.objects.create(dialogue=dialogue, actor=user, action="claimed")
+            dialogue.refresh_from_db()
+            return dialogue
+    return None
+
+
+def renew(dialogue: Dialogue, user: Any) -> None:
+    Assignment.objects.filter(dialogue=dialogue, annotator=user, released_at__isnull=True).update(
+        expires_at=timezone.now() + lease()
+    )
+
+
+def skip(dialogue: Dialogue, user: Any) -> None:
+    """Give the dialogue back without penalty; this annotator will not be offered it again."""
+    with transaction.atomic():
+        updated = Assignment.objects.filter(
+            dialogue=dialogue, annotator=user, released_at__isnull=True
+        ).update(released_at=timezone.now(), skipped=True)
+        if updated:
+            Review.objects.filter(
+                dialogue=dialogue, annotator=user, submitted_at__isnull=True
+            ).delete()
+            Event.objects.create(dialogue=dialogue, actor=user, action="skipped")
+            _reopen_if_untouched(dialogue)
+
+
+def _reopen_if_untouched(dialogue: Dialogue) -> None:
+    live = dialogue.assignments.filter(released_at__isnull=True, expires_at__gt=timezone.now())
+    if dialogue.reviews_done == 0 and not live.exists():
+        Dialogue.objects.filter(pk=dialogue.pk, status=Dialogue.Status.IN_REVIEW).update(
+            status=Dialogue.Status.PENDING
+        )
+
+
+def draft_for(dialogue: Dialogue, user: Any) -> Review:
+    review, _ = Review.objects.get_or_create(
+        dialogue=dialogue, annotator=user, defaults={"based_on_version": dialogue.version}
+    )
+    return review
+
+
+def set_label(review: Review, turn: Turn, strategy: Strategy | None) -> TurnLabel:
+    if review.is_submitted:
+        raise ValueError("this review was already submitted")
+    label, _ = TurnLabel.objects.update_or_create(
+        review=review, turn=turn, defaults={"strategy": strategy}
+    )
+    return label
+
+
+def edit_turn(
+    turn: Turn, text: str, expected_version: int, user: Any, review: Review | None, reason: str = ""
+) -> Dialogue:
+    """Change a turn's text if the dialogue is still at `expected_version`; else StaleVersion."""
+    text = text.strip()
+    with transaction.atomic():
+        updated = Dialogue.objects.filter(pk=turn.dialogue_id, version=expected_version).update(
+            version=F("version") + 1, updated_at=timezone.now()
+        )
+        if not updated:
+            dialogue = Dialogue.objects.get(pk=turn.dialogue_id)
+            changes = list(
+                Event.objects.filter(
+                    dialogue=dialogue, action="edited", after__version__gt=expected_version
+                ).select_related("actor")
+            )
+            raise StaleVersion(dialogue.version, changes)
+        before = turn.text
+        Turn.objects.filter(pk=turn.pk).update(text=text)
+        TurnEdit.objects.create(
+            review=review,
+            turn=turn,
+            editor=user,
+            before=before,
+            after=text,
+            reason=reason,
+            version=expected_version + 1,
+        )
+        Event.objects.create(
+            dialogue_id=turn.dialogue_id,
+            actor=user,
+            action="edited",
+            target=f"turn {turn.index}",
+            before={"text": before, "version": expected_version},
+            after={"text": text, "version": expected_version + 1},
+        )
+        turn.text = text
+        return Dialogue.objects.get(pk=turn.dialogue_id)
+
+
+def submit(review: Review, decision: str, reasons: list[str], flags: list[str], notes: str) -> bool:
+    """Submit once; False when it already was (double click, retry, back button)."""
+    with transaction.atomic():
+        now = timezone.now()
+        updated = Review.objects.filter(pk=review.pk, submitted_at__isnull=True).update(
+            decision=decision, reasons=reasons, flags=flags, notes=notes, submitted_at=now
+        )
+        if not updated:
+            return False
+        Dialogue.objects.filter(pk=review.dialogue_id).update(reviews_done=F("reviews_done") + 1)
+        Assignment.objects.filter(
+            dialogue_id=review.dialogue_id, annotator=review.annotator
+        ).update(released_at=now)
+        dialogue = Dialogue.objects.select_for_update().get(pk=review.dialogue_id)
+        Event.objects.create(
+            dialogue=dialogue,
+            actor=review.annotator,
+            action="reviewed",
+            after={"decision": decision, "reasons": reasons, "flags": flags},
+        )
+        if Review.Flag.CRISIS in flags and not dialogue.crisis_flag:
+            dialogue.crisis_flag = True
+            dialogue.safety_notes = {
+                "source": "annotator",
+                "flagged_by": review.annotator.get_username(),
+                "notes": notes,
+            }
+            dialogue.save(update_fields=["crisis_flag", "safety_notes"])
+        if dialogue.reviews_done >= settings.REVIEWS_PER_DIALOGUE:
+            _settle(dialogue)
+        review.refresh_from_db()
+        return True
+
+
+def _settle(dialogue: Dialogue) -> None:
+    """Accepted or rejected when every review agrees; otherwise a lead adjudicates."""
+    decisions = set(
+        dialogue.reviews.filter(submitted_at__isnull=False).values_list("decision", flat=True)
+    )
+    if decisions == {Review.Decision.ACCEPT}:
+        status = Dialogue.Status.ACCEPTED
+    elif decisions == {Review.Decision.REJECT}:
+        status = Dialogue.Status.REJECTED
+    else:
+        status = Dialogue.Status.NEEDS_ADJUDICATION
+    Dialogue.objects.filter(pk=dialogue.pk).update(status=status)
+    Event.objects.create(dialogue=dialogue, action="status", after={"status": status})
