@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
-from curation.models import Dialogue, Scenario, Turn
+from curation import reviewing
+from curation.models import Assignment, Dialogue, Review, Scenario, Strategy, Turn
+from curation.roles import is_lead
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -123,3 +129,203 @@ def dialogue_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         Dialogue.objects.select_related("scenario").prefetch_related(turns), pk=pk
     )
     return render(request, "curation/dialogue_detail.html", {"dialogue": dialogue})
+
+
+# ---- reviewing ---------------------------------------------------------------------------------
+
+REJECT_REASONS = [
+    ("unrealistic", "Unrealistic"),
+    ("off_scenario", "Off-scenario"),
+    ("poor_support", "Poor support"),
+    ("repetitive", "Repetitive"),
+    ("unsafe", "Unsafe reply"),
+    ("other", "Other"),
+]
+
+
+def _get_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Review | None]:
+    """The dialogue, if this user holds it or reviewed it (leads may open any); else 404."""
+    dialogue = get_object_or_404(Dialogue.objects.select_related("scenario"), pk=pk)
+    user = request.user
+    review = Review.objects.filter(dialogue=dialogue, annotator=user).first()
+    holds = Assignment.objects.filter(
+        dialogue=dialogue,
+        annotator=user,
+        released_at__isnull=True,
+        expires_at__gt=timezone.now(),
+    ).exists()
+    if not (holds or review or is_lead(user)):
+        raise Http404("No dialogue of yours here.")
+    return dialogue, review
+
+
+def _get_rw_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Review]:
+    """For changes: the user must hold the dialogue (or be a lead), and gets their draft."""
+    dialogue, review = _get_review_for_user(request, pk)
+    if review is not None and review.is_submitted:
+        raise PermissionDenied("This review was already submitted.")
+    reviewing.renew(dialogue, request.user)
+    return dialogue, review or reviewing.draft_for(dialogue, request.user)
+
+
+def _review_context(
+    request: HttpRequest, dialogue: Dialogue, review: Review | None
+) -> dict[str, Any]:
+    labels = {}
+    if review is not None:
+        labels = dict(review.labels.values_list("turn_id", "strategy_id"))
+    strategies = list(Strategy.objects.filter(taxonomy="extes").order_by("-extes_share", "name"))
+    turns = list(dialogue.turns.select_related("strategy").order_by("index"))
+    by_id = {s.pk: s for s in strategies}
+    rows = []
+    for turn in turns:
+        chosen = labels.get(turn.pk, turn.strategy_id if turn.role == Turn.Role.SUPPORTER else None)
+        rows.append(
+            {
+                "turn": turn,
+                "chosen": by_id.get(chosen) if chosen else None,
+                "confirmed": turn.pk in labels,
+            }
+        )
+    return {
+        "dialogue": dialogue,
+        "review": review,
+        "rows": rows,
+        "strategies": strategies,
+        "flags": Review.Flag.choices,
+        "reject_reasons": REJECT_REASONS,
+        "submitted": bool(review and review.is_submitted),
+    }
+
+
+@require_GET
+@login_required
+def review_home(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    held = reviewing.held_by(user)
+    context = {
+        "held": held,
+        "available": reviewing.available_for(user).count(),
+        "done_today": Review.objects.filter(
+            annotator=user, submitted_at__date=timezone.now().date()
+        ).count(),
+        "recent": Review.objects.filter(annotator=user, submitted_at__isnull=False).select_related(
+            "dialogue__scenario"
+        )[:10],
+    }
+    return render(request, "curation/review_home.html", context)
+
+
+@require_POST
+@login_required
+def review_next(request: HttpRequest) -> HttpResponse:
+    dialogue = reviewing.claim_next(request.user)
+    if dialogue is None:
+        messages.info(request, "Nothing left to review for you right now. Thank you!")
+        return redirect("curation-review-home")
+    return redirect("curation-review", dialogue.pk)
+
+
+@require_GET
+@login_required
+def review(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue, existing = _get_review_for_user(request, pk)
+    return render(request, "curation/review.html", _review_context(request, dialogue, existing))
+
+
+@require_POST
+@login_required
+def review_label(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue, draft = _get_rw_review_for_user(request, pk)
+    turn = get_object_or_404(
+        Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue, role=Turn.Role.SUPPORTER
+    )
+    strategy_id = _int_or_none(request.POST.get("strategy"))
+    strategy = (
+        get_object_or_404(Strategy, pk=strategy_id, taxonomy="extes") if strategy_id else None
+    )
+    reviewing.set_label(draft, turn, strategy)
+    if request.htmx:
+        context = _review_context(request, dialogue, draft)
+        row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
+        return render(request, "curation/review.html#turn", {**context, "row": row})
+    return redirect("curation-review", dialogue.pk)
+
+
+@require_POST
+@login_required
+def review_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue, draft = _get_rw_review_for_user(request, pk)
+    turn = get_object_or_404(Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue)
+    text = request.POST.get("text", "").strip()
+    version = _int_or_none(request.POST.get("version")) or 0
+    if not text:
+        return HttpResponse("A turn cannot be empty.", status=400)
+    try:
+        dialogue = reviewing.edit_turn(
+            turn, text, version, request.user, draft, request.POST.get("reason", "")[:300]
+        )
+    except reviewing.StaleVersion as stale:
+        turn.refresh_from_db()
+        context = {
+            **_review_context(request, dialogue, draft),
+            "turn": turn,
+            "mine": text,
+            "stale": stale,
+        }
+        return render(request, "curation/review.html#conflict", context, status=409)
+    context = _review_context(request, dialogue, draft)
+    row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
+    response = render(request, "curation/review.html#turn", {**context, "row": row})
+    response["HX-Trigger"] = json.dumps({"dialogueVersion": dialogue.version})
+    return response
+
+
+@require_POST
+@login_required
+def review_draft(request: HttpRequest, pk: int) -> HttpResponse:
+    """Autosave of the notes while typing."""
+    dialogue, draft = _get_rw_review_for_user(request, pk)
+    Review.objects.filter(pk=draft.pk).update(notes=request.POST.get("notes", "")[:5000])
+    return HttpResponse(status=204)
+
+
+@require_POST
+@login_required
+def review_submit(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue, existing = _get_review_for_user(request, pk)
+    if existing is not None and existing.is_submitted:
+        # A double click, a retried request or the back button: the review exists already.
+        return redirect("curation-review-next-get")
+    decision = request.POST.get("decision", "")
+    reasons = [r for r in request.POST.getlist("reasons") if r in dict(REJECT_REASONS)]
+    flags = [f for f in request.POST.getlist("flags") if f in Review.Flag.values]
+    if decision not in Review.Decision.values:
+        messages.error(request, "Choose accept or reject.")
+        return redirect("curation-review", dialogue.pk)
+    if decision == Review.Decision.REJECT and not reasons:
+        messages.error(request, "Say why you reject it: pick at least one reason.")
+        return redirect("curation-review", dialogue.pk)
+    draft = existing or reviewing.draft_for(dialogue, request.user)
+    reviewing.submit(draft, decision, reasons, flags, request.POST.get("notes", "")[:5000])
+    return redirect("curation-review-next-get")
+
+
+@require_GET
+@login_required
+def review_next_get(request: HttpRequest) -> HttpResponse:
+    """After a submit: straight on to the next dialogue (a GET, so reloading is harmless)."""
+    dialogue = reviewing.claim_next(request.user)
+    if dialogue is None:
+        messages.info(request, "Nothing left to review for you right now. Thank you!")
+        return redirect("curation-review-home")
+    return redirect("curation-review", dialogue.pk)
+
+
+@require_POST
+@login_required
+def review_skip(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue, _ = _get_review_for_user(request, pk)
+    reviewing.skip(dialogue, request.user)
+    messages.info(request, f"Skipped dialogue #{dialogue.pk}. It will not be shown to you again.")
+    return redirect("curation-review-next-get")
