@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
@@ -146,7 +147,7 @@ REJECT_REASONS = [
 def _get_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Review | None]:
     """The dialogue, if this user holds it or reviewed it (leads may open any); else 404."""
     dialogue = get_object_or_404(Dialogue.objects.select_related("scenario"), pk=pk)
-    user = request.user
+    user = cast(User, request.user)
     review = Review.objects.filter(dialogue=dialogue, annotator=user).first()
     holds = Assignment.objects.filter(
         dialogue=dialogue,
@@ -201,7 +202,7 @@ def _review_context(
 @require_GET
 @login_required
 def review_home(request: HttpRequest) -> HttpResponse:
-    user = request.user
+    user = cast(User, request.user)
     held = reviewing.held_by(user)
     context = {
         "held": held,
@@ -235,7 +236,7 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def review_label(request: HttpRequest, pk: int) -> HttpResponse:
+def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     dialogue, draft = _get_rw_review_for_user(request, pk)
     turn = get_object_or_404(
         Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue, role=Turn.Role.SUPPORTER
@@ -254,7 +255,7 @@ def review_label(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def review_edit(request: HttpRequest, pk: int) -> HttpResponse:
+def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     dialogue, draft = _get_rw_review_for_user(request, pk)
     turn = get_object_or_404(Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue)
     text = request.POST.get("text", "").strip()
@@ -285,7 +286,7 @@ def review_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def review_draft(request: HttpRequest, pk: int) -> HttpResponse:
     """Autosave of the notes while typing."""
-    dialogue, draft = _get_rw_review_for_user(request, pk)
+    _, draft = _get_rw_review_for_user(request, pk)
     Review.objects.filter(pk=draft.pk).update(notes=request.POST.get("notes", "")[:5000])
     return HttpResponse(status=204)
 

@@ -187,3 +187,100 @@ def test_lead_starts_a_job_and_watches_dialogues_arrive(page, lead_studio, tmp_p
     expect(page.locator("table.dialogues tbody tr")).to_have_count(3)
     expect(page.locator("table.dialogues tbody tr").first).to_contain_text("Pending")
     assert Dialogue.objects.filter(origin="generated", status="pending").count() == 3
+
+
+@pytest.fixture
+def review_studio(live_server, vocabulary_db, seeds, settings):
+    settings.REVIEWS_PER_DIALOGUE = 2
+    for name in ("rita", "sam"):
+        user = User.objects.create_user(name, password=f"{name}-pass-123")
+        user.groups.add(Group.objects.get(name="annotator"))
+    return live_server
+
+
+def log_in(page, base: str, name: str) -> None:
+    page.goto(f"{base}/login/")
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password").fill(f"{name}-pass-123")
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio, tmp_path):
+    from playwright.sync_api import expect
+
+    from curation.models import Review, TurnLabel
+
+    log_in(page, review_studio.url, "rita")
+    page.goto(f"{review_studio.url}/review/")
+    page.keyboard.press("n")
+    expect(page).to_have_url(re.compile(r"/review/\d+/$"))
+    first_url = page.url
+    dialogue = Dialogue.objects.get(pk=int(first_url.rstrip("/").split("/")[-1]))
+    supporter = list(dialogue.turns.filter(role="supporter").order_by("index"))
+
+    page.keyboard.press("?")
+    expect(page.locator("#shortcuts")).to_be_visible()
+    page.keyboard.press("Escape")
+    # j to the second supporter turn, 2 sets the second strategy of the legend.
+    page.keyboard.press("j")
+    expect(page.locator(f"#turn-{supporter[1].pk}")).to_have_class(re.compile("current"))
+    page.keyboard.press("2")
+    second = page.locator(".legend li").nth(1).inner_text().split(" ", 1)[1].strip()
+    expect(page.locator(f"#turn-{supporter[1].pk} .badge")).to_have_text(second)
+    # c confirms the teacher's suggestion on the first turn.
+    page.keyboard.press("k")
+    page.keyboard.press("c")
+    expect(page.locator(f"#turn-{supporter[0].pk} .badge")).to_be_visible()
+    # e edits the current turn; Ctrl+Enter saves.
+    page.keyboard.press("k")
+    page.keyboard.press("e")
+    page.keyboard.type(" Take your time.")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator(f"#turn-{supporter[0].pk} .text")).to_contain_text("Take your time.")
+    page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+    page.keyboard.press("a")
+    expect(page).not_to_have_url(first_url)
+    expect(page).to_have_url(re.compile(r"/review/\d+/$"))
+
+    review = Review.objects.get(dialogue=dialogue, annotator__username="rita")
+    assert review.decision == "accept" and review.submitted_at
+    labels = dict(TurnLabel.objects.filter(review=review).values_list("turn_id", "strategy__name"))
+    assert labels[supporter[1].pk] == second
+    assert labels[supporter[0].pk] == supporter[0].strategy.name
+    supporter[0].refresh_from_db()
+    assert supporter[0].text.endswith("Take your time.")
+
+
+def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, review_studio):
+    from playwright.sync_api import expect
+
+    pages = []
+    for name in ("rita", "sam"):
+        context = browser.new_context()
+        page = context.new_page()
+        log_in(page, review_studio.url, name)
+        page.goto(f"{review_studio.url}/review/")
+        page.get_by_role("button", name=re.compile("Start reviewing")).click()
+        pages.append(page)
+    rita, sam = pages
+    assert rita.url == sam.url  # two reviews per dialogue: both hold it
+    turn = rita.locator(".turn.supporter").first
+    turn_id = turn.get_attribute("id")
+
+    def edit(page, text):
+        item = page.locator(f"#{turn_id}")
+        item.locator("details.edit summary").click()
+        item.locator("textarea[name=text]").fill(text)
+        item.get_by_role("button", name="Save text").click()
+
+    edit(rita, "Rita's careful wording.")
+    expect(rita.locator(f"#{turn_id} .text")).to_have_text("Rita's careful wording.")
+    edit(sam, "Sam's own wording.")
+    conflict = sam.locator(f"#{turn_id}.conflict")
+    expect(conflict).to_contain_text("Someone changed this dialogue while you were working")
+    expect(conflict).to_contain_text("Rita's careful wording.")
+    expect(conflict.locator("textarea")).to_have_value("Sam's own wording.")
+    conflict.get_by_role("button", name="Re-apply my text").click()
+    expect(sam.locator(f"#{turn_id} .text")).to_have_text("Sam's own wording.")
+    for page in pages:
+        page.context.close()
