@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from curation import reviewing
+from curation.diffs import word_diff
 from curation.models import Assignment, Dialogue, Review, Scenario, Strategy, Turn
 from curation.roles import is_lead
 
@@ -129,7 +130,22 @@ def dialogue_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     dialogue = get_object_or_404(
         Dialogue.objects.select_related("scenario").prefetch_related(turns), pk=pk
     )
-    return render(request, "curation/dialogue_detail.html", {"dialogue": dialogue})
+    events = dialogue.events.select_related("actor")
+    if not is_lead(request.user):
+        # Reviews are blind: only leads see who decided what.
+        events = events.exclude(action__in=["reviewed", "claimed", "skipped"])
+    history = [
+        {
+            "event": event,
+            "diff": word_diff(event.before.get("text", ""), event.after.get("text", ""))
+            if event.action == "edited" and event.before and event.after
+            else None,
+        }
+        for event in events
+    ]
+    return render(
+        request, "curation/dialogue_detail.html", {"dialogue": dialogue, "history": history}
+    )
 
 
 # ---- reviewing ---------------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.urls import reverse
+
+from curation import reviewing
+from curation.diffs import word_diff
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
+
+
+def test_word_diff_marks_changed_words_only():
+    assert word_diff("I feel so alone tonight.", "I feel a bit alone tonight.") == [
+        ("same", "I feel "), ("del", "so"), ("ins", "a bit"), ("same", " alone tonight."),
+    ]
+    assert word_diff("same", "same") == [("same", "same")]
+    assert word_diff("", "new words") == [("ins", "new words")]
+
+
+def make(group: str, name: str) -> User:
+    user = User.objects.create_user(name, password="pw-123456")
+    user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annotators(client, settings):
+    settings.REVIEWS_PER_DIALOGUE = 1
+    ann = make("annotator", "ann")
+    dialogue = reviewing.claim_next(ann)
+    turn = dialogue.turns.get(index=1)
+    reviewing.edit_turn(turn, turn.text + " Kindly.", dialogue.version, ann, None)
+    reviewing.submit(reviewing.draft_for(dialogue, ann), "accept", [], [], "")
+    url = reverse("curation-dialogue-detail", args=[dialogue.pk])
+
+    client.force_login(make("annotator", "other"))
+    body = client.get(url).content.decode()
+    assert "<ins>Kindly.</ins>" in body or "<ins> Kindly.</ins>" in body
+    assert "edited turn 1" in body
+    assert "reviewed" not in body.split("<h2>History</h2>")[1].split("</ol>")[0]
+
+    client.force_login(make("lead", "lead"))
+    body = client.get(url).content.decode()
+    assert "ann reviewed: accept" in body
+    assert "now accepted" in body
