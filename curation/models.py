@@ -321,3 +321,28 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} on #{self.dialogue_id}"
+
+
+class Ranking(models.Model):
+    """One annotator's ranking of the replies for a masked supporter turn: the DRI candidates and
+    the original, shown unmarked in a shuffled order. Items are "c<candidate id>" or "t<turn id>"
+    (the original); `order` lists groups of tied items, best first."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="rankings")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings"
+    )
+    order = models.JSONField(default=list)
+    unacceptable = models.JSONField(default=list, blank=True)
+    display_order = models.JSONField(default=list)
+    edited_best = models.TextField(blank=True)
+    submitted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["turn", "annotator"], name="ranking_one_per_annotator"),
+        ]
+
+    def __str__(self) -> str:
+        return f"ranking of turn {self.turn_id} by {self.annotator_id}"

@@ -18,4 +18,7 @@ urlpatterns = [
     path("review/<int:pk>/draft/", views.review_draft, name="curation-review-draft"),
     path("review/<int:pk>/submit/", views.review_submit, name="curation-review-submit"),
     path("review/<int:pk>/skip/", views.review_skip, name="curation-review-skip"),
+    # /rank/
+    path("rank/", views.rank_next, name="curation-rank-next"),
+    path("rank/<int:pk>/", views.rank, name="curation-rank"),
 ]

@@ -13,12 +13,12 @@ from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
-from curation import reviewing
+from curation import ranking, reviewing
 from curation.diffs import word_diff
-from curation.models import Assignment, Dialogue, Review, Scenario, Strategy, Turn
+from curation.models import Assignment, Dialogue, Ranking, Review, Scenario, Strategy, Turn
 from curation.roles import is_lead
 
 
@@ -223,6 +223,7 @@ def review_home(request: HttpRequest) -> HttpResponse:
     context = {
         "held": held,
         "available": reviewing.available_for(user).count(),
+        "rankable": ranking.rankable_for(user).count(),
         "done_today": Review.objects.filter(
             annotator=user, submitted_at__date=timezone.now().date()
         ).count(),
@@ -346,3 +347,71 @@ def review_skip(request: HttpRequest, pk: int) -> HttpResponse:
     reviewing.skip(dialogue, request.user)
     messages.info(request, f"Skipped dialogue #{dialogue.pk}. It will not be shown to you again.")
     return redirect("curation-review-next-get")
+
+
+# ---- ranking -----------------------------------------------------------------------------------
+
+
+def _get_rank_turn_for_user(request: HttpRequest, pk: int) -> Turn:
+    """A masked turn this user may rank now: it has candidates and they have not ranked it."""
+    user = cast(User, request.user)
+    turn = (
+        Turn.objects.select_related("dialogue__scenario", "strategy")
+        .filter(pk=pk, role=Turn.Role.SUPPORTER, candidates__isnull=False)
+        .first()
+    )
+    if turn is None or (turn.dialogue.crisis_flag and not is_lead(user)):
+        raise Http404("Nothing to rank here.")
+    return turn
+
+
+@require_GET
+@login_required
+def rank_next(request: HttpRequest) -> HttpResponse:
+    turn = ranking.rankable_for(request.user).first()
+    if turn is None:
+        messages.info(request, "No replies are waiting to be ranked by you.")
+        return redirect("curation-review-home")
+    return redirect("curation-rank", turn.pk)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def rank(request: HttpRequest, pk: int) -> HttpResponse:
+    turn = _get_rank_turn_for_user(request, pk)
+    user = cast(User, request.user)
+    shown = ranking.items(turn, user)
+    done = Ranking.objects.filter(turn=turn, annotator=user).first()
+    error = ""
+    if request.method == "POST" and done is None:
+        try:
+            order, unacceptable = ranking.parse(request.POST, shown)
+        except ValueError as exc:
+            error = str(exc)
+        else:
+            ranking.save(
+                turn,
+                user,
+                order,
+                unacceptable,
+                [i["key"] for i in shown],
+                request.POST.get("edited_best", "")[:2000],
+            )
+            return redirect("curation-rank-next")
+    elif request.method == "POST":
+        return redirect("curation-rank-next")  # submitted before: a double click or a retry
+    before, after = ranking.context_turns(turn)
+    for item in shown:  # after an error, what was typed stays in the form
+        item["posted"] = request.POST.get(f"rank-{item['key']}", "") if error else ""
+    return render(
+        request,
+        "curation/rank.html",
+        {
+            "turn": turn,
+            "before": before,
+            "after": after,
+            "items": shown,
+            "done": done,
+            "error": error,
+        },
+    )

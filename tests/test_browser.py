@@ -284,3 +284,27 @@ def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, rev
     expect(sam.locator(f"#{turn_id} .text")).to_have_text("Sam's own wording.")
     for page in pages:
         page.context.close()
+
+
+def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio, tmp_path):
+    from playwright.sync_api import expect
+
+    from curation.models import Candidate, Ranking
+
+    turn = Dialogue.objects.order_by("id").first().turns.filter(role="supporter")[1]
+    for text in ("What has helped you before?", "That sounds exhausting.", "I hear you."):
+        Candidate.objects.create(turn=turn, text=text, strategy=turn.strategy)
+    log_in(page, review_studio.url, "sam")
+    page.goto(f"{review_studio.url}/review/")
+    page.get_by_role("link", name="Rank DRI replies").click()
+    expect(page.get_by_role("heading", name="Which reply fits best?")).to_be_visible()
+    expect(page.locator(".candidate")).to_have_count(4)
+    page.screenshot(path=str(tmp_path / "rank.png"), full_page=True)
+    for key in ("1", "2", "2", "3"):
+        page.keyboard.press(key)  # sets the rank and moves to the next reply (stays on the last)
+    page.keyboard.press("x")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/review/$"))
+    ranking = Ranking.objects.get(annotator__username="sam")
+    assert [len(group) for group in ranking.order] == [1, 2, 1]
+    assert ranking.unacceptable == [ranking.display_order[3]]

@@ -12,7 +12,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 
 def test_word_diff_marks_changed_words_only():
     assert word_diff("I feel so alone tonight.", "I feel a bit alone tonight.") == [
-        ("same", "I feel "), ("del", "so"), ("ins", "a bit"), ("same", " alone tonight."),
+        ("same", "I feel "),
+        ("del", "so"),
+        ("ins", "a bit"),
+        ("same", " alone tonight."),
     ]
     assert word_diff("same", "same") == [("same", "same")]
     assert word_diff("", "new words") == [("ins", "new words")]
@@ -24,7 +27,9 @@ def make(group: str, name: str) -> User:
     return user
 
 
-def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annotators(client, settings):
+def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annotators(
+    client, settings
+):
     settings.REVIEWS_PER_DIALOGUE = 1
     ann = make("annotator", "ann")
     dialogue = reviewing.claim_next(ann)

@@ -1,7 +1,8 @@
 // Keyboard-first reviewing. Every action also has a button or form that works without this file.
 (function () {
   "use strict";
-  const turns = () => Array.from(document.querySelectorAll(".turn.supporter[data-turn]"));
+  // On the rank page the items moved through are the candidate replies.
+  const turns = () => Array.from(document.querySelectorAll(".turn.supporter[data-turn], .candidate"));
   let current = 0;
 
   function focusTurn(index) {
@@ -89,8 +90,23 @@
         if (dialog) { event.preventDefault(); dialog.open ? dialog.close() : dialog.showModal(); }
         break;
       }
+      case "x": {
+        const box = currentTurn() && currentTurn().querySelector("input[type=checkbox]");
+        if (box) { event.preventDefault(); box.checked = !box.checked; }
+        break;
+      }
+      case "Enter": {
+        const form = document.getElementById("rank-form");
+        if (form) { event.preventDefault(); form.requestSubmit(); }
+        break;
+      }
       default:
-        if (/^[1-9]$/.test(event.key)) { event.preventDefault(); setStrategyByNumber(Number(event.key)); }
+        if (/^[1-9]$/.test(event.key)) {
+          event.preventDefault();
+          const rankInput = currentTurn() && currentTurn().querySelector("input[type=number]");
+          if (rankInput) { rankInput.value = event.key; focusTurn(current + 1); }
+          else setStrategyByNumber(Number(event.key));
+        }
     }
   });
 
