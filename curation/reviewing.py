@@ -13,7 +13,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from curation.models import (
@@ -45,15 +46,31 @@ def lease() -> timedelta:
 
 def available_for(user: Any, now: Any = None) -> QuerySet[Dialogue]:
     """Dialogues this annotator may claim: open, not flagged for leads, not already reviewed or
-    skipped by them, and with room left among submitted reviews and others' live leases."""
+    skipped by them, and with room left among submitted reviews and others' live leases.
+
+    Correlated subqueries rather than a GROUP BY: walking the status index in id order, the
+    database stops at the first rows that qualify, however many dialogues there are.
+    """
     now = now or timezone.now()
-    live = Q(assignments__released_at__isnull=True, assignments__expires_at__gt=now)
+    live_others = (
+        Assignment.objects.filter(
+            dialogue=OuterRef("pk"), released_at__isnull=True, expires_at__gt=now
+        )
+        .exclude(annotator=user)
+        .order_by()
+        .values("dialogue")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
-        Dialogue.objects.filter(status__in=OPEN, crisis_flag=False)
-        .exclude(reviews__annotator=user)
-        .exclude(assignments__annotator=user, assignments__skipped=True)
-        .annotate(live_leases=Count("assignments", filter=live & ~Q(assignments__annotator=user)))
-        .filter(reviews_done__lt=settings.REVIEWS_PER_DIALOGUE)
+        Dialogue.objects.filter(
+            status__in=OPEN, crisis_flag=False, reviews_done__lt=settings.REVIEWS_PER_DIALOGUE
+        )
+        .exclude(Exists(Review.objects.filter(dialogue=OuterRef("pk"), annotator=user)))
+        .exclude(
+            Exists(Assignment.objects.filter(dialogue=OuterRef("pk"), annotator=user, skipped=True))
+        )
+        .annotate(live_leases=Coalesce(Subquery(live_others), 0))
         .filter(live_leases__lt=settings.REVIEWS_PER_DIALOGUE - F("reviews_done"))
         .order_by("id")
     )

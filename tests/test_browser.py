@@ -17,6 +17,9 @@ from django.contrib.auth.models import Group, User
 
 from curation.models import Dialogue, Scenario
 
+# Screenshots land here (git-ignored) and the README links them.
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-results" / "screenshots"
+
 pytestmark = [
     pytest.mark.browser,
 ]
@@ -33,6 +36,11 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,7 +81,7 @@ def studio(live_server, vocabulary_db, seeds):
     return live_server
 
 
-def test_log_in_browse_filter_and_read(page, studio, tmp_path):
+def test_log_in_browse_filter_and_read(page, studio):
     from playwright.sync_api import expect
 
     page.goto(f"{studio.url}/")
@@ -104,8 +112,8 @@ def test_log_in_browse_filter_and_read(page, studio, tmp_path):
     badges = page.locator(".turn.supporter .badge")
     expect(badges).to_have_count(first.turns.filter(role="supporter").count())
     expect(badges.first).to_have_attribute("title", re.compile(r"\w+"))
-    page.screenshot(path=str(tmp_path / "dialogue.png"), full_page=True)
-    assert (tmp_path / "dialogue.png").stat().st_size > 10_000
+    shot(page, "dialogue")
+    assert (SCREENSHOTS / "dialogue.png").stat().st_size > 10_000
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login/"))
@@ -157,7 +165,7 @@ def lead_studio(live_server, vocabulary_db, seeds, redis_url, monkeypatch, tmp_p
             worker.wait(timeout=30)
 
 
-def test_lead_starts_a_job_and_watches_dialogues_arrive(page, lead_studio, tmp_path):
+def test_lead_starts_a_job_and_watches_dialogues_arrive(page, lead_studio):
     from playwright.sync_api import expect
 
     page.goto(f"{lead_studio.url}/login/")
@@ -180,7 +188,7 @@ def test_lead_starts_a_job_and_watches_dialogues_arrive(page, lead_studio, tmp_p
     expect(page.locator("#progress")).to_contain_text("3 dialogues created")
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
     expect(page.locator("#progress li")).to_have_count(3)  # the latest dialogues, linked
-    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+    shot(page, "job")
 
     page.get_by_role("link", name="Dialogues").click()
     page.get_by_label("Origin").select_option("generated")
@@ -205,7 +213,7 @@ def log_in(page, base: str, name: str) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
-def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio, tmp_path):
+def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
     from playwright.sync_api import expect
 
     from curation.models import Review, TurnLabel
@@ -237,7 +245,7 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio, tmp_p
     page.keyboard.type(" Take your time.")
     page.keyboard.press("Control+Enter")
     expect(page.locator(f"#turn-{supporter[0].pk} .text")).to_contain_text("Take your time.")
-    page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+    shot(page, "review")
     page.keyboard.press("a")
     expect(page).not_to_have_url(first_url)
     expect(page).to_have_url(re.compile(r"/review/\d+/$"))
@@ -286,7 +294,7 @@ def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, rev
         page.context.close()
 
 
-def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio, tmp_path):
+def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
     from playwright.sync_api import expect
 
     from curation.models import Candidate, Ranking
@@ -299,7 +307,7 @@ def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio, tmp_p
     page.get_by_role("link", name="Rank DRI replies").click()
     expect(page.get_by_role("heading", name="Which reply fits best?")).to_be_visible()
     expect(page.locator(".candidate")).to_have_count(4)
-    page.screenshot(path=str(tmp_path / "rank.png"), full_page=True)
+    shot(page, "rank")
     for key in ("1", "2", "2", "3"):
         page.keyboard.press(key)  # sets the rank and moves to the next reply (stays on the last)
     page.keyboard.press("x")
@@ -308,3 +316,41 @@ def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio, tmp_p
     ranking = Ranking.objects.get(annotator__username="sam")
     assert [len(group) for group in ranking.order] == [1, 2, 1]
     assert ranking.unacceptable == [ranking.display_order[3]]
+
+
+XSS_CORPUS = [
+    "<script>window.pwned = 1</script>",
+    '<img src=x onerror="window.pwned = 2">',
+    '"><svg onload="window.pwned = 3">',
+    "javascript:window.pwned = 4",
+    '<a href="javascript:window.pwned=5">click</a>',
+    "{{ 7*7 }} {% csrf_token %} ${window.pwned=6}",
+    '<iframe srcdoc="<script>parent.pwned=7</script>"></iframe>',
+]
+
+
+def test_llm_text_never_executes_in_the_pages(page, review_studio):
+    dialogue = Dialogue.objects.order_by("id").first()
+    dialogue.description = XSS_CORPUS[1]
+    dialogue.save()
+    for turn, text in zip(dialogue.turns.order_by("index"), XSS_CORPUS, strict=False):
+        turn.text = text
+        turn.save()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    log_in(page, review_studio.url, "rita")
+    page.goto(f"{review_studio.url}/review/")
+    page.keyboard.press("n")
+    page.wait_for_url(re.compile(r"/review/\d+/$"))
+    assert page.url.rstrip("/").endswith(f"/{dialogue.pk}")
+    pages = {
+        page.url: XSS_CORPUS[0],  # the review page shows the turns as text
+        f"{review_studio.url}/dialogues/{dialogue.pk}/": XSS_CORPUS[0],
+        f"{review_studio.url}/dialogues/?q=pwned": XSS_CORPUS[1],  # the list shows descriptions
+    }
+    for url, visible in pages.items():
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.pwned") is None, url
+        assert page.get_by_text(visible, exact=False).count() >= 1, url
+    assert dialogs == []
