@@ -57,10 +57,10 @@ def main(dialogues: int, requests: int) -> None:
     client.force_login(user)
     strategy = Strategy.objects.get(taxonomy="extes", name="Affirmation").pk
 
-    def timed(call):
+    def timed(call, *args, **kwargs):
         with CaptureQueriesContext(connection) as queries:
             began = time.perf_counter()
-            response = call()
+            response = call(*args, **kwargs)
             elapsed = (time.perf_counter() - began) * 1000
         assert response.status_code in (200, 204, 302), response.status_code
         return elapsed, len(queries), response
@@ -68,19 +68,18 @@ def main(dialogues: int, requests: int) -> None:
     results: dict[str, list[float]] = {"next": [], "review_page": [], "label_save": []}
     counts: dict[str, int] = {}
     for _ in range(requests):
-        ms, counts["next"], response = timed(lambda: client.post("/review/next/"))
+        ms, counts["next"], response = timed(client.post, "/review/next/")
         results["next"].append(ms)
         url = response.url
-        ms, counts["review_page"], _ = timed(lambda: client.get(url))
+        ms, counts["review_page"], _ = timed(client.get, url)
         results["review_page"].append(ms)
         dialogue_id = int(url.rstrip("/").split("/")[-1])
         turn = Turn.objects.filter(dialogue_id=dialogue_id, role="supporter").order_by("index")[0]
         ms, counts["label_save"], _ = timed(
-            lambda: client.post(
-                f"{url}label/",
-                {"turn": turn.pk, "strategy": strategy},
-                headers={"HX-Request": "true"},
-            )
+            client.post,
+            f"{url}label/",
+            {"turn": turn.pk, "strategy": strategy},
+            headers={"HX-Request": "true"},
         )
         results["label_save"].append(ms)
         client.post(f"{url}submit/", {"decision": "accept"})  # on to a new dialogue
