@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -33,6 +33,21 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+def _dialogues_for_user(request: HttpRequest) -> QuerySet[Dialogue]:
+    """Leads see every dialogue; an annotator only those they hold or reviewed (reviews are blind,
+    and the queue, not browsing, decides what they read next)."""
+    user = cast(User, request.user)
+    if is_lead(user):
+        return Dialogue.objects.all()
+    now = timezone.now()
+    mine = Q(pk__in=Review.objects.filter(annotator=user).values("dialogue_id")) | Q(
+        pk__in=Assignment.objects.filter(
+            annotator=user, released_at__isnull=True, expires_at__gt=now
+        ).values("dialogue_id")
+    )
+    return Dialogue.objects.filter(mine)
+
+
 def _filtered(request: HttpRequest) -> tuple[QuerySet[Dialogue], dict[str, Any]]:
     params = request.GET
     scenario = _int_or_none(params.get("scenario"))
@@ -45,7 +60,7 @@ def _filtered(request: HttpRequest) -> tuple[QuerySet[Dialogue], dict[str, Any]]
         "origin": origin if origin in Dialogue.Origin.values else "",
         "q": q,
     }
-    dialogues = Dialogue.objects.all()
+    dialogues = _dialogues_for_user(request)
     if scenario:
         dialogues = dialogues.filter(scenario_id=scenario)
     if filters["origin"]:
@@ -128,7 +143,7 @@ def _query_string(filters: dict[str, Any]) -> str:
 def dialogue_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     turns = Prefetch("turns", queryset=Turn.objects.select_related("strategy").order_by("index"))
     dialogue = get_object_or_404(
-        Dialogue.objects.select_related("scenario").prefetch_related(turns), pk=pk
+        _dialogues_for_user(request).select_related("scenario").prefetch_related(turns), pk=pk
     )
     events = dialogue.events.select_related("actor")
     if not is_lead(request.user):

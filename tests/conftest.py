@@ -85,6 +85,13 @@ def annotator(db) -> User:
 
 
 @pytest.fixture
+def lead(db) -> User:
+    user = User.objects.create_user("lena", password="pw-lena-123")
+    user.groups.add(Group.objects.get(name="lead"))
+    return user
+
+
+@pytest.fixture
 def superuser(db) -> User:
     return User.objects.create_superuser("root-admin", password="pw-admin-123")
 

@@ -77,7 +77,7 @@ def page(browser):
 @pytest.fixture
 def studio(live_server, vocabulary_db, seeds):
     user = User.objects.create_user("amira", password="amira-pass-123")
-    user.groups.add(Group.objects.get(name="annotator"))
+    user.groups.add(Group.objects.get(name="lead"))
     return live_server
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
 from curation.models import Scenario
@@ -11,13 +10,6 @@ pytestmark = pytest.mark.django_db
 
 LIST = reverse("generation-job-list")
 NEW = reverse("generation-job-new")
-
-
-@pytest.fixture
-def lead(db) -> User:
-    user = User.objects.create_user("lena", password="pw-lena-123")
-    user.groups.add(Group.objects.get(name="lead"))
-    return user
 
 
 @pytest.fixture(autouse=True)

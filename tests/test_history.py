@@ -39,6 +39,8 @@ def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annota
     url = reverse("curation-dialogue-detail", args=[dialogue.pk])
 
     client.force_login(make("annotator", "other"))
+    assert client.get(url).status_code == 404  # not theirs to read
+    client.force_login(ann)
     body = client.get(url).content.decode()
     assert "<ins>Kindly.</ins>" in body or "<ins> Kindly.</ins>" in body
     assert "edited turn 1" in body

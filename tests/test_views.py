@@ -11,8 +11,8 @@ LIST = reverse("curation-dialogue-list")
 
 
 @pytest.fixture
-def logged_in(client, annotator, seeds):
-    client.force_login(annotator)
+def logged_in(client, lead, seeds):
+    client.force_login(lead)
     return client
 
 
@@ -120,8 +120,8 @@ def test_list_query_count_does_not_grow_with_rows(
         logged_in.get(LIST)
 
 
-def test_empty_states(client, annotator):
-    client.force_login(annotator)
+def test_empty_states(client, lead):
+    client.force_login(lead)
     assert b"There are no dialogues yet" in client.get(LIST).content
 
 
@@ -160,3 +160,17 @@ def test_detail_shows_repairs_and_raw_record(logged_in):
     assert "strategy_unknown" in body
     assert "unlabelled" in body
     assert "Gentle humour" in body
+
+
+def test_annotators_see_only_dialogues_they_hold_or_reviewed(client, annotator, seeds):
+    from curation import reviewing
+
+    client.force_login(annotator)
+    assert client.get(LIST).context["total"] == 0
+    held = reviewing.claim_next(annotator)
+    other = Dialogue.objects.exclude(pk=held.pk).first()
+    assert [d.pk for d in client.get(LIST).context["dialogues"]] == [held.pk]
+    assert client.get(detail_url(held.pk)).status_code == 200
+    assert client.get(detail_url(other.pk)).status_code == 404
+    reviewing.submit(reviewing.draft_for(held, annotator), "accept", [], [], "")
+    assert [d.pk for d in client.get(LIST).context["dialogues"]] == [held.pk]
