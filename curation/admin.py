@@ -4,7 +4,19 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from curation.models import Candidate, Dialogue, Scenario, Strategy, Turn
+from curation.models import (
+    Assignment,
+    Candidate,
+    Dialogue,
+    Event,
+    Ranking,
+    Review,
+    Scenario,
+    Strategy,
+    Turn,
+    TurnEdit,
+    TurnLabel,
+)
 
 
 @admin.register(Scenario)
@@ -75,3 +87,52 @@ class CandidateAdmin(admin.ModelAdmin):
     search_fields = ["text"]
     raw_id_fields = ["turn"]
     readonly_fields = ["provenance"]
+
+
+class TurnLabelInline(admin.TabularInline):
+    model = TurnLabel
+    extra = 0
+    raw_id_fields = ["turn"]
+
+
+@admin.register(Review)
+class ReviewAdmin(admin.ModelAdmin):
+    list_display = ["id", "dialogue", "annotator", "decision", "submitted_at"]
+    list_filter = ["decision", "submitted_at"]
+    search_fields = ["notes", "annotator__username"]
+    raw_id_fields = ["dialogue"]
+    inlines = [TurnLabelInline]
+
+
+@admin.register(TurnEdit)
+class TurnEditAdmin(admin.ModelAdmin):
+    list_display = ["id", "turn", "editor", "version", "created_at"]
+    search_fields = ["before", "after", "reason"]
+    raw_id_fields = ["turn", "review"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "dialogue", "annotator", "expires_at", "released_at", "skipped"]
+    list_filter = ["skipped"]
+    raw_id_fields = ["dialogue"]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["id", "dialogue", "actor", "action", "target", "created_at"]
+    list_filter = ["action"]
+    raw_id_fields = ["dialogue"]
+
+
+@admin.register(Ranking)
+class RankingAdmin(admin.ModelAdmin):
+    list_display = ["id", "turn", "annotator", "submitted_at"]
+    raw_id_fields = ["turn"]
+
+
+@admin.register(TurnLabel)
+class TurnLabelAdmin(admin.ModelAdmin):
+    list_display = ["id", "review", "turn", "strategy", "updated_at"]
+    list_filter = ["strategy"]
+    raw_id_fields = ["review", "turn"]

@@ -3,11 +3,28 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from curation.models import Dialogue, Scenario, Strategy, Turn
+from curation.models import Dialogue, Event, Scenario, Strategy, Turn
 
 pytestmark = pytest.mark.django_db
 
 MODELS = [Dialogue, Turn, Scenario, Strategy]
+
+
+def test_every_model_is_in_the_admin():
+    from django.apps import apps
+    from django.contrib import admin
+
+    for app in ("curation", "generation"):
+        for model in apps.get_app_config(app).get_models():
+            assert admin.site.is_registered(model), model.__name__
+
+
+def test_event_changelist_loads(admin_client_seeded, superuser):
+    from curation import reviewing
+
+    reviewing.claim_next(superuser)
+    assert Event.objects.exists()
+    assert admin_client_seeded.get(reverse("admin:curation_event_changelist")).status_code == 200
 
 
 @pytest.fixture

@@ -252,6 +252,17 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
 
     review = Review.objects.get(dialogue=dialogue, annotator__username="rita")
     assert review.decision == "accept" and review.submitted_at
+
+    # Nineteen more, keyboard only: confirm each suggested label, then accept.
+    for _ in range(19):
+        url = page.url
+        for _turn in range(page.locator(".turn.supporter").count()):
+            page.keyboard.press("c")
+        page.keyboard.press("a")
+        expect(page).not_to_have_url(url)
+    assert (
+        Review.objects.filter(annotator__username="rita", submitted_at__isnull=False).count() == 20
+    )
     labels = dict(TurnLabel.objects.filter(review=review).values_list("turn_id", "strategy__name"))
     assert labels[supporter[1].pk] == second
     assert labels[supporter[0].pk] == supporter[0].strategy.name
