@@ -18,7 +18,16 @@ from django_htmx.middleware import HtmxDetails
 
 from curation import ranking, reviewing
 from curation.diffs import word_diff
-from curation.models import Assignment, Dialogue, Ranking, Review, Scenario, Strategy, Turn
+from curation.models import (
+    Assignment,
+    Dialogue,
+    DialogueQuerySet,
+    Ranking,
+    Review,
+    Scenario,
+    Strategy,
+    Turn,
+)
 from curation.roles import is_lead
 
 
@@ -33,7 +42,7 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def _dialogues_for_user(request: HttpRequest) -> QuerySet[Dialogue]:
+def _dialogues_for_user(request: HttpRequest) -> DialogueQuerySet:
     """Leads see every dialogue; an annotator only those they hold or reviewed (reviews are blind,
     and the queue, not browsing, decides what they read next)."""
     user = cast(User, request.user)
