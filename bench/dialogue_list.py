@@ -29,7 +29,7 @@ def main(esconv_dir: Path, dialogues: int, requests: int) -> None:
     import django
 
     django.setup()
-    from django.contrib.auth.models import User
+    from django.contrib.auth.models import Group, User
     from django.core.management import call_command
     from django.db import connection, transaction
     from django.test import Client
@@ -45,6 +45,7 @@ def main(esconv_dir: Path, dialogues: int, requests: int) -> None:
     Dialogue.objects.filter(id__lt=Dialogue.objects.count() // 3).update(status="accepted")
 
     user = User.objects.create_user("bench", password="bench-password-1")
+    user.groups.add(Group.objects.get(name="lead"))  # leads see every dialogue
     client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     scenario = Scenario.objects.get(name="Depression and Low Mood").pk
