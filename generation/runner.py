@@ -444,21 +444,28 @@ class _ScenarioIndex:
         new = list(
             Dialogue.objects.filter(scenario_id=self.scenario_id, pk__gt=self.last_id)
             .order_by("pk")
-            .values_list("pk", "description")
+            .values_list("pk", "description", "content_hash")
         )
         if not new:
             return
-        texts: dict[int, list[str]] = {pk: [] for pk, _ in new}
+        # Dialogues this process checked before storing them are not embedded a second time.
+        known = [(pk, _checked.pop(digest)) for pk, _, digest in new if digest in _checked]
+        todo = [(pk, description) for pk, description, digest in new if pk not in dict(known)]
+        texts: dict[int, list[str]] = {pk: [] for pk, _ in todo}
         for dialogue_id, text in (
             Turn.objects.filter(dialogue_id__in=texts)
             .order_by("dialogue_id", "index")
             .values_list("dialogue_id", "text")
         ):
             texts[dialogue_id].append(text)
-        vectors = get_embedder().embed([dialogue_text(d, texts[pk]) for pk, d in new])
-        for (pk, _), vector in zip(new, vectors, strict=True):
+        vectors = get_embedder().embed([dialogue_text(d, texts[pk]) for pk, d in todo])
+        for pk, vector in [*known, *zip([pk for pk, _ in todo], vectors, strict=True)]:
             self.index.add(pk, vector)
         self.last_id = new[-1][0]
+
+
+# Vectors of dialogues that passed the gate in this process, by content hash, until indexed.
+_checked: dict[str, Any] = {}
 
 
 _indexes: dict[int, _ScenarioIndex] = {}
@@ -471,14 +478,17 @@ def _near_duplicate_gate(scenario_id: int, threshold: float) -> Callable[[Parsed
 
         with _indexes_lock:
             index = _indexes.setdefault(scenario_id, _ScenarioIndex(scenario_id))
+        vector = get_embedder().embed(
+            [dialogue_text(dialogue.description, [t.text for t in dialogue.turns])]
+        )[0]
         with index.lock:
             index.refresh()
-            vector = get_embedder().embed(
-                [dialogue_text(dialogue.description, [t.text for t in dialogue.turns])]
-            )[0]
             key, score = index.index.nearest(vector)
         if key is not None and score >= threshold:
             raise Failure("duplicate", f"cosine {score:.3f} to dialogue #{key} (limit {threshold})")
+        if len(_checked) > 10_000:  # stored elsewhere or never stored: do not grow without end
+            _checked.clear()
+        _checked[dialogue.content_hash()] = vector
 
     return gate
 
@@ -615,5 +625,6 @@ def clear_caches() -> None:
     _example_pools.clear()
     _example_records.clear()
     _last_stale_check.clear()
+    _checked.clear()
     with _indexes_lock:
         _indexes.clear()
