@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -346,3 +347,58 @@ class Ranking(models.Model):
 
     def __str__(self) -> str:
         return f"ranking of turn {self.turn_id} by {self.annotator_id}"
+
+
+class Release(models.Model):
+    """A named, frozen dataset: its dialogues are snapshotted when it is created."""
+
+    class Status(models.TextChoices):
+        BUILDING = "building", "Building"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9._-]*$", "Use a-z, 0-9, '.', '-' and '_'.")],
+    )
+    licence = models.CharField(max_length=200, default="CC BY-NC 4.0")
+    notes = models.TextField(blank=True)
+    filters = models.JSONField(default=dict, blank=True)
+    split = models.JSONField(default=dict)  # {"train": 80, "valid": 10, "test": 10}
+    previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.BUILDING)
+    progress = models.PositiveSmallIntegerField(default=0)  # percent of the files written
+    error = models.TextField(blank=True)
+    checksum = models.CharField(max_length=64, blank=True)  # sha256 of the snapshots, in order
+    counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ReleaseDialogue(models.Model):
+    """One dialogue as it was when the release was made: text, final labels, candidates, provenance."""
+
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="items")
+    dialogue_id = (
+        models.PositiveIntegerField()
+    )  # no foreign key: deleting a dialogue keeps releases
+    split = models.CharField(max_length=5)
+    snapshot = models.JSONField()
+
+    class Meta:
+        ordering = ["release", "dialogue_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["release", "dialogue_id"], name="release_item_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.release_id}:{self.dialogue_id}"

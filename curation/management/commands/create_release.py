@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import re
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError
+
+from curation.models import Dialogue
+from curation.releases import Filters, create_release
+
+
+class Command(BaseCommand):
+    help = (
+        "Freeze a release: snapshot the chosen dialogues (by default every accepted one) and split "
+        "them deterministically, stratified by scenario. Write its files with export_release."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("name", help="e.g. extes-curated-1.0.0")
+        parser.add_argument(
+            "--status",
+            action="append",
+            choices=Dialogue.Status.values,
+            help="repeatable; default: accepted",
+        )
+        parser.add_argument("--scenario", action="append", default=[])
+        parser.add_argument("--min-agreeing-reviews", type=int, default=0)
+        parser.add_argument(
+            "--include-crisis",
+            action="store_true",
+            help="keep crisis-flagged dialogues (excluded by default)",
+        )
+        parser.add_argument("--no-dri", action="store_true", help="leave DRI candidates out")
+        parser.add_argument("--split", default="80/10/10", help="train/valid/test percentages")
+        parser.add_argument("--licence", default="CC BY-NC 4.0")
+        parser.add_argument("--notes", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+            raise CommandError(f"{name!r}: use lower case letters, digits, '.', '-' and '_' only")
+        try:
+            train, valid, test = (int(x) for x in options["split"].split("/"))
+        except ValueError:
+            raise CommandError("--split must look like 80/10/10") from None
+        filters = Filters(
+            statuses=options["status"] or [Dialogue.Status.ACCEPTED],
+            scenarios=options["scenario"],
+            min_agreeing_reviews=options["min_agreeing_reviews"],
+            include_crisis=options["include_crisis"],
+            dri=not options["no_dri"],
+        )
+        try:
+            release = create_release(
+                name,
+                filters,
+                {"train": train, "valid": valid, "test": test},
+                licence=options["licence"],
+                notes=options["notes"],
+            )
+        except IntegrityError:
+            raise CommandError(
+                f"a release called {name!r} exists already; releases never change"
+            ) from None
+        counts = release.counts
+        self.stdout.write(
+            f"{release.name}: {sum(counts.values())} dialogues (train {counts['train']}, "
+            f"valid {counts['valid']}, test {counts['test']}), checksum {release.checksum[:16]}…"
+        )

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from curation.models import Release
+from curation.releases import FileOptions, write_files
+
+
+class Command(BaseCommand):
+    help = "Write a release's files (ExTES JSON, SFT, SFT+DRI, DPO, ESConv, manifest) to a folder."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument(
+            "--strategy-tags",
+            action="store_true",
+            help="prefix supporter texts in SFT files with [Strategy]",
+        )
+        parser.add_argument(
+            "--dpo-pairs", choices=["best_vs_rest", "all_pairs"], default="best_vs_rest"
+        )
+        parser.add_argument("--dpo-min-margin", type=float, default=1.0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        release = Release.objects.filter(name=options["name"]).first()
+        if release is None:
+            raise CommandError(f"no release called {options['name']!r}")
+        out: Path = options["out"]
+        if out.exists() and any(out.iterdir()):
+            raise CommandError(f"{out} is not empty: choose a new folder")
+        manifest = write_files(
+            release,
+            out,
+            FileOptions(options["strategy_tags"], options["dpo_pairs"], options["dpo_min_margin"]),
+        )
+        self.stdout.write(f"wrote {len(manifest['files'])} files to {out}:")
+        for item in manifest["files"]:
+            self.stdout.write(
+                f"  {item['path']}  {item['bytes']} bytes  sha256 {item['sha256'][:12]}…"
+            )
