@@ -244,6 +244,14 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             "candidates": candidates.get(pk, []),
             "rankings": rankings.get(pk, []),
             "edits": [{"turn_index": i, **e} for i, e in sorted(edits.get(pk, {}).items())],
+            "label_votes": {
+                str(t.index): {
+                    name or "": n
+                    for name, n in sorted(votes[t.pk].items(), key=lambda x: x[0] or "")
+                }
+                for t in turns[pk]
+                if votes.get(t.pk)
+            },
         }
     return result
 
@@ -311,10 +319,62 @@ def write_files(
         for split in SPLITS:  # every split file exists, even when empty
             for folder in ("sft", "sft_dri", "dpo"):
                 files.open(f"{folder}/{split}.jsonl")
+    progress(90)
+    write_parquet(out)
+    from curation.release_card import write_card
+
+    write_card(release, out)
     manifest = _manifest(release, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     progress(100)
     return manifest
+
+
+def _schemas() -> dict[str, Any]:
+    import pyarrow as pa
+
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    sft = pa.schema(
+        [
+            ("messages", message),
+            ("strategies", pa.list_(pa.string())),
+            ("scenario", pa.string()),
+            ("id", pa.string()),
+            ("source", pa.string()),
+        ]
+    )
+    dpo = pa.schema(
+        [
+            ("prompt", message),
+            ("chosen", message),
+            ("rejected", message),
+            ("scenario", pa.string()),
+            ("id", pa.string()),
+        ]
+    )
+    return {"sft": sft, "sft_dri": sft, "dpo": dpo}
+
+
+def write_parquet(out: Path, batch: int = 2000) -> None:
+    """parquet/<kind>/<split>.parquet from the JSON Lines files, a batch of rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for kind, schema in _schemas().items():
+        for split in SPLITS:
+            target = out / "parquet" / kind / f"{split}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with (
+                pq.ParquetWriter(target, schema) as writer,
+                (out / kind / f"{split}.jsonl").open(encoding="utf-8") as rows,
+            ):
+                chunk: list[dict[str, Any]] = []
+                for line in rows:
+                    chunk.append(json.loads(line))
+                    if len(chunk) >= batch:
+                        writer.write_table(pa.Table.from_pylist(chunk, schema))
+                        chunk = []
+                writer.write_table(pa.Table.from_pylist(chunk, schema))
 
 
 class _Files:

@@ -203,6 +203,13 @@ def test_dri_candidates_and_rankings_and_edits_make_sft_dri_and_dpo(accepted, tm
     assert ("A kind, different reply.", "A poor reply.") in chosen_rejected
     assert ("An edited, better reply.", original_text) in chosen_rejected
     assert all(p["prompt"][-1]["role"] == "user" for p in pairs)
+    import datasets
+
+    as_parquet = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "parquet" / "dpo" / f"{split}.parquet")
+    )["train"]
+    assert len(as_parquet) == len(pairs)
+    assert as_parquet[0]["chosen"][0]["role"] == "assistant"
 
 
 def test_crisis_flagged_dialogues_stay_out_unless_asked(accepted):
@@ -241,3 +248,57 @@ def test_commands_create_and_export(accepted, tmp_path):
             stdout=StringIO(),
         )
     assert Turn.objects.exists()
+
+
+def test_parquet_splits_load_with_datasets_and_the_card_is_written(accepted, tmp_path):
+    import datasets
+
+    release = create_release("r-pq")
+    write_files(release, tmp_path)
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files={
+            s: str(tmp_path / "parquet" / "sft" / f"{s}.parquet")
+            for s in ("train", "valid", "test")
+        },
+    )
+    assert sum(len(loaded[s]) for s in loaded) == 47
+    assert loaded["train"][0]["messages"][0]["role"] == "system"
+    import pyarrow.parquet as pq
+
+    dpo = pq.read_table(tmp_path / "parquet" / "dpo" / "train.parquet")  # no rankings: empty
+    assert dpo.num_rows == 0 and {"prompt", "chosen", "rejected"} <= set(dpo.column_names)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("# r-pq") and "![Dialogues per scenario](scenarios.png)" in card
+    assert "This is the first release." in card
+    assert (tmp_path / "scenarios.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "strategies.png").stat().st_size > 5_000
+
+
+def test_changelog_against_the_previous_release(accepted, tmp_path):
+    from curation.models import Strategy
+    from curation.release_card import changelog
+
+    first = create_release("r-a")
+    first.status = "ready"
+    first.save()
+    gone, edited, relabelled = accepted[0], accepted[1], accepted[2]
+    Dialogue.objects.filter(pk=gone.pk).update(status="rejected")
+    turn = edited.turns.get(index=0)
+    turn.text = "A changed opening."
+    turn.save()
+    labelled = relabelled.turns.filter(role="supporter").exclude(strategy__name="Others").first()
+    labelled.strategy = Strategy.objects.get(taxonomy="extes", name="Others")
+    labelled.save()
+    newcomer = Dialogue.objects.filter(status="rejected").exclude(pk=gone.pk).get()
+    Dialogue.objects.filter(pk=newcomer.pk).update(status="accepted")
+    second = create_release("r-b")
+    assert second.previous == first
+    changes = changelog(second)
+    assert changes["added"] == [newcomer.pk] and changes["removed"] == [gone.pk]
+    assert changes["edited"] == [edited.pk] and changes["relabelled"] == [relabelled.pk]
+    write_files(second, tmp_path)
+    assert (
+        "Against `r-a`: 1 added, 1 removed, 1 edited, 1 relabelled."
+        in (tmp_path / "README.md").read_text()
+    )
