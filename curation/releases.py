@@ -105,6 +105,55 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def new_release(
+    name: str,
+    filters: Filters | None = None,
+    split: dict[str, int] | None = None,
+    *,
+    licence: str = "CC BY-NC 4.0",
+    notes: str = "",
+    user: Any = None,
+) -> Release:
+    """The release row, still empty (status "building"); `freeze` fills it."""
+    return Release.objects.create(
+        name=name,
+        licence=licence,
+        notes=notes,
+        filters=asdict(filters or Filters()),
+        split=split or dict(DEFAULT_SPLIT),
+        previous=Release.objects.filter(status=Release.Status.READY).order_by("-id").first(),
+        created_by=user,
+    )
+
+
+def freeze(release: Release) -> None:
+    """Snapshot the chosen dialogues into the release, in one transaction, and checksum them."""
+    filters = Filters(**release.filters)
+    with transaction.atomic():
+        if release.items.exists():
+            return
+        by_scenario: dict[str, list[int]] = defaultdict(list)
+        for pk, scenario in select(filters).values_list("pk", "scenario__name"):
+            by_scenario[scenario].append(pk)
+        splits = assign_splits(by_scenario, release.split)
+        ids = sorted(splits)
+        digest = hashlib.sha256()
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            snapshots = _snapshots(chunk, include_dri=filters.dri)
+            ReleaseDialogue.objects.bulk_create(
+                ReleaseDialogue(
+                    release=release, dialogue_id=pk, split=splits[pk], snapshot=snapshots[pk]
+                )
+                for pk in chunk
+            )
+            for pk in chunk:
+                digest.update(_canonical([pk, splits[pk], snapshots[pk]]))
+        release.checksum = digest.hexdigest()
+        release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
+        release.save(update_fields=["checksum", "counts"])
+
+
 def create_release(
     name: str,
     filters: Filters | None = None,
@@ -114,39 +163,12 @@ def create_release(
     notes: str = "",
     user: Any = None,
 ) -> Release:
-    filters = filters or Filters()
-    split = split or dict(DEFAULT_SPLIT)
+    """A frozen, ready release (the command line's way; the web builds it in a worker)."""
     with transaction.atomic():
-        release = Release.objects.create(
-            name=name,
-            licence=licence,
-            notes=notes,
-            filters=asdict(filters),
-            split=split,
-            previous=Release.objects.filter(status=Release.Status.READY).order_by("-id").first(),
-            created_by=user,
-        )
-        chosen = select(filters)
-        by_scenario: dict[str, list[int]] = defaultdict(list)
-        for pk, scenario in chosen.values_list("pk", "scenario__name"):
-            by_scenario[scenario].append(pk)
-        splits = assign_splits(by_scenario, split)
-        ids = sorted(splits)
-        digest = hashlib.sha256()
-        for start in range(0, len(ids), CHUNK):
-            snapshots = _snapshots(ids[start : start + CHUNK], include_dri=filters.dri)
-            items = []
-            for pk in ids[start : start + CHUNK]:
-                items.append(
-                    ReleaseDialogue(
-                        release=release, dialogue_id=pk, split=splits[pk], snapshot=snapshots[pk]
-                    )
-                )
-                digest.update(_canonical([pk, splits[pk], snapshots[pk]]))
-            ReleaseDialogue.objects.bulk_create(items)
-        release.checksum = digest.hexdigest()
-        release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
-        release.save(update_fields=["checksum", "counts"])
+        release = new_release(name, filters, split, licence=licence, notes=notes, user=user)
+        freeze(release)
+        release.status = Release.Status.READY
+        release.save(update_fields=["status"])
     return release
 
 

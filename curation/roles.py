@@ -8,7 +8,8 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 
 def is_lead(user: Any) -> bool:
@@ -18,10 +19,10 @@ def is_lead(user: Any) -> bool:
     return user.is_superuser or user.groups.filter(name__in=["lead", "admin"]).exists()
 
 
-def lead_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def lead_required(view: Callable[..., Any]) -> Callable[..., HttpResponseBase]:
     @login_required
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not is_lead(request.user):
             raise PermissionDenied("This page is for project leads.")
         return view(request, *args, **kwargs)

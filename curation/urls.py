@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from curation import views
+from curation import release_views, views
 
 urlpatterns = [
     # /dialogues/
@@ -18,6 +18,15 @@ urlpatterns = [
     path("review/<int:pk>/draft/", views.review_draft, name="curation-review-draft"),
     path("review/<int:pk>/submit/", views.review_submit, name="curation-review-submit"),
     path("review/<int:pk>/skip/", views.review_skip, name="curation-review-skip"),
+    # /releases/
+    path("releases/", release_views.release_list, name="curation-release-list"),
+    path("releases/new/", release_views.release_new, name="curation-release-new"),
+    path("releases/<str:name>/", release_views.release_detail, name="curation-release"),
+    path(
+        "releases/<str:name>/files/<path:path>",
+        release_views.release_download,
+        name="curation-release-download",
+    ),
     # /rank/
     path("rank/", views.rank_next, name="curation-rank-next"),
     path("rank/<int:pk>/", views.rank, name="curation-rank"),

@@ -1,0 +1,131 @@
+"""Release pages, for leads: list, new, progress and contents, downloads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.db import IntegrityError, transaction
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from curation.models import Dialogue, Release, Scenario
+from curation.releases import Filters, new_release
+from curation.roles import lead_required
+from curation.tasks import build_release, release_folder
+from curation.views import HtmxHttpRequest
+
+
+class ReleaseForm(forms.Form):
+    name = forms.RegexField(
+        regex=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=100,
+        help_text="For example extes-curated-1.0.0: a-z, 0-9, '.', '-', '_'.",
+    )
+    licence = forms.CharField(max_length=200, initial="CC BY-NC 4.0")
+    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    statuses = forms.MultipleChoiceField(
+        choices=Dialogue.Status.choices, initial=["accepted"], widget=forms.CheckboxSelectMultiple
+    )
+    scenarios = forms.ModelMultipleChoiceField(
+        queryset=Scenario.objects.order_by("name"),
+        required=False,
+        help_text="None chosen: every scenario.",
+    )
+    min_agreeing_reviews = forms.IntegerField(min_value=0, initial=0)
+    include_crisis = forms.BooleanField(required=False, label="Include crisis-flagged dialogues")
+    dri = forms.BooleanField(
+        required=False, initial=True, label="Include DRI candidates ranked acceptable"
+    )
+    train = forms.IntegerField(min_value=0, max_value=100, initial=80)
+    valid = forms.IntegerField(min_value=0, max_value=100, initial=10)
+    test = forms.IntegerField(min_value=0, max_value=100, initial=10)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if sum(data.get(s) or 0 for s in ("train", "valid", "test")) == 0:
+            raise forms.ValidationError("The split needs a non-zero share.")
+        return data
+
+
+@require_GET
+@lead_required
+def release_list(request: HttpRequest) -> HttpResponse:
+    releases = Release.objects.select_related("created_by")[:100]
+    return render(request, "curation/release_list.html", {"releases": releases})
+
+
+@require_http_methods(["GET", "POST"])
+@lead_required
+def release_new(request: HttpRequest) -> HttpResponse:
+    form = ReleaseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        existing = Release.objects.filter(name=data["name"]).first()
+        if (
+            existing is not None
+            and existing.created_by == request.user
+            and existing.notes == data["notes"]
+        ):
+            return redirect("curation-release", existing.name)  # the same form sent twice
+        filters = Filters(
+            statuses=data["statuses"],
+            scenarios=[s.name for s in data["scenarios"]],
+            min_agreeing_reviews=data["min_agreeing_reviews"],
+            include_crisis=data["include_crisis"],
+            dri=data["dri"],
+        )
+        try:
+            with transaction.atomic():
+                release = new_release(
+                    data["name"],
+                    filters,
+                    {s: data[s] for s in ("train", "valid", "test")},
+                    licence=data["licence"],
+                    notes=data["notes"],
+                    user=request.user,
+                )
+                build_release.delay_on_commit(release.pk)
+        except IntegrityError:
+            form.add_error(
+                "name", "A release with this name exists already; releases never change."
+            )
+        else:
+            messages.success(request, f"Release {release.name} is being built.")
+            return redirect("curation-release", release.name)
+    return render(request, "curation/release_new.html", {"form": form})
+
+
+@require_GET
+@lead_required
+def release_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    release = get_object_or_404(Release, name=name)
+    folder = release_folder(release)
+    manifest = stats = None
+    if release.status == Release.Status.READY and (folder / "manifest.json").exists():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        stats = json.loads((folder / "stats.json").read_text())
+    context = {"release": release, "manifest": manifest, "stats": stats}
+    if request.htmx and request.htmx.target == "release-progress":
+        return render(request, "curation/release_detail.html#progress", context)
+    return render(request, "curation/release_detail.html", context)
+
+
+@require_GET
+@lead_required
+def release_download(request: HttpRequest, name: str, path: str) -> FileResponse:
+    release = get_object_or_404(Release, name=name, status=Release.Status.READY)
+    folder = release_folder(release)
+    listed = {"manifest.json"}
+    if (folder / "manifest.json").exists():
+        listed |= {f["path"] for f in json.loads((folder / "manifest.json").read_text())["files"]}
+    if path not in listed:  # only the release's own files, never a path of the caller's choosing
+        raise Http404("No such file in this release.")
+    return FileResponse(
+        (folder / path).open("rb"),
+        as_attachment=not path.endswith(".png"),
+        filename=path.replace("/", "_"),
+    )

@@ -1,0 +1,131 @@
+"""Release pages: leads create, watch and download; annotators cannot; files only from the manifest."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from curation.models import Dialogue, Release
+from curation.tasks import build_release
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Builds run at once, in this process, through the task's own code (no broker here)."""
+    queued = []
+    monkeypatch.setattr("curation.release_views.build_release.delay_on_commit", queued.append)
+    return queued
+
+
+def form(**changes):
+    data = {
+        "name": "extes-curated-1.0.0",
+        "licence": "CC BY-NC 4.0",
+        "notes": "first cut",
+        "statuses": ["accepted"],
+        "min_agreeing_reviews": 0,
+        "dri": "on",
+        "train": 80,
+        "valid": 10,
+        "test": 10,
+    }
+    data.update(changes)
+    return data
+
+
+def test_annotators_cannot_see_or_download_releases(client, annotator, built):
+    Dialogue.objects.update(status="accepted")
+    from curation.releases import create_release
+
+    release = create_release("r-1")
+    client.force_login(annotator)
+    for url in (
+        reverse("curation-release-list"),
+        reverse("curation-release-new"),
+        reverse("curation-release", args=[release.name]),
+        reverse("curation-release-download", args=[release.name, "extes.json"]),
+    ):
+        assert client.get(url).status_code == 403
+    assert client.post(reverse("curation-release-new"), form(name="sneaky")).status_code == 403
+    assert not Release.objects.filter(name="sneaky").exists()
+
+
+def test_a_lead_cuts_a_release_and_downloads_its_files(client, lead, built):
+    Dialogue.objects.update(status="accepted")
+    client.force_login(lead)
+    assert b"No release yet." in client.get(reverse("curation-release-list")).content
+    response = client.post(reverse("curation-release-new"), form())
+    release = Release.objects.get()
+    assert response.url == reverse("curation-release", args=[release.name])
+    assert built == [release.pk]
+    building = client.get(response.url).content.decode()
+    assert 'hx-trigger="every 2s"' in building and "Building" in building
+
+    build_release(release.pk)
+    build_release(release.pk)  # a redelivered task does nothing
+    release.refresh_from_db()
+    assert (release.status, release.progress, sum(release.counts.values())) == ("ready", 100, 48)
+    page = client.get(response.url, headers={"HX-Request": "true", "HX-Target": "release-progress"})
+    body = page.content.decode()
+    assert body.lstrip().startswith('<section id="release-progress"') and "every 2s" not in body
+    for path in (
+        "extes.json",
+        "sft/train.jsonl",
+        "parquet/sft/train.parquet",
+        "README.md",
+        "scenarios.png",
+        "manifest.json",
+    ):
+        assert path in body
+        download = client.get(reverse("curation-release-download", args=[release.name, path]))
+        assert download.status_code == 200, path
+        assert b"".join(download.streaming_content), path
+    empty = client.get(reverse("curation-release-download", args=[release.name, "dpo/test.jsonl"]))
+    assert empty.status_code == 200  # no rankings yet: an empty split, still listed
+
+
+def test_only_files_of_the_manifest_can_be_downloaded(client, lead, built, settings):
+    Dialogue.objects.update(status="accepted")
+    client.force_login(lead)
+    client.post(reverse("curation-release-new"), form())
+    release = Release.objects.get()
+    build_release(release.pk)
+    (settings.MEDIA_ROOT / "secret.txt").write_text("not yours")
+    for path in ("../secret.txt", "../../config/settings.py", "nope.json"):
+        assert (
+            client.get(reverse("curation-release-download", args=[release.name, path])).status_code
+            == 404
+        )
+
+
+def test_names_are_unique_and_checked(client, lead, built):
+    client.force_login(lead)
+    client.post(reverse("curation-release-new"), form())
+    again = client.post(reverse("curation-release-new"), form())
+    assert again.status_code == 302 and Release.objects.count() == 1  # a double submit
+    other = client.post(reverse("curation-release-new"), form(notes="another"))
+    assert b"exists already" in other.content
+    bad = client.post(reverse("curation-release-new"), form(name="Bad Name!"))
+    assert bad.status_code == 200 and Release.objects.count() == 1
+
+
+def test_a_failed_build_says_why(client, lead, built, monkeypatch):
+    client.force_login(lead)
+    client.post(reverse("curation-release-new"), form())
+    release = Release.objects.get()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("curation.tasks.write_files", broken)
+    build_release(release.pk)
+    release.refresh_from_db()
+    assert release.status == "failed" and "disk full" in release.error
+    assert b"disk full" in client.get(reverse("curation-release", args=[release.name])).content
