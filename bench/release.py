@@ -38,10 +38,10 @@ def main(dialogues: int) -> None:
 
     django.setup()
     from django.core.management import call_command
+    from review import _fill  # the same synthetic table as bench/review.py
 
     from curation.models import Dialogue, Release
     from curation.releases import extes_record, freeze, new_release, snapshots, write_files
-    from review import _fill  # the same synthetic table as bench/review.py
 
     call_command("migrate", verbosity=0)
     call_command("setup_studio", "--no-demo-users", stdout=open(os.devnull, "w"))  # noqa: SIM115
@@ -57,8 +57,11 @@ def main(dialogues: int) -> None:
     done = time.perf_counter()
     Release.objects.filter(pk=release.pk).update(status="ready")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"release dialogues={count} freeze_s={frozen - start:.1f} files_s={done - frozen:.1f} "
-          f"total_s={done - start:.1f} peak_rss_mib={peak:.0f}", flush=True)
+    print(
+        f"release dialogues={count} freeze_s={frozen - start:.1f} files_s={done - frozen:.1f} "
+        f"total_s={done - start:.1f} peak_rss_mib={peak:.0f}",
+        flush=True,
+    )
 
     records = [extes_record(snap) for _, snap in snapshots(release)]
     began = time.perf_counter()
@@ -70,7 +73,9 @@ def main(dialogues: int) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--dialogues", type=int, default=100_000)
     return parser
 

@@ -179,13 +179,14 @@ def _canonical(value: Any) -> bytes:
 def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
     """The frozen form of each dialogue, built with a fixed number of queries per chunk."""
     dialogues = {d.pk: d for d in Dialogue.objects.filter(pk__in=ids).select_related("scenario")}
-    turns: dict[int, list[Turn]] = defaultdict(list)
-    for turn in (
+    # Plain rows, not model instances: a release reads every turn of every dialogue.
+    turns: dict[int, list[_TurnRow]] = defaultdict(list)
+    for row in (
         Turn.objects.filter(dialogue_id__in=ids)
-        .select_related("strategy")
         .order_by("dialogue_id", "index")
+        .values_list("pk", "dialogue_id", "index", "role", "text", "strategy__name")
     ):
-        turns[turn.dialogue_id].append(turn)
+        turns[row[1]].append(_TurnRow(row[0], row[2], row[3], row[4], row[5]))
     votes: dict[int, Counter[str | None]] = defaultdict(Counter)
     for turn_id, name in TurnLabel.objects.filter(
         turn__dialogue_id__in=ids, review__submitted_at__isnull=False
@@ -256,10 +257,10 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                     "index": t.index,
                     "role": t.role,
                     "text": t.text,
-                    "strategy": _final_label(t, votes.get(t.pk))
+                    "strategy": _final_label(t.strategy, votes.get(t.pk))
                     if t.role == Turn.Role.SUPPORTER
                     else None,
-                    "teacher_strategy": t.strategy.name if t.strategy else None,
+                    "teacher_strategy": t.strategy,
                 }
                 for t in turns[pk]
             ],
@@ -278,9 +279,17 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
     return result
 
 
-def _final_label(turn: Turn, votes: Counter[str | None] | None) -> str | None:
+@dataclass(frozen=True)
+class _TurnRow:
+    pk: int
+    index: int
+    role: str
+    text: str
+    strategy: str | None  # the teacher's (or importer's) label
+
+
+def _final_label(teacher: str | None, votes: Counter[str | None] | None) -> str | None:
     """The annotators' majority label; on a tie, the teacher's label if it is among the tied."""
-    teacher = turn.strategy.name if turn.strategy else None
     if not votes:
         return teacher
     top = max(votes.values())
