@@ -10,6 +10,8 @@ from curation.models import (
     Dialogue,
     Event,
     Ranking,
+    Release,
+    ReleaseDialogue,
     Review,
     Scenario,
     Strategy,
@@ -136,3 +138,26 @@ class TurnLabelAdmin(admin.ModelAdmin):
     list_display = ["id", "review", "turn", "strategy", "updated_at"]
     list_filter = ["strategy"]
     raw_id_fields = ["review", "turn"]
+
+
+@admin.register(Release)
+class ReleaseAdmin(admin.ModelAdmin):
+    list_display = ["name", "status", "progress", "licence", "created_by", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "notes", "checksum"]
+    readonly_fields = ["checksum", "counts", "filters", "split", "previous", "progress", "error"]
+
+
+@admin.register(ReleaseDialogue)
+class ReleaseDialogueAdmin(admin.ModelAdmin):
+    """Read-only: a release never changes."""
+
+    list_display = ["release", "dialogue_id", "split"]
+    list_filter = ["split", "release"]
+    readonly_fields = ["release", "dialogue_id", "split", "snapshot"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

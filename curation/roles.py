@@ -16,7 +16,11 @@ def is_lead(user: Any) -> bool:
     """Leads and admins (and superusers) run jobs and releases."""
     if not user.is_authenticated:
         return False
-    return user.is_superuser or user.groups.filter(name__in=["lead", "admin"]).exists()
+    cached = getattr(user, "_is_lead", None)  # asked by the view and the menu: one query
+    if cached is None:
+        cached = user.is_superuser or user.groups.filter(name__in=["lead", "admin"]).exists()
+        user._is_lead = cached
+    return bool(cached)
 
 
 def lead_required(view: Callable[..., Any]) -> Callable[..., HttpResponseBase]:
