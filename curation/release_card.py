@@ -18,23 +18,87 @@ def _digest(value: Any) -> str:
     ).hexdigest()
 
 
-def _fingerprints(release: Release) -> dict[int, tuple[str, str, str]]:
-    """dialogue id -> (scene, digest of the texts, digest of the labels)."""
+def _fingerprint(snap: dict[str, Any]) -> tuple[str, str, str]:
+    """(scene, digest of the texts, digest of the labels) of one snapshot."""
+    texts = [snap["description"], *[t["text"] for t in snap["turns"]]]
+    return snap["scene"], _digest(texts), _digest([t["strategy"] for t in snap["turns"]])
+
+
+class Tally:
+    """What the card says about a release, gathered while its files are written (one pass)."""
+
+    def __init__(self) -> None:
+        self.scenes: Counter[str] = Counter()
+        self.strategies: Counter[str] = Counter()
+        self.origins: Counter[str] = Counter()
+        self.teachers: Counter[str] = Counter()
+        self.prompts: Counter[str] = Counter()
+        self.rounds: Counter[str] = Counter()
+        self.agree_sum = 0.0
+        self.agree_n = self.teacher_same = self.teacher_n = 0
+        self.supporter_turns = self.candidates = 0
+        self.fingerprints: dict[int, tuple[str, str, str]] = {}
+
+    def add(self, snap: dict[str, Any]) -> None:
+        self.fingerprints[snap["id"]] = _fingerprint(snap)
+        self.scenes[snap["scene"]] += 1
+        self.origins[snap["origin"]] += 1
+        provenance = snap.get("provenance") or {}
+        if provenance.get("teacher"):
+            teacher = provenance["teacher"]
+            self.teachers[f"{teacher.get('backend')}:{teacher.get('model')}"] += 1
+            self.prompts[provenance.get("prompt_version", "")] += 1
+            self.rounds[str(provenance.get("round", ""))] += 1
+        for turn in snap["turns"]:
+            if turn["role"] != "supporter":
+                continue
+            self.supporter_turns += 1
+            self.strategies[turn["strategy"] or "(none)"] += 1
+            votes = snap.get("label_votes", {}).get(str(turn["index"]))
+            if votes:
+                total = sum(votes.values())
+                if total >= 2:
+                    self.agree_sum += max(votes.values()) / total
+                    self.agree_n += 1
+                self.teacher_n += 1
+                self.teacher_same += turn["strategy"] == turn["teacher_strategy"]
+        self.candidates += sum(1 for c in snap["candidates"] if c["acceptable"])
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "dialogues": sum(self.scenes.values()),
+            "supporter_turns": self.supporter_turns,
+            "dri_candidates": self.candidates,
+            "scenarios": dict(self.scenes.most_common()),
+            "strategies": dict(self.strategies.most_common()),
+            "origins": dict(self.origins.most_common()),
+            "teachers": dict(self.teachers.most_common()),
+            "prompt_versions": dict(self.prompts.most_common()),
+            "rounds": dict(sorted(self.rounds.items())),
+            "label_agreement": round(self.agree_sum / self.agree_n, 3) if self.agree_n else None,
+            "label_agreement_turns": self.agree_n,
+            "teacher_agreement": round(self.teacher_same / self.teacher_n, 3)
+            if self.teacher_n
+            else None,
+            "teacher_agreement_turns": self.teacher_n,
+        }
+
+
+def tally(release: Release) -> Tally:
     from curation.releases import snapshots
 
-    result = {}
+    result = Tally()
     for _split, snap in snapshots(release):
-        texts = [snap["description"], *[t["text"] for t in snap["turns"]]]
-        labels = [t["strategy"] for t in snap["turns"]]
-        result[snap["id"]] = (snap["scene"], _digest(texts), _digest(labels))
+        result.add(snap)
     return result
 
 
-def changelog(release: Release) -> dict[str, Any] | None:
+def changelog(release: Release, current: Tally | None = None) -> dict[str, Any] | None:
     previous = release.previous
     if previous is None:
         return None
-    old, new = _fingerprints(previous), _fingerprints(release)
+    old = tally(previous).fingerprints
+    new = (current or tally(release)).fingerprints
     added = sorted(new.keys() - old.keys())
     removed = sorted(old.keys() - new.keys())
     common = sorted(new.keys() & old.keys())
@@ -54,58 +118,6 @@ def changelog(release: Release) -> dict[str, Any] | None:
         "edited": edited,
         "relabelled": relabelled,
         "scenario_shift": shift,
-    }
-
-
-def statistics(release: Release) -> dict[str, Any]:
-    from curation.releases import snapshots
-
-    scenes: Counter[str] = Counter()
-    strategies: Counter[str] = Counter()
-    origins: Counter[str] = Counter()
-    teachers: Counter[str] = Counter()
-    prompts: Counter[str] = Counter()
-    rounds: Counter[str] = Counter()
-    agree_sum = agree_n = teacher_same = teacher_n = 0
-    supporter_turns = candidates = 0
-    for _split, snap in snapshots(release):
-        scenes[snap["scene"]] += 1
-        origins[snap["origin"]] += 1
-        provenance = snap.get("provenance") or {}
-        if provenance.get("teacher"):
-            teachers[
-                f"{provenance['teacher'].get('backend')}:{provenance['teacher'].get('model')}"
-            ] += 1
-            prompts[provenance.get("prompt_version", "")] += 1
-            rounds[str(provenance.get("round", ""))] += 1
-        for turn in snap["turns"]:
-            if turn["role"] != "supporter":
-                continue
-            supporter_turns += 1
-            strategies[turn["strategy"] or "(none)"] += 1
-            votes = snap.get("label_votes", {}).get(str(turn["index"]))
-            if votes:
-                total = sum(votes.values())
-                if total >= 2:
-                    agree_sum += max(votes.values()) / total
-                    agree_n += 1
-                teacher_n += 1
-                teacher_same += turn["strategy"] == turn["teacher_strategy"]
-        candidates += sum(1 for c in snap["candidates"] if c["acceptable"])
-    return {
-        "dialogues": sum(scenes.values()),
-        "supporter_turns": supporter_turns,
-        "dri_candidates": candidates,
-        "scenarios": dict(scenes.most_common()),
-        "strategies": dict(strategies.most_common()),
-        "origins": dict(origins.most_common()),
-        "teachers": dict(teachers.most_common()),
-        "prompt_versions": dict(prompts.most_common()),
-        "rounds": dict(sorted(rounds.items())),
-        "label_agreement": round(agree_sum / agree_n, 3) if agree_n else None,
-        "label_agreement_turns": agree_n,
-        "teacher_agreement": round(teacher_same / teacher_n, 3) if teacher_n else None,
-        "teacher_agreement_turns": teacher_n,
     }
 
 
@@ -142,9 +154,10 @@ def _charts(stats: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def write_card(release: Release, out: Path) -> dict[str, Any]:
-    stats = statistics(release)
-    changes = changelog(release)
+def write_card(release: Release, out: Path, gathered: Tally | None = None) -> dict[str, Any]:
+    gathered = gathered or tally(release)
+    stats = gathered.statistics()
+    changes = changelog(release, gathered)
     _charts(stats, out)
     (out / "stats.json").write_text(
         json.dumps({"statistics": stats, "changelog": changes}, indent=2, ensure_ascii=False) + "\n"

@@ -325,11 +325,15 @@ def write_files(
     esconv_names = dict(
         Strategy.objects.filter(taxonomy="extes").values_list("name", "esconv_equivalent__name")
     )
+    from curation.release_card import Tally, write_card
+
     total = max(1, release.items.count())
+    gathered = Tally()
     with _Files(out) as files:
         files.open("extes.json").write("[")
         first = True
         for done, (split, snap) in enumerate(snapshots(release), start=1):
+            gathered.add(snap)
             record = extes_record(snap)
             files["extes.json"].write(
                 ("\n  " if first else ",\n  ")
@@ -352,9 +356,7 @@ def write_files(
                 files.open(f"{folder}/{split}.jsonl")
     progress(90)
     write_parquet(out)
-    from curation.release_card import write_card
-
-    write_card(release, out)
+    write_card(release, out, gathered)
     manifest = _manifest(release, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     progress(100)
