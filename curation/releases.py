@@ -154,18 +154,11 @@ def freeze(release: Release) -> None:
         release.save(update_fields=["checksum", "counts"])
 
 
-def create_release(
-    name: str,
-    filters: Filters | None = None,
-    split: dict[str, int] | None = None,
-    *,
-    licence: str = "CC BY-NC 4.0",
-    notes: str = "",
-    user: Any = None,
-) -> Release:
-    """A frozen, ready release (the command line's way; the web builds it in a worker)."""
+def create_release(name: str, *args: Any, **kwargs: Any) -> Release:
+    """A frozen, ready release (the command line's way; the web builds it in a worker).
+    Takes the arguments of `new_release`."""
     with transaction.atomic():
-        release = new_release(name, filters, split, licence=licence, notes=notes, user=user)
+        release = new_release(name, *args, **kwargs)
         freeze(release)
         release.status = Release.Status.READY
         release.save(update_fields=["status"])

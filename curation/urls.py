@@ -11,7 +11,7 @@ urlpatterns = [
     # /review/
     path("review/", views.review_home, name="curation-review-home"),
     path("review/next/", views.review_next, name="curation-review-next"),
-    path("review/continue/", views.review_next_get, name="curation-review-next-get"),
+    path("review/continue/", views.review_next, name="curation-review-next-get"),
     path("review/<int:pk>/", views.review, name="curation-review"),
     path("review/<int:pk>/label/", views.review_label, name="curation-review-label"),
     path("review/<int:pk>/edit/", views.review_edit, name="curation-review-edit"),

@@ -258,9 +258,11 @@ def review_home(request: HttpRequest) -> HttpResponse:
     return render(request, "curation/review_home.html", context)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 def review_next(request: HttpRequest) -> HttpResponse:
+    """The next dialogue to review: a POST from "Start reviewing", or a GET after a submit
+    (so reloading that page is harmless)."""
     dialogue = reviewing.claim_next(request.user)
     if dialogue is None:
         messages.info(request, "Nothing left to review for you right now. Thank you!")
@@ -315,7 +317,11 @@ def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             "mine": text,
             "stale": stale,
         }
-        return render(request, "curation/review.html#conflict", context, status=409)
+        # Without htmx the conflict comes as a whole page; either way the user's text is kept.
+        template = "curation/review.html#conflict" if request.htmx else "curation/review_conflict.html"
+        return render(request, template, context, status=409)
+    if not request.htmx:
+        return redirect("curation-review", dialogue.pk)
     context = _review_context(request, dialogue, draft)
     row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
     response = render(request, "curation/review.html#turn", {**context, "row": row})
@@ -351,17 +357,6 @@ def review_submit(request: HttpRequest, pk: int) -> HttpResponse:
     draft = existing or reviewing.draft_for(dialogue, request.user)
     reviewing.submit(draft, decision, reasons, flags, request.POST.get("notes", "")[:5000])
     return redirect("curation-review-next-get")
-
-
-@require_GET
-@login_required
-def review_next_get(request: HttpRequest) -> HttpResponse:
-    """After a submit: straight on to the next dialogue (a GET, so reloading is harmless)."""
-    dialogue = reviewing.claim_next(request.user)
-    if dialogue is None:
-        messages.info(request, "Nothing left to review for you right now. Thank you!")
-        return redirect("curation-review-home")
-    return redirect("curation-review", dialogue.pk)
 
 
 @require_POST

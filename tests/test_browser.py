@@ -242,6 +242,7 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
     # e edits the current turn; Ctrl+Enter saves.
     page.keyboard.press("k")
     page.keyboard.press("e")
+    expect(page.locator(f"#turn-{supporter[0].pk} textarea[name=text]")).to_be_focused()
     page.keyboard.type(" Take your time.")
     page.keyboard.press("Control+Enter")
     expect(page.locator(f"#turn-{supporter[0].pk} .text")).to_contain_text("Take your time.")

@@ -226,3 +226,20 @@ def test_dialogue_text_is_escaped(client, ann):
     assert "<script>window.pwned" not in body
     assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in body
     assert "<img src=x onerror" not in body
+
+
+def test_without_javascript_an_edit_redirects_and_a_conflict_is_a_page(client, ann):
+    dialogue = start(client)
+    turn = dialogue.turns.get(index=1)
+    url = reverse("curation-review-edit", args=[dialogue.pk])
+    ok = client.post(
+        url, {"turn": turn.pk, "text": "Plain form edit.", "version": dialogue.version}
+    )
+    assert ok.status_code == 302 and ok.url == reverse("curation-review", args=[dialogue.pk])
+    stale = client.post(
+        url, {"turn": turn.pk, "text": "Mine, from an old page.", "version": dialogue.version}
+    )
+    assert stale.status_code == 409
+    body = stale.content.decode()
+    assert "<html" in body and "Your edit was not saved yet" in body
+    assert "Mine, from an old page." in body and "Plain form edit." in body

@@ -57,6 +57,8 @@
         if (turn) turn.focus();
       } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && target.form) {
         event.preventDefault();
+        // A form swapped in a moment ago may not be wired to htmx yet: wire it, then submit.
+        if (window.htmx && target.form.hasAttribute("hx-post")) window.htmx.process(target.form);
         target.form.requestSubmit();
       }
       return;
