@@ -318,7 +318,9 @@ def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             "stale": stale,
         }
         # Without htmx the conflict comes as a whole page; either way the user's text is kept.
-        template = "curation/review.html#conflict" if request.htmx else "curation/review_conflict.html"
+        template = (
+            "curation/review.html#conflict" if request.htmx else "curation/review_conflict.html"
+        )
         return render(request, template, context, status=409)
     if not request.htmx:
         return redirect("curation-review", dialogue.pk)
