@@ -34,6 +34,15 @@ class Scenario(models.Model):
         self.key = normalize(self.name)
         super().save(*args, **kwargs)
 
+    @classmethod
+    def by_key(cls) -> dict[str, Scenario]:
+        """Every scenario under the matching key of its name and of each alias."""
+        found: dict[str, Scenario] = {}
+        for scenario in cls.objects.all():
+            for alias in (scenario.name, *scenario.aliases):
+                found.setdefault(normalize(alias), scenario)
+        return found
+
 
 class Strategy(models.Model):
     name = models.CharField(max_length=100)

@@ -45,8 +45,7 @@ class Command(BaseCommand):
 
 
 def _find_scenario(name: str) -> Scenario:
-    key = normalize(name)
-    for scenario in Scenario.objects.all():
-        if key == scenario.key or key in {normalize(a) for a in scenario.aliases}:
-            return scenario
-    raise CommandError(f"no scenario called {name!r}")
+    scenario = Scenario.by_key().get(normalize(name))
+    if scenario is None:
+        raise CommandError(f"no scenario called {name!r}")
+    return scenario

@@ -72,10 +72,7 @@ def find_scenarios(names: list[str]) -> list[Scenario]:
     if any(n.strip().lower() == "all" for n in names):
         return list(official)
     found = []
-    by_key: dict[str, Scenario] = {}
-    for scenario in Scenario.objects.all():
-        for alias in (scenario.name, *scenario.aliases):
-            by_key.setdefault(normalize(alias), scenario)
+    by_key = Scenario.by_key()
     for name in names:
         match = by_key.get(normalize(name))
         if match is None:
