@@ -157,9 +157,13 @@ class Dialogue(models.Model):
 
     @property
     def source_label(self) -> str:
-        if self.source_record is None:
-            return self.source_file
-        return f"{self.source_file} · record {self.source_record}"
+        return self.label_of_source(self.source_file, self.source_record)
+
+    @staticmethod
+    def label_of_source(source_file: str, source_record: int | None) -> str:
+        if source_record is None:
+            return source_file
+        return f"{source_file} · record {source_record}"
 
 
 class Turn(models.Model):

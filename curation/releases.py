@@ -1,10 +1,16 @@
 """Releases: freeze the chosen dialogues, split them, and write every file a trainer wants.
 
-A release is made in two steps. `create_release` snapshots each included dialogue as it is now
-(text, final labels, acceptable DRI candidates, rankings, edits, provenance) and assigns its split;
-after that, nothing done to the dialogues changes the release. `write_files` turns the snapshots
-into files, streaming them in id order, so the same release always gives byte-identical files and
-memory does not grow with its size.
+A release is made in two steps. `freeze` snapshots each included dialogue as it is now (text,
+final labels, acceptable DRI candidates, rankings, edits, provenance) and assigns its split; after
+that, nothing done to the dialogues changes the release. A `ReleaseWriter` turns snapshots into
+files, streaming them in id order, so the same release always gives byte-identical files and memory
+does not grow with its size. The worker does both in one pass (`freeze(release, sink=writer)`);
+`write_files` rebuilds the same files later from the stored snapshots.
+
+Speed: a release reads every turn of every dialogue and writes it about eight times, so the hot
+paths avoid per-row ORM work (plain cursor rows, raw inserts) and encode JSON with orjson. Its
+output is the standard library's (`indent=2` layout included) for the strings, integers and
+lists of these files.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import transaction
+import orjson
+from django.db import connections, transaction
 from django.db.models import QuerySet
 
 from curation.models import (
@@ -40,6 +47,7 @@ SYSTEM_PROMPT = (
     "never judge or diagnose, and gently point to crisis help when someone may be in danger."
 )
 CHUNK = 500
+SUPPORTER = Turn.Role.SUPPORTER.value
 
 
 @dataclass
@@ -126,32 +134,88 @@ def new_release(
     )
 
 
-def freeze(release: Release) -> None:
-    """Snapshot the chosen dialogues into the release, in one transaction, and checksum them."""
+def freeze(
+    release: Release,
+    sink: ReleaseWriter | None = None,
+    progress: Callable[[int], None] = lambda percent: None,
+) -> bool:
+    """Snapshot the chosen dialogues into the release, in one transaction, and checksum them.
+    False, doing nothing, when the release is frozen already.
+
+    With a `sink`, each snapshot is also handed to it as it is made, so the files are written in
+    the same pass (the worker's way); `sink.finish` is then the caller's to call.
+    """
     filters = Filters(**release.filters)
     with transaction.atomic():
         if release.items.exists():
-            return
+            return False
         by_scenario: dict[str, list[int]] = defaultdict(list)
         for pk, scenario in select(filters).values_list("pk", "scenario__name"):
             by_scenario[scenario].append(pk)
         splits = assign_splits(by_scenario, release.split)
         ids = sorted(splits)
         digest = hashlib.sha256()
+        store = _Store(release)
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             snapshots = _snapshots(chunk, include_dri=filters.dri)
-            ReleaseDialogue.objects.bulk_create(
-                ReleaseDialogue(
-                    release=release, dialogue_id=pk, split=splits[pk], snapshot=snapshots[pk]
-                )
-                for pk in chunk
-            )
+            rows = []
             for pk in chunk:
-                digest.update(_canonical([pk, splits[pk], snapshots[pk]]))
+                # Encoded once, for the checksum and for storage.
+                encoded = orjson.dumps(snapshots[pk], option=orjson.OPT_SORT_KEYS)
+                digest.update(b'[%d,"%s",' % (pk, splits[pk].encode()) + encoded + b"]")
+                rows.append((pk, splits[pk], encoded.decode()))
+                if sink is not None:
+                    sink.add(splits[pk], snapshots[pk])
+            store.insert(rows)
+            progress(min(89, 90 * (start + len(chunk)) // len(ids)))
         release.checksum = digest.hexdigest()
         release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
         release.save(update_fields=["checksum", "counts"])
+    return True
+
+
+class _Store:
+    """Inserts snapshot rows with a plain `executemany`: the JSON is already encoded."""
+
+    def __init__(self, release: Release) -> None:
+        self.release_id = release.pk
+        connection = connections[ReleaseDialogue.objects.db]
+        self.connection = connection
+        quote = connection.ops.quote_name
+        value = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        self.sql = (
+            f"INSERT INTO {quote(ReleaseDialogue._meta.db_table)} "
+            f"({quote('release_id')}, {quote('dialogue_id')}, {quote('split')}, "
+            f"{quote('snapshot')}) VALUES (%s, %s, %s, {value})"
+        )
+
+    def insert(self, rows: list[tuple[int, str, str]]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(self.sql, [(self.release_id, *row) for row in rows])
+
+
+def _rows(queryset: QuerySet[Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of a `values_list` query read straight off the cursor, without Django's per-row
+    converters: for the integer and text columns read here they change nothing."""
+    sql, params = queryset.query.sql_with_params()
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(2000):
+            yield from batch
+
+
+def _among(field: str, ids: list[int]) -> dict[str, Any]:
+    """A filter for `field` in the sorted `ids`: a range when they are dense (a short, fast query
+    that may bring a few rows more), else a list."""
+    if ids and ids[-1] - ids[0] < 2 * len(ids):
+        return {f"{field}__range": (ids[0], ids[-1])}
+    return {f"{field}__in": ids}
+
+
+def _json(value: Any) -> Any:
+    """A JSON column read off a plain cursor: text on SQLite (and with Django's psycopg setup)."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def create_release(name: str, *args: Any, **kwargs: Any) -> Release:
@@ -165,41 +229,56 @@ def create_release(name: str, *args: Any, **kwargs: Any) -> Release:
     return release
 
 
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
     """The frozen form of each dialogue, built with a fixed number of queries per chunk."""
-    dialogues = {d.pk: d for d in Dialogue.objects.filter(pk__in=ids).select_related("scenario")}
-    # Plain rows, not model instances: a release reads every turn of every dialogue.
-    turns: dict[int, list[_TurnRow]] = defaultdict(list)
-    for row in (
-        Turn.objects.filter(dialogue_id__in=ids)
+    # Plain rows, not model instances: a release reads every turn of every dialogue. Rows of
+    # dialogues outside `ids` that a range brings along are read and ignored.
+    dialogues = {
+        row[0]: row
+        for row in _rows(
+            Dialogue.objects.filter(**_among("pk", ids)).values_list(
+                "pk",
+                "scenario__name",
+                "description",
+                "origin",
+                "source_file",
+                "source_record",
+                "provenance",
+            )
+        )
+    }
+    # (pk, dialogue_id, index, role, text, the teacher's or importer's strategy)
+    turns: dict[int, list[tuple[int, int, int, str, str, str | None]]] = defaultdict(list)
+    for row in _rows(
+        Turn.objects.filter(**_among("dialogue__pk", ids))
         .order_by("dialogue_id", "index")
         .values_list("pk", "dialogue_id", "index", "role", "text", "strategy__name")
     ):
-        turns[row[1]].append(_TurnRow(row[0], row[2], row[3], row[4], row[5]))
+        turns[row[1]].append(row)
     votes: dict[int, Counter[str | None]] = defaultdict(Counter)
-    for turn_id, name in TurnLabel.objects.filter(
-        turn__dialogue_id__in=ids, review__submitted_at__isnull=False
-    ).values_list("turn_id", "strategy__name"):
+    for turn_id, name in _rows(
+        TurnLabel.objects.filter(
+            **_among("turn__dialogue__pk", ids), review__submitted_at__isnull=False
+        ).values_list("turn_id", "strategy__name")
+    ):
         votes[turn_id][name] += 1
     reviews = Counter(
-        Review.objects.filter(dialogue_id__in=ids, submitted_at__isnull=False).values_list(
-            "dialogue_id", flat=True
-        )
+        Review.objects.filter(
+            **_among("dialogue__pk", ids), submitted_at__isnull=False
+        ).values_list("dialogue_id", flat=True)
     )
     candidates: dict[int, list[dict[str, Any]]] = defaultdict(list)
     rankings: dict[int, list[dict[str, Any]]] = defaultdict(list)
     if include_dri:
         ranked = defaultdict(list)
         for ranking in (
-            Ranking.objects.filter(turn__dialogue_id__in=ids).select_related("turn").order_by("id")
+            Ranking.objects.filter(**_among("turn__dialogue__pk", ids))
+            .select_related("turn")
+            .order_by("id")
         ):
             ranked[ranking.turn_id].append(ranking)
         for candidate in (
-            Candidate.objects.filter(turn__dialogue_id__in=ids)
+            Candidate.objects.filter(**_among("turn__dialogue__pk", ids))
             .select_related("strategy", "turn")
             .order_by("id")
         ):
@@ -229,56 +308,49 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 )
     edits: dict[int, dict[int, dict[str, str]]] = defaultdict(dict)
     for edit in (
-        TurnEdit.objects.filter(turn__dialogue_id__in=ids).select_related("turn").order_by("id")
+        TurnEdit.objects.filter(**_among("turn__dialogue__pk", ids))
+        .select_related("turn")
+        .order_by("id")
     ):
         first = edits[edit.turn.dialogue_id].setdefault(edit.turn.index, {"before": edit.before})
         first["after"] = edit.after
 
     result = {}
     for pk in ids:
-        dialogue = dialogues[pk]
+        _, scene, description, origin, source_file, source_record, provenance = dialogues[pk]
         result[pk] = {
             "id": pk,
-            "scene": dialogue.scenario.name,
-            "description": dialogue.description,
-            "origin": dialogue.origin,
-            "source": dialogue.source_label,
-            "provenance": dialogue.provenance,
+            "scene": scene,
+            "description": description,
+            "origin": origin,
+            "source": Dialogue.label_of_source(source_file, source_record),
+            "provenance": _json(provenance),
             "reviews": reviews.get(pk, 0),
             "turns": [
                 {
-                    "index": t.index,
-                    "role": t.role,
-                    "text": t.text,
-                    "strategy": _final_label(t.strategy, votes.get(t.pk))
-                    if t.role == Turn.Role.SUPPORTER
+                    "index": index,
+                    "role": role,
+                    "text": text,
+                    "strategy": _final_label(strategy, votes.get(turn_pk))
+                    if role == SUPPORTER
                     else None,
-                    "teacher_strategy": t.strategy,
+                    "teacher_strategy": strategy,
                 }
-                for t in turns[pk]
+                for turn_pk, _, index, role, text, strategy in turns[pk]
             ],
             "candidates": candidates.get(pk, []),
             "rankings": rankings.get(pk, []),
             "edits": [{"turn_index": i, **e} for i, e in sorted(edits.get(pk, {}).items())],
             "label_votes": {
-                str(t.index): {
+                str(row[2]): {
                     name or "": n
-                    for name, n in sorted(votes[t.pk].items(), key=lambda x: x[0] or "")
+                    for name, n in sorted(votes[row[0]].items(), key=lambda x: x[0] or "")
                 }
-                for t in turns[pk]
-                if votes.get(t.pk)
+                for row in turns[pk]
+                if row[0] in votes
             },
         }
     return result
-
-
-@dataclass(frozen=True)
-class _TurnRow:
-    pk: int
-    index: int
-    role: str
-    text: str
-    strategy: str | None  # the teacher's (or importer's) label
 
 
 def _final_label(teacher: str | None, votes: Counter[str | None] | None) -> str | None:
@@ -303,7 +375,75 @@ class FileOptions:
 def snapshots(release: Release) -> Iterator[tuple[str, dict[str, Any]]]:
     """(split, snapshot) in dialogue id order, a chunk at a time."""
     items = release.items.order_by("dialogue_id").values_list("split", "snapshot")
-    yield from items.iterator(chunk_size=CHUNK)
+    for split, snapshot in _rows(items):
+        yield split, _json(snapshot)
+
+
+class ReleaseWriter:
+    """Every file of a release, fed one snapshot at a time in dialogue id order."""
+
+    def __init__(
+        self,
+        release: Release,
+        out: Path,
+        options: FileOptions | None = None,
+        progress: Callable[[int], None] = lambda percent: None,
+    ) -> None:
+        from curation.release_card import Tally
+
+        self.release = release
+        self.out = out
+        self.options = options or FileOptions()
+        self.progress = progress
+        self.esconv_names = dict(
+            Strategy.objects.filter(taxonomy="extes").values_list("name", "esconv_equivalent__name")
+        )
+        self.tally = Tally()
+        out.mkdir(parents=True, exist_ok=True)
+        self.files = _Files(out)
+        self.files.open("extes.json").write(b"[")
+        self.first = True
+
+    def add(self, split: str, snap: dict[str, Any]) -> None:
+        self.tally.add(snap)
+        files, tags = self.files, self.options.strategy_tags
+        record = orjson.dumps(extes_record(snap), option=orjson.OPT_INDENT_2)
+        files["extes.json"].write(
+            (b"\n  " if self.first else b",\n  ") + record.replace(b"\n", b"\n  ")
+        )
+        self.first = False
+        base = sft_example(snap, tags)
+        files.line(f"sft/{split}.jsonl", base)
+        files.line(f"sft_dri/{split}.jsonl", base)
+        for example in dri_examples(snap, tags):
+            files.line(f"sft_dri/{split}.jsonl", example)
+        for pair in dpo_pairs(snap, self.options):
+            files.line(f"dpo/{split}.jsonl", pair)
+        files.line("esconv.jsonl", esconv_record(snap, self.esconv_names))
+
+    def finish(self) -> dict[str, Any]:
+        """Close the JSON files, then write Parquet, the card and the manifest; returns it."""
+        from curation.release_card import write_card
+
+        self.files["extes.json"].write(b"\n]\n" if not self.first else b"]\n")
+        for split in SPLITS:  # every split file exists, even when empty
+            for folder in ("sft", "sft_dri", "dpo"):
+                self.files.open(f"{folder}/{split}.jsonl")
+        self.files.close()
+        self.progress(90)
+        write_parquet(self.out)
+        self.progress(95)
+        self.release.refresh_from_db()  # the checksum and counts that freeze wrote
+        write_card(self.release, self.out, self.tally)
+        manifest = _manifest(self.release, self.out)
+        (self.out / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        )
+        self.progress(100)
+        return manifest
+
+    def abort(self) -> None:
+        self.files.close()
 
 
 def write_files(
@@ -312,48 +452,19 @@ def write_files(
     options: FileOptions | None = None,
     progress: Callable[[int], None] = lambda percent: None,
 ) -> dict[str, Any]:
-    """Write every file of the release into `out`; returns the manifest (also written)."""
-    options = options or FileOptions()
-    out.mkdir(parents=True, exist_ok=True)
-    esconv_names = dict(
-        Strategy.objects.filter(taxonomy="extes").values_list("name", "esconv_equivalent__name")
-    )
-    from curation.release_card import Tally, write_card
-
+    """Write every file of a frozen release into `out` from its stored snapshots; returns the
+    manifest (also written)."""
     total = max(1, release.items.count())
-    gathered = Tally()
-    with _Files(out) as files:
-        files.open("extes.json").write("[")
-        first = True
+    writer = ReleaseWriter(release, out, options, progress)
+    try:
         for done, (split, snap) in enumerate(snapshots(release), start=1):
-            gathered.add(snap)
-            record = extes_record(snap)
-            files["extes.json"].write(
-                ("\n  " if first else ",\n  ")
-                + json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
-            )
-            first = False
-            base = sft_example(snap, options.strategy_tags)
-            files.line(f"sft/{split}.jsonl", base)
-            files.line(f"sft_dri/{split}.jsonl", base)
-            for example in dri_examples(snap, options.strategy_tags):
-                files.line(f"sft_dri/{split}.jsonl", example)
-            for pair in dpo_pairs(snap, options):
-                files.line(f"dpo/{split}.jsonl", pair)
-            files.line("esconv.jsonl", esconv_record(snap, esconv_names))
+            writer.add(split, snap)
             if done % CHUNK == 0:
-                progress(min(99, 100 * done // total))
-        files["extes.json"].write("\n]\n" if not first else "]\n")
-        for split in SPLITS:  # every split file exists, even when empty
-            for folder in ("sft", "sft_dri", "dpo"):
-                files.open(f"{folder}/{split}.jsonl")
-    progress(90)
-    write_parquet(out)
-    write_card(release, out, gathered)
-    manifest = _manifest(release, out)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    progress(100)
-    return manifest
+                progress(min(89, 90 * done // total))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
 
 
 def _schemas() -> dict[str, Any]:
@@ -381,52 +492,53 @@ def _schemas() -> dict[str, Any]:
     return {"sft": sft, "sft_dri": sft, "dpo": dpo}
 
 
-def write_parquet(out: Path, batch: int = 2000) -> None:
-    """parquet/<kind>/<split>.parquet from the JSON Lines files, a batch of rows at a time."""
-    import pyarrow as pa
+def write_parquet(out: Path, block_size: int = 4 << 20) -> None:
+    """parquet/<kind>/<split>.parquet from the JSON Lines files, streamed a block at a time by
+    Arrow's own JSON reader (no Python objects per row)."""
+    import pyarrow.json as pj
     import pyarrow.parquet as pq
 
     for kind, schema in _schemas().items():
         for split in SPLITS:
+            source = out / kind / f"{split}.jsonl"
             target = out / "parquet" / kind / f"{split}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
-            with (
-                pq.ParquetWriter(target, schema) as writer,
-                (out / kind / f"{split}.jsonl").open(encoding="utf-8") as rows,
-            ):
-                chunk: list[dict[str, Any]] = []
-                for line in rows:
-                    chunk.append(json.loads(line))
-                    if len(chunk) >= batch:
-                        writer.write_table(pa.Table.from_pylist(chunk, schema))
-                        chunk = []
-                writer.write_table(pa.Table.from_pylist(chunk, schema))
+            with pq.ParquetWriter(target, schema) as writer:
+                if source.stat().st_size == 0:
+                    writer.write_table(schema.empty_table())
+                    continue
+                reader = pj.open_json(
+                    source,
+                    read_options=pj.ReadOptions(block_size=block_size, use_threads=True),
+                    parse_options=pj.ParseOptions(
+                        explicit_schema=schema, unexpected_field_behavior="ignore"
+                    ),
+                )
+                for batch in reader:
+                    writer.write_batch(batch)
 
 
 class _Files:
-    """Output files opened on first use and all closed at the end."""
+    """Output files (binary: the JSON comes encoded), opened on first use and closed together."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.handles: dict[str, IO[str]] = {}
+        self.handles: dict[str, IO[bytes]] = {}
 
-    def open(self, name: str) -> IO[str]:
+    def open(self, name: str) -> IO[bytes]:
         if name not in self.handles:
             path = self.root / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.handles[name] = path.open("w", encoding="utf-8", newline="\n")
+            self.handles[name] = path.open("wb", buffering=1 << 20)
         return self.handles[name]
 
-    def __getitem__(self, name: str) -> IO[str]:
+    def __getitem__(self, name: str) -> IO[bytes]:
         return self.handles[name]
 
     def line(self, name: str, value: dict[str, Any]) -> None:
-        self.open(name).write(json.dumps(value, ensure_ascii=False) + "\n")
+        self.open(name).write(orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE))
 
-    def __enter__(self) -> _Files:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
 
@@ -522,17 +634,17 @@ def dpo_pairs(snap: dict[str, Any], options: FileOptions) -> Iterator[dict[str, 
         by_turn[ranking["turn_index"]].append(ranking)
     edits = {e["turn_index"]: e for e in snap["edits"]}
     for turn in snap["turns"]:
-        if turn["role"] != "supporter":
+        rankings = by_turn.get(turn["index"], [])
+        edit = edits.get(turn["index"])
+        if turn["role"] != "supporter" or not (rankings or edit):
             continue
         prompt = _messages([t for t in snap["turns"] if t["index"] < turn["index"]], False)
-        rankings = by_turn.get(turn["index"], [])
         if rankings:
             original = rankings[0]["original"]
             texts[original] = edits.get(turn["index"], {}).get("before", turn["text"])
             for better, worse in rank_pairs(rankings, options):
                 if better in texts and worse in texts:
                     yield _pair(prompt, texts[better], texts[worse], snap, f"rank-{turn['index']}")
-        edit = edits.get(turn["index"])
         if edit and edit["before"].strip() != edit["after"].strip():
             yield _pair(prompt, edit["after"], edit["before"], snap, f"edit-{turn['index']}")
 

@@ -10,7 +10,7 @@ from celery import shared_task
 from django.conf import settings
 
 from curation.models import Release
-from curation.releases import freeze, write_files
+from curation.releases import ReleaseWriter, freeze, write_files
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +30,25 @@ def build_release(release_id: int) -> None:
         return
     release = Release.objects.get(pk=release_id)
     folder = release_folder(release)
+
+    def progress(percent: int) -> None:
+        Release.objects.filter(pk=release_id).update(progress=max(2, percent))
+
     try:
-        freeze(release)
-        release.refresh_from_db()
         if folder.exists():
             shutil.rmtree(folder)
-
-        def progress(percent: int) -> None:
-            Release.objects.filter(pk=release_id).update(progress=max(2, percent))
-
-        write_files(release, folder, progress=progress)
+        # One pass: each snapshot goes to the database and to the files as it is made.
+        writer = ReleaseWriter(release, folder, progress=progress)
+        try:
+            frozen_now = freeze(release, sink=writer, progress=progress)
+        except BaseException:
+            writer.abort()
+            raise
+        if frozen_now:
+            writer.finish()
+        else:  # frozen by an earlier attempt: the files come from the stored snapshots
+            writer.abort()
+            write_files(release, folder, progress=progress)
     except Exception as exc:
         logger.exception("release %s failed", release_id)
         Release.objects.filter(pk=release_id).update(

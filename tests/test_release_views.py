@@ -124,7 +124,7 @@ def test_a_failed_build_says_why(client, lead, built, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("curation.tasks.write_files", broken)
+    monkeypatch.setattr("curation.releases.write_parquet", broken)
     build_release(release.pk)
     release.refresh_from_db()
     assert release.status == "failed" and "disk full" in release.error

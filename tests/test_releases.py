@@ -89,6 +89,30 @@ def test_the_same_release_writes_byte_identical_files(accepted, tmp_path):
     } <= listed
 
 
+def test_the_workers_one_pass_writes_what_export_writes(accepted, tmp_path, settings):
+    from curation.releases import new_release
+    from curation.tasks import build_release, release_folder
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    release = new_release("r-one-pass")
+    build_release(release.pk)  # freezes and writes the files in one pass
+    release.refresh_from_db()
+    assert release.status == "ready" and len(release.checksum) == 64
+    write_files(release, tmp_path / "export")  # export_release's way, from the stored snapshots
+    assert files_of(release_folder(release)) == files_of(tmp_path / "export")
+
+
+def test_extes_json_has_the_standard_librarys_indented_layout(accepted, tmp_path):
+    Turn.objects.filter(pk=Turn.objects.order_by("id").first().pk).update(
+        text='Quotes " and \\ backslashes, a tab\t, a control \x01 char, é and 😀.'
+    )
+    release = create_release("r-layout")
+    write_files(release, tmp_path)
+    text = (tmp_path / "extes.json").read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
+    assert "😀" in text and "\\u0001" in text
+
+
 def test_extes_json_round_trips_through_the_importer(accepted, tmp_path):
     release = create_release("r-rt")
     write_files(release, tmp_path)
