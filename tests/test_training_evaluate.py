@@ -1,0 +1,175 @@
+"""training.evaluate and training.card on the tiny random Llama of test_training_sft."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.test_training_sft import (  # noqa: F401 (fixtures)
+    DIALOGUES,
+    chat,
+    release,
+    smollm2_folder,
+    tiny_base,
+    tiny_config,
+    tokenizer,
+    write_jsonl,
+)
+from training.card import write_model_card
+from training.evaluate import Sample, compare, evaluate, main, score
+from training.sft import train
+
+# Two test dialogues, three supporter turns; one text tries to break out of the HTML report.
+TEST = [
+    DIALOGUES[1],
+    chat("<script>alert('hi')</script> I feel awful.", "I'm here & listening."),
+]
+
+
+@pytest.fixture
+def adapter(release: Path, tmp_path: Path, tiny_base: Path) -> Path:  # noqa: F811
+    write_jsonl(release / "sft" / "test.jsonl", TEST)
+    return train(tiny_config(release, tmp_path / "run", tiny_base, max_steps=2)).adapter_dir
+
+
+def test_student_against_base_writes_files_and_the_card(
+    release: Path,  # noqa: F811
+    adapter: Path,
+    tiny_base: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[tuple[int, int]] = []
+    base = evaluate(
+        release,
+        base=str(tiny_base),
+        max_new_tokens=6,
+        out_dir=tmp_path / "base",
+        on_progress=lambda d, t: calls.append((d, t)),
+    )
+    assert calls[0] == (0, 3) and calls[-1] == (3, 3)
+    assert base["metrics"]["samples"] == 3
+    assert "strategy_accuracy" not in base["metrics"]  # no adapter trained on tags
+    assert base["model"] == {"base": str(tiny_base), "adapter": None}
+
+    code = main(
+        [
+            "--data", str(release),
+            "--adapter", str(adapter),
+            "--max-new-tokens", "6",
+            "--out", str(tmp_path / "student"),
+            "--compare", f"base={tmp_path / 'base' / 'metrics.json'}",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "perplexity (lower is better)" in printed and "this run" in printed
+
+    result = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    metrics = result["metrics"]
+    assert result["model"]["base"] == str(tiny_base)  # taken from the adapter's config
+    assert metrics["samples"] == 3 and len(result["samples"]) == 3
+    assert 0.0 <= metrics["strategy_accuracy"] <= 1.0
+    for key in ("bleu1", "bleu2", "bleu4", "rouge_l", "distinct1", "distinct2", "unigram_f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    first = result["samples"][0]
+    assert first["context"] == [
+        "system: You are a warm, careful emotional-support listener.",
+        "user: My boss shouted at me in front of everyone.",
+    ]
+    assert first["reference"] == "[Reflection of Feelings] Being humiliated in public hurts a lot."
+    assert isinstance(first["reply"], str)
+
+    page = (tmp_path / "student" / "report.html").read_text()
+    assert "&lt;script&gt;alert(&#x27;hi&#x27;)&lt;/script&gt;" in page
+    assert "<script>" not in page and "I&#x27;m here &amp; listening." in page
+
+    card = (adapter / "README.md").read_text()
+    assert "| Strategy accuracy |" in card and "| BLEU-4 |" in card
+
+    # Perplexity is that of the references under the student, by the training loss's mask.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.data import encode_chat
+    from training.sft import mean_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter)
+    encoded = [encode_chat(tok, e["messages"]) for e in TEST]
+    loss = mean_loss(model, encoded, 2, tok.pad_token_id, "cpu")
+    assert metrics["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+    assert metrics["perplexity"] != pytest.approx(base["metrics"]["perplexity"], rel=1e-6)
+
+
+def test_limit_keeps_the_first_turns(release: Path, tiny_base: Path) -> None:  # noqa: F811
+    write_jsonl(release / "sft" / "test.jsonl", TEST)
+    result = evaluate(release / "sft", base=str(tiny_base), limit=2, max_new_tokens=4)
+    assert [(s["id"], s["turn"]) for s in result["samples"]] == [
+        (TEST[0]["id"], 2),
+        (TEST[0]["id"], 4),
+    ]
+    assert result["metrics"]["samples"] == 2
+
+
+def test_score_by_hand() -> None:
+    def sample(reference: str, reply: str) -> Sample:
+        return Sample(0, 1, [], reference, reply)
+
+    samples = [
+        sample("[Question] How did that feel?", "[Question] How did that feel?"),
+        sample("[Affirmation] You did well.", "You did well."),
+    ]
+    # Tags are dropped before the text metrics, so both replies equal their references.
+    result = score(samples, with_tags=True)
+    assert result["bleu4"] == pytest.approx(1.0)
+    assert result["unigram_f1"] == 1.0 and result["rouge_l"] == 1.0
+    assert result["strategy_accuracy"] == 0.5  # the second reply has no tag
+    assert result["reply_words"] == 3.5  # (4 + 3) / 2
+    assert "strategy_accuracy" not in score(samples, with_tags=False)
+
+
+def test_compare_lays_out_base_and_students() -> None:
+    table = compare(
+        {
+            "base": {"metrics": {"bleu1": 0.1, "perplexity": 30.0}},
+            "student": {"bleu1": 0.25, "perplexity": 12.5, "strategy_accuracy": 0.4},
+        }
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "base", "student"]
+    assert lines[1].split() == ["bleu1", "0.1000", "0.2500"]
+    assert lines[2].split() == ["perplexity", "(lower", "is", "better)", "30.0000", "12.5000"]
+    assert lines[3].split() == ["strategy_accuracy", "-", "0.4000"]
+
+
+def test_model_card(tmp_path: Path) -> None:
+    path = write_model_card(
+        tmp_path,
+        base="var/models/smollm2-135m-instruct",
+        release_name="r-2026-11",
+        release_checksum="f00d",
+        variant="sft_dri",
+        hyperparameters={"lr": 0.0002, "target_modules": ["q_proj", "v_proj"], "note": "a|b"},
+        metrics={"bleu1": 0.21234, "perplexity": 18.5, "extra": 3},
+    )
+    card = path.read_text()
+    assert path == tmp_path / "README.md"
+    assert "r-2026-11" in card and "`f00d`" in card and "DRI" in card
+    assert "| lr | 0.0002 |" in card and "| target_modules | q_proj, v_proj |" in card
+    assert "| note | a\\|b |" in card
+    assert (
+        "| BLEU-1 | 0.2123 |" in card
+        and "| Perplexity | 18.5 |" in card
+        and "| extra | 3 |" in card
+    )
+    for section in ("## Intended use", "## Limits", "## Safety"):
+        assert section in card
+    bare = write_model_card(
+        tmp_path, base="b", release_name=None, release_checksum=None, variant="sft",
+        hyperparameters={}, metrics=None,
+    ).read_text()  # fmt: skip
+    assert "Not evaluated yet" in bare and "| BLEU-1 |" not in bare

@@ -1,0 +1,307 @@
+"""Score a model's replies on a release's test dialogues, with or without a trained adapter.
+
+    python -m training.evaluate --data var/releases/r1 --out var/eval/base
+    python -m training.evaluate --data var/releases/r1 --adapter var/runs/r1-sft/adapter \\
+        --out var/eval/student --compare base=var/eval/base/metrics.json
+
+For every supporter turn of DIR/sft/test.jsonl (or DIR/test.jsonl), the model writes one greedy
+reply from the real context, which is scored against the reply in the file (BLEU-1/2/4,
+ROUGE-L, Distinct-1/2, unigram F1; training/metrics.py). Perplexity is that of the file's replies
+under the model, by teacher forcing with the same mask as training. When the adapter was trained
+on tagged replies ("[Question] ..."), the share of replies that open with the right tag is
+reported too; tags are removed before the text metrics. --out gets metrics.json (metrics and
+every sample) and report.html. With --adapter, its model card is rewritten with the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training import metrics as m
+from training.common import offline, resolve_base, token_loss
+from training.data import collate, data_folder, encode_chat, read_examples, split_tag
+
+BATCH = 8  # contexts generated together
+LOWER_IS_BETTER = {"perplexity"}
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """Sampling settings in the shape generation.localmodel.LocalRunner takes."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Sample:
+    example: int
+    turn: int
+    context: list[dict[str, str]]
+    reference: str  # as written in the file, tag included
+    reply: str = ""
+
+
+def supporter_turns(examples: list[dict[str, Any]], limit: int | None = None) -> list[Sample]:
+    """One sample per assistant turn, in file order; `limit` keeps the first ones."""
+    samples = [
+        Sample(k, i, example["messages"][:i], message["content"])
+        for k, example in enumerate(examples)
+        for i, message in enumerate(example["messages"])
+        if message["role"] == "assistant"
+    ]
+    return samples[:limit] if limit is not None else samples
+
+
+def evaluate(
+    data_dir: str | Path,
+    base: str | None = None,
+    adapter: str | Path | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 64,
+    out_dir: str | Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate and score; returns what metrics.json holds: {"model", "data", "metrics",
+    "samples"}. `on_progress(done, total)` is called after each batch of replies."""
+    offline()
+    report = on_progress or (lambda done, total: None)
+    test_file = data_folder(data_dir, "sft", "test") / "test.jsonl"
+    examples = read_examples(test_file)
+    trained: dict[str, Any] = {}
+    if adapter is not None and (Path(adapter) / "training_config.json").is_file():
+        trained = json.loads((Path(adapter) / "training_config.json").read_text(encoding="utf-8"))
+    base = resolve_base(base or trained.get("base"))
+    runner = _load(base, adapter)
+
+    samples = supporter_turns(examples, limit)
+    order = sorted(range(len(samples)), key=lambda j: len(str(samples[j].context)))
+    report(0, len(samples))
+    for start in range(0, len(order), BATCH):
+        chunk = [samples[j] for j in order[start : start + BATCH]]
+        results = runner.generate([s.context for s in chunk], Greedy(max_new_tokens))
+        for sample, [result] in zip(chunk, results, strict=True):
+            sample.reply = result.text
+        report(min(start + BATCH, len(samples)), len(samples))
+
+    nll, tokens = _reference_nll(runner, examples, samples)
+    scored = score(samples, with_tags=bool(trained.get("strategy_tags")))
+    scored["perplexity"] = m.perplexity(nll, tokens)
+    result = {
+        "model": {"base": base, "adapter": str(adapter) if adapter else None},
+        "data": str(test_file),
+        "metrics": scored,
+        "samples": [_sample_record(s, examples) for s in samples],
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(
+            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (out / "report.html").write_text(report_html(result), encoding="utf-8")
+    return result
+
+
+def _load(base: str, adapter: str | Path | None) -> Any:
+    from generation.localmodel import LocalRunner
+
+    runner = LocalRunner(Path(base))
+    if adapter is not None:
+        from peft import PeftModel
+
+        # Merged into the base weights, the adapter costs nothing per generated token.
+        runner.model = PeftModel.from_pretrained(runner.model, str(adapter)).merge_and_unload()
+        runner.model.eval()
+    return runner
+
+
+def _reference_nll(
+    runner: Any, examples: list[dict[str, Any]], samples: list[Sample]
+) -> tuple[float, int]:
+    """Summed NLL and token count of the sampled replies (plus their end-of-turn marker). Each
+    dialogue is encoded once, up to its last sampled turn: then the training mask selects
+    exactly the sampled replies."""
+    import torch
+
+    last: dict[int, int] = {}
+    for sample in samples:
+        last[sample.example] = sample.turn
+    encoded = [
+        encode_chat(runner.tokenizer, examples[k]["messages"][: i + 1]) for k, i in last.items()
+    ]
+    encoded.sort(key=len)
+    pad_id = runner.tokenizer.pad_token_id
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(encoded), BATCH):
+            batch = collate(encoded[start : start + BATCH], pad_id)
+            loss, n = token_loss(
+                runner.model,
+                batch["input_ids"].to(runner.device),
+                batch["labels"].to(runner.device),
+            )
+            total, count = total + float(loss), count + n
+    return total, count
+
+
+def score(samples: list[Sample], with_tags: bool = False) -> dict[str, Any]:
+    """Text metrics of the replies against the references, tags removed from both; with_tags
+    adds the strategy accuracy of the replies' tags."""
+    refs = [split_tag(s.reference)[1] for s in samples]
+    hyps = [split_tag(s.reply)[1] for s in samples]
+    result: dict[str, Any] = {
+        "samples": len(samples),
+        "bleu1": m.bleu(hyps, refs, 1),
+        "bleu2": m.bleu(hyps, refs, 2),
+        "bleu4": m.bleu(hyps, refs, 4),
+        "rouge_l": m.rouge_l(hyps, refs),
+        "distinct1": m.distinct_n(hyps, 1),
+        "distinct2": m.distinct_n(hyps, 2),
+        "unigram_f1": m.unigram_f1(hyps, refs),
+        "reply_words": sum(len(m.words(h)) for h in hyps) / max(1, len(hyps)),
+    }
+    gold = [split_tag(s.reference)[0] for s in samples]
+    if with_tags and any(g is not None for g in gold):
+        result["strategy_accuracy"] = m.strategy_accuracy(
+            [split_tag(s.reply)[0] for s in samples], gold
+        )
+    return result
+
+
+def _sample_record(sample: Sample, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": examples[sample.example].get("id"),
+        "turn": sample.turn,
+        "context": [f"{msg['role']}: {msg['content']}" for msg in sample.context[-2:]],
+        "reference": sample.reference,
+        "reply": sample.reply,
+    }
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{k:<{width}}  {_number(v)}" for k, v in metrics.items())
+
+
+def compare(reports: dict[str, dict[str, Any]]) -> str:
+    """A text table with one column per report (e.g. {"base": ..., "student": ...}); a report is
+    evaluate()'s result or its "metrics" alone. Metrics where lower is better are marked."""
+    tables = {name: r.get("metrics", r) for name, r in reports.items()}
+    names = list(dict.fromkeys(k for t in tables.values() for k in t))
+    labels = [f"{k} (lower is better)" if k in LOWER_IS_BETTER else k for k in names]
+    first = max([len("metric"), *map(len, labels)])
+    widths = [max(10, len(name)) for name in tables]
+    lines = [
+        "  ".join(
+            ["metric".ljust(first), *(n.rjust(w) for n, w in zip(tables, widths, strict=True))]
+        )
+    ]
+    for key, label in zip(names, labels, strict=True):
+        cells = [_number(t.get(key)).rjust(w) for t, w in zip(tables.values(), widths, strict=True)]
+        lines.append("  ".join([label.ljust(first), *cells]))
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def report_html(result: dict[str, Any], max_samples: int = 200) -> str:
+    """A standalone page: the metrics, then samples with context, reference and reply side by
+    side. Every text from the data or the model is escaped."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(_number(v))}</td></tr>" for k, v in result["metrics"].items()
+    )
+    samples = "".join(
+        "<tr>"
+        f"<td>{e(str(s['id']))}#{s['turn']}</td>"
+        f"<td>{'<br>'.join(e(line) for line in s['context'])}</td>"
+        f"<td>{e(s['reference'])}</td>"
+        f"<td>{e(s['reply'])}</td>"
+        "</tr>"
+        for s in result["samples"][:max_samples]
+    )
+    shown = min(len(result["samples"]), max_samples)
+    model = result["model"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 80rem; }}
+table {{ border-collapse: collapse; margin-bottom: 2rem; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; vertical-align: top; }}
+.samples td {{ width: 30%; white-space: pre-wrap; }}
+.samples td:first-child {{ width: 6%; white-space: nowrap; }}
+</style></head><body>
+<h1>Evaluation</h1>
+<p>Base: <code>{e(str(model["base"]))}</code><br>Adapter: <code>{e(str(model["adapter"] or "none"))}</code><br>
+Data: <code>{e(result["data"])}</code></p>
+<h2>Metrics</h2>
+<table>{rows}</table>
+<h2>Samples ({shown} of {len(result["samples"])})</h2>
+<table class="samples"><tr><th>turn</th><th>context (last two messages)</th><th>reference</th><th>reply</th></tr>
+{samples}</table>
+</body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    result = evaluate(
+        args.data,
+        base=args.base,
+        adapter=args.adapter,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        out_dir=args.out,
+        on_progress=lambda done, total: print(f"replies {done}/{total}", flush=True),
+    )
+    print(format_table(result["metrics"]))
+    if args.compare:
+        reports = {}
+        for item in args.compare:
+            name, _, path = item.partition("=")
+            reports[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+        reports["this run"] = result
+        print()
+        print(compare(reports))
+    if args.adapter and (Path(args.adapter) / "training_config.json").is_file():
+        from training.card import write_card_from_config
+
+        print(f"model card: {write_card_from_config(args.adapter, result['metrics'])}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description="Score replies on the test dialogues."
+    )
+    parser.add_argument("--data", required=True, help="release folder, or a folder with test.jsonl")
+    parser.add_argument("--base", help="base model folder (default: the adapter's, else SmolLM2)")
+    parser.add_argument("--adapter", help="adapter folder written by training.sft")
+    parser.add_argument("--limit", type=int, help="score only the first N supporter turns")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap")
+    parser.add_argument("--out", help="folder for metrics.json and report.html")
+    parser.add_argument(
+        "--compare", action="append", metavar="NAME=METRICS_JSON", help="earlier runs to tabulate"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
