@@ -166,7 +166,20 @@ TEACHER_MAX_RETRIES = envint("EXTES_TEACHER_MAX_RETRIES", 4)
 GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
 GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)
 GENERATION_QUEUE = envstr("EXTES_GENERATION_QUEUE", "generation")
-CELERY_TASK_ROUTES = {"generation.*": {"queue": GENERATION_QUEUE}}
+# Training runs on a queue of its own, served by a solo worker (torch must not load in the
+# default worker: a forking pool whose parent touched torch hangs).
+TRAINING_QUEUE = envstr("EXTES_TRAINING_QUEUE", "training")
+CELERY_TASK_ROUTES = {
+    "generation.*": {"queue": GENERATION_QUEUE},
+    "training.*": {"queue": TRAINING_QUEUE},
+}
+TRAINING_DIR = DATA_DIR / "training"  # one run folder per training job: checkpoints, adapter
+# Replies scored per model when a job evaluates the base and the student on the test split.
+TRAINING_EVAL_LIMIT = envint("EXTES_EVAL_LIMIT", 20)
+TRAINING_EVAL_MAX_NEW_TOKENS = envint("EXTES_EVAL_MAX_NEW_TOKENS", 64)
+# The worker writes progress at most this often; a job silent for a lease is taken as abandoned.
+TRAINING_PROGRESS_SECONDS = float(envstr("EXTES_TRAINING_PROGRESS_SECONDS", "2"))
+TRAINING_LEASE_SECONDS = envint("EXTES_TRAINING_LEASE_SECONDS", 900)
 
 # Review queue: how many annotators review each dialogue, and how long a claimed one stays theirs.
 REVIEWS_PER_DIALOGUE = envint("EXTES_REVIEWS_PER_DIALOGUE", 2)

@@ -1,0 +1,409 @@
+"""What a training job does, as plain functions: the Celery task (training/tasks.py) calls `run`.
+
+A job trains a LoRA adapter on its release's SFT files (training.sft), scores the base model and
+the student on the release's test dialogues (training.evaluate), and writes the model card. Its
+run folder (TRAINING_DIR/job-<id>/) keeps checkpoints, so a job whose worker died, was stopped
+or was cancelled continues from the last one when it runs again; what is already done (the
+adapter, the base model's scores) is not done twice.
+
+torch and transformers load inside these functions only: Django and the default Celery worker
+import this module and must not touch torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from curation.models import Release
+from curation.releases import write_files
+from curation.tasks import release_folder
+from training.models import LOG_LINES, TrainingJob
+
+logger = logging.getLogger(__name__)
+
+# TrainConfig fields a job sets from its own columns or its run folder, not from hyperparameters.
+OWN_FIELDS = ("data", "out", "base", "variant", "seed", "resume")
+EVAL_SPLIT_FILE = "sft/test.jsonl"
+
+
+class Stop(Exception):
+    """The job is to stop where it is: cancelled, worker shutting down, or taken by another."""
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+
+def run_dir(job: TrainingJob) -> Path:
+    return Path(settings.TRAINING_DIR) / f"job-{job.pk}"
+
+
+def release_files(release: Release) -> Path:
+    """The release's folder with its files, written from the stored snapshots when missing.
+
+    Written beside the folder and renamed into place, so a reader never sees half of it and two
+    workers writing at once both end with one complete folder.
+    """
+    folder = release_folder(release)
+    if (folder / "manifest.json").is_file() and (folder / EVAL_SPLIT_FILE).is_file():
+        return folder
+    if release.status != Release.Status.READY:
+        raise ValueError(f"release {release.name} is {release.get_status_display().lower()}")
+    tmp = folder.with_name(f".{folder.name}.tmp-{time.monotonic_ns()}")
+    write_files(release, tmp)
+    try:
+        if folder.exists():  # an incomplete folder (no manifest): files from an old layout
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "manifest.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def local_model_folder() -> Path:
+    from generation.localmodel import FOLDER_NAME
+
+    return Path(settings.MODELS_DIR) / FOLDER_NAME
+
+
+def find_base(base_model: str) -> Path | None:
+    """The folder of a base model given as a path or as a folder name under MODELS_DIR; None
+    when it is neither (it may still be a name in the offline model cache)."""
+    for candidate in (Path(base_model).expanduser(), Path(settings.MODELS_DIR) / base_model):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    return None
+
+
+def check_base(base_model: str) -> str | None:
+    """Why `base_model` cannot be loaded offline, or None when it can (empty: the local model)."""
+    if not base_model or find_base(base_model) is not None:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return f"{base_model}: no such folder with a config.json"
+    try:
+        if isinstance(try_to_load_from_cache(base_model, "config.json"), str):
+            return None
+    except ValueError:  # not shaped like a model name (a path that does not exist, say)
+        pass
+    return f"{base_model}: no such folder with a config.json, and not in the offline model cache"
+
+
+def resolve_base(base_model: str) -> str:
+    """What training and evaluation load: a folder, or a cached name. The local SmolLM2 is
+    converted on first use (about 40 s)."""
+    if not base_model:
+        from generation.localmodel import ensure_local_model
+
+        return str(ensure_local_model(settings.MODELS_DIR))
+    found = find_base(base_model)
+    return str(found) if found is not None else base_model
+
+
+@dataclass(frozen=True)
+class LengthSuggestion:
+    tokens: int | None
+    how: str
+
+
+def suggest_max_length(release: Release, variant: str, base_model: str) -> LengthSuggestion:
+    """The max length the trainer would choose (95th percentile of the training chats), counted
+    with the base model's tokenizer when its folder is here; no torch, no chat template, so the
+    count adds a few tokens per message for the template's markers."""
+    from training.data import choose_max_length, read_examples
+
+    train_file = release_folder(release) / variant / "train.jsonl"
+    if not train_file.is_file():
+        return LengthSuggestion(None, "the release's files are not written yet")
+    chats = [[m["content"] for m in example["messages"]] for example in read_examples(train_file)]
+    folder = find_base(base_model) if base_model else local_model_folder()
+    model_max = 2048
+    counter = None
+    if folder is not None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model_max = int(config.get("max_position_embeddings") or model_max)
+        counter = _token_counter(folder)
+    per_message = 5  # e.g. "<|im_start|>assistant\n" before and "<|im_end|>\n" after a message
+    if counter is not None:
+        lengths = [sum(counter(text) + per_message for text in chat) for chat in chats]
+        how = "95th percentile of the training chats, counted with the base model's tokenizer"
+    else:
+        # About four characters per token for English prose with a BPE vocabulary.
+        lengths = [sum(math.ceil(len(text) / 4) + per_message for text in chat) for chat in chats]
+        how = "95th percentile of the training chats, estimated at four characters a token"
+    return LengthSuggestion(choose_max_length(lengths, model_max), how)
+
+
+def _token_counter(folder: Path) -> Any:
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def train_config(job: TrainingJob, data: Path, base: str) -> Any:
+    from training.sft import TrainConfig
+
+    values = {k: v for k, v in job.hyperparameters.items() if k not in OWN_FIELDS}
+    return TrainConfig.from_dict(
+        values
+        | {
+            "data": str(data),
+            "out": str(run_dir(job)),
+            "base": base,
+            "variant": job.variant,
+            "seed": job.seed,
+            # The run folder is the job's own: any checkpoint in it is this job's to continue.
+            "resume": True,
+        }
+    )
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+
+class Reporter:
+    """Writes a job's progress to its row: at most every TRAINING_PROGRESS_SECONDS, and at once
+    for what must not wait (phase changes, the end). Also answers `should_stop`."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self.interval = settings.TRAINING_PROGRESS_SECONDS
+        self.losses: list[list[float]] = [list(point) for point in job.losses]
+        self.lines = job.log_tail.splitlines()
+        self.pending: dict[str, Any] = {}
+        self.written = 0.0
+        self.reason = ""  # why should_stop said yes
+
+    def log(self, line: str) -> None:
+        self.lines.append(f"{timezone.now():%H:%M:%S} {line}")
+        del self.lines[:-LOG_LINES]
+        self.pending["log_tail"] = "\n".join(self.lines)
+
+    def set(self, force: bool = False, **values: Any) -> None:
+        self.pending |= values
+        now = time.monotonic()
+        if force or now - self.written >= self.interval:
+            self.job.record(**self.pending)
+            self.pending = {}
+            self.written = now
+
+    def flush(self) -> None:
+        self.set(force=True)
+
+    def training(self, progress: Any) -> None:
+        if progress.message:
+            self.log(progress.message)
+            values: dict[str, Any] = {"phase": progress.message}
+            if progress.message.startswith("Resumed"):
+                # Steps after the checkpoint are trained again: their old losses go.
+                self.losses = [p for p in self.losses if p[0] <= progress.step]
+                values |= {"resumed_from": progress.step, "losses": self.losses}
+            if progress.total_steps:
+                values |= {"step": progress.step, "total_steps": progress.total_steps}
+            self.set(force=True, **values)
+            return
+        if progress.loss is None:
+            return
+        self.losses = [p for p in self.losses if p[0] < progress.step]
+        self.losses.append([progress.step, round(progress.loss, 5)])
+        self.log(
+            f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f} "
+            f"{progress.tokens_per_s:.0f} tokens/s"
+        )
+        self.set(
+            phase="Training",
+            step=progress.step,
+            total_steps=progress.total_steps,
+            loss=progress.loss,
+            tokens_per_s=progress.tokens_per_s,
+            eta_s=progress.eta_s,
+            losses=self.losses,
+        )
+
+    def evaluation(self, name: str, done: int, total: int) -> None:
+        if self.should_stop():
+            raise Stop(self.reason)
+        self.set(force=done == 0, phase=f"Evaluating the {name}: {done} of {total} replies")
+
+    def should_stop(self) -> bool:
+        from celery.worker import state
+
+        # Celery sets these on a warm or cold shutdown; 0 (EX_OK) counts, None and False do not.
+        if any(
+            flag is not None and flag is not False
+            for flag in (state.should_stop, state.should_terminate)
+        ):
+            self.reason = "shutdown"
+            return True
+        mine = TrainingJob.objects.filter(
+            pk=self.job.pk, worker=self.job.worker, status__in=TrainingJob.ACTIVE
+        ).values_list("cancel_requested", flat=True)
+        answer = list(mine)
+        if not answer:
+            self.reason = "taken"
+        elif answer[0]:
+            self.reason = "cancelled"
+        else:
+            return False
+        return True
+
+
+# ---- the job ----------------------------------------------------------------------------------
+
+
+def run(job_id: int, worker: str) -> None:
+    """Run a queued job to its end (or to where it is stopped)."""
+    job = TrainingJob.objects.select_related("release").filter(pk=job_id).first()
+    if job is None or not job.claim(worker):
+        logger.info("training job %s is not queued: nothing to do", job_id)
+        return
+    reporter = Reporter(job)
+    reporter.log(f"Attempt {job.attempts} on {worker}")
+    try:
+        _run(job, reporter)
+    except Stop:
+        _stopped(job, reporter)
+    except Exception as exc:
+        logger.exception("training job %s failed", job_id)
+        reporter.log(f"Failed: {type(exc).__name__}: {exc}")
+        reporter.flush()
+        job.finish(TrainingJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+def _run(job: TrainingJob, reporter: Reporter) -> None:
+    from training.card import HYPERPARAMETERS, write_model_card
+
+    reporter.set(force=True, phase="Preparing the release's files", run_dir=str(run_dir(job)))
+    data = release_files(job.release)
+    base = resolve_base(job.base_model)
+    adapter = run_dir(job) / "adapter"
+    if (adapter / "training_config.json").is_file():
+        reporter.log("The adapter is trained already: evaluating")
+    else:
+        from training.sft import train
+
+        result = train(
+            train_config(job, data, base),
+            on_progress=reporter.training,
+            should_stop=reporter.should_stop,
+        )
+        if result.stopped:
+            raise Stop(reporter.reason)
+        reporter.losses = [[step, round(loss, 5)] for step, loss in result.losses]
+        reporter.set(losses=reporter.losses)
+    resolved = json.loads((adapter / "training_config.json").read_text(encoding="utf-8"))
+    reporter.flush()
+    job.start_evaluating(adapter, resolved)
+
+    reports = {
+        "base": _evaluate(job, reporter, data, base, None, "base"),
+        "student": _evaluate(job, reporter, data, base, adapter, "student"),
+    }
+    card = write_model_card(
+        adapter,
+        base=base,
+        release_name=job.release.name,
+        release_checksum=job.release.checksum,
+        variant=job.variant,
+        hyperparameters={k: resolved[k] for k in HYPERPARAMETERS if resolved.get(k) is not None},
+        metrics=reports["student"]["metrics"],
+    )
+    reporter.log("Done")
+    reporter.flush()
+    job.finish(
+        TrainingJob.Status.DONE,
+        phase="Done",
+        metrics={name: finite(report["metrics"]) for name, report in reports.items()},
+        samples=side_by_side(reports["base"]["samples"], reports["student"]["samples"]),
+        model_card=str(card),
+        report=str(run_dir(job) / "eval" / "student" / "report.html"),
+    )
+
+
+def _evaluate(
+    job: TrainingJob, reporter: Reporter, data: Path, base: str, adapter: Path | None, name: str
+) -> dict[str, Any]:
+    """evaluate()'s result for one model, kept in the run folder and reused when the job runs
+    again with the same settings."""
+    from training.evaluate import evaluate
+
+    out = run_dir(job) / "eval" / name
+    limit, max_new_tokens = settings.TRAINING_EVAL_LIMIT, settings.TRAINING_EVAL_MAX_NEW_TOKENS
+    stamp = {"limit": limit, "max_new_tokens": max_new_tokens, "base": base}
+    kept = out / "settings.json"
+    if (
+        (out / "metrics.json").is_file()
+        and kept.is_file()
+        and json.loads(kept.read_text()) == stamp
+    ):
+        reporter.log(f"Scores of the {name} kept from an earlier attempt")
+        return dict(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+    reporter.log(f"Evaluating the {name} on up to {limit} test replies")
+    result = evaluate(
+        data,
+        base=base,
+        adapter=adapter,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        out_dir=out,
+        on_progress=lambda done, total: reporter.evaluation(name, done, total),
+    )
+    (out / "settings.json").write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+    return result
+
+
+def finite(scores: dict[str, Any]) -> dict[str, Any]:
+    """The scores with NaN and infinities as None: JSON columns refuse them."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in scores.items()
+    }
+
+
+def side_by_side(base: list[dict[str, Any]], student: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per scored turn: its context, the written reply, and both models' replies."""
+    replies = {(s["id"], s["turn"]): s["reply"] for s in base}
+    return [
+        {
+            "id": s["id"],
+            "turn": s["turn"],
+            "context": s["context"],
+            "reference": s["reference"],
+            "base": replies.get((s["id"], s["turn"]), ""),
+            "student": s["reply"],
+        }
+        for s in student
+    ]
+
+
+def _stopped(job: TrainingJob, reporter: Reporter) -> None:
+    """End an attempt that was asked to stop; the checkpoint is kept for a later resume."""
+    if reporter.reason == "taken":
+        logger.info("training job %s was taken over: this attempt ends", job.pk)
+        return
+    if reporter.reason == "shutdown":
+        reporter.log("The worker is shutting down: queued again, to continue from the checkpoint")
+        reporter.set(force=True, status=TrainingJob.Status.QUEUED, phase="Queued again")
+        return
+    reporter.flush()
+    reporter.log(f"Cancelled at step {job.step}")
+    reporter.flush()
+    job.finish(TrainingJob.Status.CANCELLED, phase=f"Cancelled at step {job.step}")

@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from curation.models import Release
+
+LOG_LINES = 50  # lines of the worker's log kept on the row
+
+
+class TrainingJob(models.Model):
+    """One LoRA training run of the student on a release, then its evaluation.
+
+    A worker claims the row (queued -> running) with a conditional UPDATE, so a redelivered task
+    never runs a job twice at once. The run folder keeps checkpoints: a job whose worker died is
+    queued again and continues from its last one.
+    """
+
+    class Variant(models.TextChoices):
+        SFT = "sft", "SFT: whole dialogues"
+        SFT_DRI = "sft_dri", "SFT + DRI: dialogues plus the acceptable DRI replies"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Training"
+        EVALUATING = "evaluating", "Evaluating"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
+    ACTIVE = (Status.RUNNING, Status.EVALUATING)
+
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="training_jobs")
+    base_model = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="A local model folder or a name cached offline; empty: the local SmolLM2-135M-Instruct.",
+    )
+    variant = models.CharField(max_length=10, choices=Variant.choices, default=Variant.SFT)
+    # TrainConfig fields other than data, out, base, variant, seed and resume (see training.sft).
+    hyperparameters = models.JSONField(default=dict)
+    seed = models.IntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # The new-job form's one-time token: a double-clicked submit creates one job.
+    request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Progress, written by the worker at most every few seconds.
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    phase = models.CharField(max_length=200, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    tokens_per_s = models.FloatField(null=True, blank=True)
+    eta_s = models.FloatField(null=True, blank=True)
+    resumed_from = models.PositiveIntegerField(
+        null=True, blank=True, help_text="the checkpoint step the last attempt continued from"
+    )
+    updated_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    losses = models.JSONField(default=list, blank=True)  # [[step, loss], ...]
+    log_tail = models.TextField(blank=True)
+
+    # What the run left behind.
+    run_dir = models.CharField(max_length=500, blank=True)
+    adapter_dir = models.CharField(max_length=500, blank=True)
+    resolved_config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)  # {"base": {...}, "student": {...}}
+    samples = models.JSONField(default=list, blank=True)  # replies side by side
+    model_card = models.CharField(max_length=500, blank=True)
+    report = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status"], name="trainingjob_status")]
+
+    def __str__(self) -> str:
+        return f"Training job #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training-job-detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return round(100 * self.step / self.total_steps) if self.total_steps else 0
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but its worker has not reported for a whole lease: it probably died."""
+        if self.status not in self.ACTIVE or self.heartbeat_at is None:
+            return False
+        lease = timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        return timezone.now() - self.heartbeat_at > lease
+
+    @property
+    def can_resume(self) -> bool:
+        return self.status in (self.Status.FAILED, self.Status.CANCELLED) or self.is_stale
+
+    def claim(self, worker: str) -> bool:
+        """queued -> running for `worker`, once; False when it is not queued (any more)."""
+        now = timezone.now()
+        updated = TrainingJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+            finished_at=None,
+            error="",
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def record(self, **values: Any) -> None:
+        """Write progress fields while this worker still holds the job."""
+        now = timezone.now()
+        TrainingJob.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
+            **values, updated_at=now, heartbeat_at=now
+        )
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.updated_at = self.heartbeat_at = now
+
+    def start_evaluating(self, adapter_dir: Path, resolved: dict[str, Any]) -> None:
+        """Training is over: keep what it made, and score the models."""
+        self.record(
+            status=self.Status.EVALUATING,
+            phase="Evaluating",
+            adapter_dir=str(adapter_dir),
+            resolved_config=resolved,
+            step=resolved.get("steps", self.step),
+            total_steps=resolved.get("total_steps", self.total_steps),
+            loss=resolved.get("final_loss", self.loss),
+            eta_s=None,
+        )
+
+    def finish(self, status: str, error: str = "", **values: Any) -> bool:
+        """running/evaluating -> done, failed or cancelled; False when it had ended already."""
+        updated = TrainingJob.objects.filter(
+            pk=self.pk, worker=self.worker, status__in=self.ACTIVE
+        ).update(
+            status=status,
+            error=error[:4000],
+            finished_at=timezone.now(),
+            eta_s=None,
+            **values,
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def stop_requested(self) -> bool:
+        return TrainingJob.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    def request_cancel(self) -> bool:
+        """A queued job ends at once; a running one is asked to stop (the worker checkpoints and
+        ends it). False when it had ended already."""
+        now = timezone.now()
+        ended = TrainingJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.CANCELLED, cancel_requested=True, finished_at=now
+        )
+        asked = TrainingJob.objects.filter(pk=self.pk, status__in=self.ACTIVE).update(
+            cancel_requested=True
+        )
+        self.refresh_from_db()
+        return bool(ended or asked)
+
+    def requeue(self) -> bool:
+        """Queue a failed, cancelled or abandoned job again; its run continues from the last
+        checkpoint. The caller enqueues the task."""
+        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        resumable = Q(status__in=[self.Status.FAILED, self.Status.CANCELLED]) | Q(
+            status__in=self.ACTIVE, heartbeat_at__lt=lease
+        )
+        updated = TrainingJob.objects.filter(resumable, pk=self.pk).update(
+            status=self.Status.QUEUED,
+            cancel_requested=False,
+            finished_at=None,
+            error="",
+            phase="Queued again",
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    @classmethod
+    def orphans_of(cls, worker: str) -> list[int]:
+        """At worker start: jobs this worker name held before it restarted (it died holding
+        them) or that no worker has reported on for a whole lease; each is queued again."""
+        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        abandoned = cls.objects.filter(
+            Q(worker=worker) | Q(heartbeat_at__lt=lease), status__in=cls.ACTIVE
+        )
+        ids = list(abandoned.values_list("pk", flat=True))
+        cls.objects.filter(pk__in=ids, status__in=cls.ACTIVE).update(
+            status=cls.Status.QUEUED, phase="Queued again after its worker stopped"
+        )
+        queued = cls.objects.filter(status=cls.Status.QUEUED)
+        return sorted(set(ids) | set(queued.values_list("pk", flat=True)))
+
+    def without_dri_twin(self) -> TrainingJob | None:
+        """For an SFT + DRI job: the latest finished SFT-only job on the same release."""
+        if self.variant != self.Variant.SFT_DRI:
+            return None
+        return (
+            TrainingJob.objects.filter(
+                release_id=self.release_id, variant=self.Variant.SFT, status=self.Status.DONE
+            )
+            .exclude(metrics={})
+            .order_by("-finished_at")
+            .first()
+        )

@@ -1,0 +1,39 @@
+"""Celery tasks of training: a thin wrapper around training.jobs.run, on the training queue.
+
+Serve them with a solo worker of their own (torch runs in the worker's main process):
+
+    celery -A config worker --queues training --pool solo --concurrency 1 --hostname training@%h
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+from training import jobs
+from training.models import TrainingJob
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="training.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self: Any, job_id: int) -> None:
+    jobs.run(job_id, self.request.hostname or "unknown-worker")
+
+
+@worker_ready.connect
+def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
+    """A training worker that starts takes back the jobs a killed one left, from their last
+    checkpoint, and any queued job whose message was lost."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    if settings.TRAINING_QUEUE not in queues:
+        return
+    job_ids = TrainingJob.orphans_of(sender.hostname)
+    for job_id in job_ids:
+        run_job.delay(job_id)
+    if job_ids:
+        logger.info("queued %d training jobs again: %s", len(job_ids), job_ids)
