@@ -15,4 +15,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("curation.urls")),
     path("", include("generation.urls")),
+    path("", include("training.urls")),
 ]

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from training import views
+
+urlpatterns = [
+    # /training/jobs/
+    path("training/jobs/", views.job_list, name="training-job-list"),
+    path("training/jobs/<int:pk>/", views.job_detail, name="training-job-detail"),
+    path("training/jobs/<int:pk>/cancel/", views.job_cancel, name="training-job-cancel"),
+    path("training/jobs/<int:pk>/resume/", views.job_resume, name="training-job-resume"),
+    # /training/jobs/<id>/ downloads
+    path("training/jobs/<int:pk>/adapter.zip", views.adapter_zip, name="training-job-adapter"),
+    path("training/jobs/<int:pk>/model-card.md", views.model_card, name="training-job-card"),
+    path("training/jobs/<int:pk>/report.html", views.evaluation_report, name="training-job-report"),
+]
