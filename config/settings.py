@@ -184,6 +184,9 @@ TRAINING_LEASE_SECONDS = envint("EXTES_TRAINING_LEASE_SECONDS", 900)
 # Review queue: how many annotators review each dialogue, and how long a claimed one stays theirs.
 REVIEWS_PER_DIALOGUE = envint("EXTES_REVIEWS_PER_DIALOGUE", 2)
 REVIEW_LEASE_MINUTES = envint("EXTES_REVIEW_LEASE_MINUTES", 30)
+# Annotator wellbeing: at most this many crisis-flagged dialogues (cleared by a lead) per
+# annotator per day; 0 keeps them away from annotators altogether.
+CRISIS_DAILY_CAP = envint("EXTES_CRISIS_DAILY_CAP", 3)
 
 # Dialogue list: rows per page; counts above this are shown as "N+" to keep the page fast.
 DIALOGUES_PER_PAGE = envint("EXTES_DIALOGUES_PER_PAGE", 50)

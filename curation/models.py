@@ -86,6 +86,13 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
         return self.filter(Q(description__icontains=text) | Q(pk__in=in_turns))
 
 
+class SafetyStatus(models.TextChoices):
+    NONE = "none", "Not flagged"
+    FLAGGED = "flagged", "Flagged: waiting for a lead"
+    CLEARED = "cleared", "Cleared by a lead"
+    EXCLUDED = "excluded", "Excluded by a lead"
+
+
 class Dialogue(models.Model):
     class Origin(models.TextChoices):
         SEED = "seed", "Seed"
@@ -117,9 +124,14 @@ class Dialogue(models.Model):
     repairs = models.JSONField(default=list, blank=True)
     # For generated dialogues: job, round, unit, teacher, prompt version, sampling, attempts, usage.
     provenance = models.JSONField(default=dict, blank=True)
-    # Set by the generation gate (or later by annotators) when the seeker may be at risk.
+    # Set by the generation gate (or later by annotators) when the seeker may be at risk. A flagged
+    # dialogue waits in the leads' safety queue, out of reviews and releases, until a lead clears
+    # it (with a note) or excludes it for good.
     crisis_flag = models.BooleanField(default=False)
     safety_notes = models.JSONField(default=dict, blank=True)
+    safety_status = models.CharField(
+        max_length=10, choices=SafetyStatus.choices, default=SafetyStatus.NONE
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -351,6 +363,8 @@ class Ranking(models.Model):
     display_order = models.JSONField(default=list)
     edited_best = models.TextField(blank=True)
     submitted_at = models.DateTimeField(auto_now_add=True)
+    # A lead's ranking that settles a conflict: releases use it alone for this turn.
+    adjudicated = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
@@ -360,6 +374,46 @@ class Ranking(models.Model):
 
     def __str__(self) -> str:
         return f"ranking of turn {self.turn_id} by {self.annotator_id}"
+
+
+class Adjudication(models.Model):
+    """Reviewers disagreed on this dialogue: a lead decides, and the decision is final."""
+
+    class Reason(models.TextChoices):
+        DECISION = "decision", "Accept vs reject"
+        LABELS = "labels", "Strategy labels"
+        RANKINGS = "rankings", "Candidate rankings"
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="adjudications")
+    reasons = models.JSONField(default=list)  # Reason values
+    # What differs: {"labels": {turn index: {annotator: strategy}}, "rankings": [turn index, ...]}
+    details = models.JSONField(default=dict, blank=True)
+    opened_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    decision = models.CharField(max_length=10, choices=Review.Decision.choices, blank=True)
+    # The lead's final strategy per supporter turn: {turn index (str): strategy name or ""}.
+    labels = models.JSONField(default=dict, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dialogue"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="adjudication_one_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"adjudication of #{self.dialogue_id}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
 
 
 class Release(models.Model):
@@ -378,6 +432,8 @@ class Release(models.Model):
     licence = models.CharField(max_length=200, default="CC BY-NC 4.0")
     notes = models.TextField(blank=True)
     filters = models.JSONField(default=dict, blank=True)
+    # Figures about the selection taken when it was frozen (e.g. crisis-flagged ones left out).
+    stats = models.JSONField(default=dict, blank=True)
     split = models.JSONField(default=dict)  # {"train": 80, "valid": 10, "test": 10}
     previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     created_by = models.ForeignKey(

@@ -9,13 +9,14 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 
-from curation.models import Candidate, Event, Ranking, Turn
+from curation.models import Candidate, Event, Ranking, SafetyStatus, Turn
 
 
 def rankable_for(user: Any) -> QuerySet[Turn]:
     """Masked turns with candidates that this annotator has not ranked and that still need rankers."""
     return (
-        Turn.objects.filter(candidates__isnull=False, dialogue__crisis_flag=False)
+        Turn.objects.filter(candidates__isnull=False)
+        .exclude(dialogue__safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED])
         .exclude(rankings__annotator=user)
         .annotate(rankers=Count("rankings", distinct=True))
         .filter(rankers__lt=settings.REVIEWS_PER_DIALOGUE)
@@ -80,6 +81,9 @@ def save(
             )
     except IntegrityError:
         return False
+    from curation.adjudication import after_ranking
+
+    after_ranking(turn)
     return True
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from curation.agreement import describe_kappa
 from curation.models import Release
 from curation.vocabulary import EXTES_STRATEGIES
 
@@ -36,8 +37,16 @@ class Tally:
         self.rounds: Counter[str] = Counter()
         self.agree_sum = 0.0
         self.agree_n = self.teacher_same = self.teacher_n = 0
-        self.supporter_turns = self.candidates = 0
+        self.supporter_turns = self.candidates = self.crisis_cleared = 0
         self.fingerprints: dict[int, tuple[str, str, str]] = {}
+        # Fleiss' kappa with varying raters per turn, kept as running sums (curation.agreement
+        # has the definition): items, the sum of each item's agreeing-pair share, and per label
+        # the sum of its share of each item's labels.
+        self.fleiss_items = 0
+        self.fleiss_agreeing = 0.0
+        self.fleiss_shares: Counter[str] = Counter()
+        # (teacher's label, final label) of supporter turns people labelled: Cohen's kappa.
+        self.teacher_pairs: Counter[tuple[str, str]] = Counter()
 
     def add(self, snap: dict[str, Any]) -> None:
         self.fingerprints[snap["id"]] = _fingerprint(snap)
@@ -60,9 +69,37 @@ class Tally:
                 if total >= 2:
                     self.agree_sum += max(votes.values()) / total
                     self.agree_n += 1
+                    self.fleiss_items += 1
+                    self.fleiss_agreeing += sum(n * (n - 1) for n in votes.values()) / (
+                        total * (total - 1)
+                    )
+                    for label, n in votes.items():
+                        self.fleiss_shares[label] += n / total
                 self.teacher_n += 1
                 self.teacher_same += turn["strategy"] == turn["teacher_strategy"]
+                self.teacher_pairs[(turn["teacher_strategy"] or "", turn["strategy"] or "")] += 1
         self.candidates += sum(1 for c in snap["candidates"] if c["acceptable"])
+        self.crisis_cleared += snap.get("safety_status") == "cleared"
+
+    def fleiss_kappa(self) -> float | None:
+        if not self.fleiss_items:
+            return None
+        observed = self.fleiss_agreeing / self.fleiss_items
+        expected = sum((v / self.fleiss_items) ** 2 for v in self.fleiss_shares.values())
+        return None if expected >= 1 else (observed - expected) / (1 - expected)
+
+    def teacher_kappa(self) -> float | None:
+        total = sum(self.teacher_pairs.values())
+        if not total:
+            return None
+        rows: Counter[str] = Counter()
+        columns: Counter[str] = Counter()
+        for (teacher, final), n in self.teacher_pairs.items():
+            rows[teacher] += n
+            columns[final] += n
+        observed = sum(n for (t, f), n in self.teacher_pairs.items() if t == f) / total
+        expected = sum(rows[k] * columns[k] for k in rows) / total**2
+        return None if expected >= 1 else (observed - expected) / (1 - expected)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -81,7 +118,18 @@ class Tally:
             if self.teacher_n
             else None,
             "teacher_agreement_turns": self.teacher_n,
+            "fleiss_kappa": _rounded(self.fleiss_kappa()),
+            "teacher_kappa": _rounded(self.teacher_kappa()),
+            "crisis_cleared": self.crisis_cleared,
         }
+
+
+def _or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def tally(release: Release) -> Tally:
@@ -214,7 +262,10 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         f"- Annotators' label agreement (share agreeing with the majority, turns with 2+ labels): "
         f"{stats['label_agreement'] if stats['label_agreement'] is not None else 'n/a'} "
         f"over {stats['label_agreement_turns']} turns.",
-        f"- Teacher vs final label: {stats['teacher_agreement'] if stats['teacher_agreement'] is not None else 'n/a'} "
+        f"- Fleiss' kappa of annotators' strategy labels (turns with 2+ labels): "
+        f"{_or_na(stats['fleiss_kappa'])} ({describe_kappa(stats['fleiss_kappa'])}).",
+        f"- Teacher vs final label: {_or_na(stats['teacher_agreement'])} agreement, Cohen's kappa "
+        f"{_or_na(stats['teacher_kappa'])} ({describe_kappa(stats['teacher_kappa'])}), "
         f"over {stats['teacher_agreement_turns']} labelled turns.",
         "",
         "## Provenance",
@@ -228,9 +279,11 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "",
         "For research on training and evaluating small emotional-support chatbots. Not a clinical "
         "resource: the supporter is not a therapist. Generated text can be repetitive or miss risk "
-        "signals. Dialogues flagged for crisis or self-harm are left out unless a lead chose "
-        "otherwise (see Selection). A model trained on this data must point people at risk to "
-        "crisis services and must not give method detail.",
+        "signals. Dialogues flagged for crisis or self-harm are left out until a lead reads and "
+        f"clears them: this release holds {stats['crisis_cleared']} cleared ones, and "
+        f"{release.stats.get('crisis_left_out', 0)} flagged dialogues that matched the selection "
+        "were left out (waiting for a lead, or excluded). A model trained on this data must "
+        "point people at risk to crisis services and must not give method detail.",
         "",
         "## Changes since the previous release",
         "",

@@ -36,7 +36,6 @@ class ReleaseForm(forms.Form):
         help_text="None chosen: every scenario.",
     )
     min_agreeing_reviews = forms.IntegerField(min_value=0, initial=0)
-    include_crisis = forms.BooleanField(required=False, label="Include crisis-flagged dialogues")
     dri = forms.BooleanField(
         required=False, initial=True, label="Include DRI candidates ranked acceptable"
     )
@@ -75,7 +74,6 @@ def release_new(request: HttpRequest) -> HttpResponse:
             statuses=data["statuses"],
             scenarios=[s.name for s in data["scenarios"]],
             min_agreeing_reviews=data["min_agreeing_reviews"],
-            include_crisis=data["include_crisis"],
             dri=data["dri"],
         )
         try:

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ import orjson
 from django.db import connections, transaction
 from django.db.models import QuerySet
 
+from curation.adjudication import final_labels
 from curation.models import (
     Candidate,
     Dialogue,
@@ -34,6 +35,7 @@ from curation.models import (
     Release,
     ReleaseDialogue,
     Review,
+    SafetyStatus,
     Strategy,
     Turn,
     TurnEdit,
@@ -55,16 +57,26 @@ class Filters:
     statuses: list[str] = field(default_factory=lambda: [Dialogue.Status.ACCEPTED])
     scenarios: list[str] = field(default_factory=list)  # names; empty means all
     min_agreeing_reviews: int = 0  # submitted reviews whose decision matches the status
-    include_crisis: bool = False  # crisis-flagged dialogues stay out unless asked for
     dri: bool = True  # include DRI candidates ranked acceptable
 
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> Filters:
+        """From a release's stored filters; keys of older versions are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
 
-def select(filters: Filters) -> QuerySet[Dialogue]:
+
+def select(filters: Filters, safety: bool = True) -> QuerySet[Dialogue]:
+    """The dialogues a release with these filters holds (`safety=False`: before the safety
+    exclusion, to count what it leaves out)."""
     dialogues = Dialogue.objects.filter(status__in=filters.statuses)
     if filters.scenarios:
         dialogues = dialogues.filter(scenario__name__in=filters.scenarios)
-    if not filters.include_crisis:
-        dialogues = dialogues.filter(crisis_flag=False)
+    if safety:
+        # Crisis-flagged dialogues stay out until a lead clears them; excluded ones for good.
+        dialogues = dialogues.exclude(
+            safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED]
+        )
     if filters.min_agreeing_reviews:
         agreeing = Review.objects.filter(
             submitted_at__isnull=False, decision=Review.Decision.ACCEPT
@@ -145,7 +157,7 @@ def freeze(
     With a `sink`, each snapshot is also handed to it as it is made, so the files are written in
     the same pass (the worker's way); `sink.finish` is then the caller's to call.
     """
-    filters = Filters(**release.filters)
+    filters = Filters.from_dict(release.filters)
     with transaction.atomic():
         if release.items.exists():
             return False
@@ -171,7 +183,12 @@ def freeze(
             progress(min(89, 90 * (start + len(chunk)) // len(ids)))
         release.checksum = digest.hexdigest()
         release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
-        release.save(update_fields=["checksum", "counts"])
+        release.stats = {
+            "crisis_left_out": select(filters, safety=False)
+            .filter(safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED])
+            .count()
+        }
+        release.save(update_fields=["checksum", "counts", "stats"])
     return True
 
 
@@ -244,6 +261,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 "source_file",
                 "source_record",
                 "provenance",
+                "safety_status",
             )
         )
     }
@@ -262,6 +280,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
         ).values_list("turn_id", "strategy__name")
     ):
         votes[turn_id][name] += 1
+    decided = final_labels(ids) if len(ids) else {}
     reviews = Counter(
         Review.objects.filter(
             **_among("dialogue__pk", ids), submitted_at__isnull=False
@@ -277,6 +296,10 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             .order_by("id")
         ):
             ranked[ranking.turn_id].append(ranking)
+        for turn_id, of_turn in ranked.items():  # a lead's settling ranking stands alone
+            settled = [r for r in of_turn if r.adjudicated]
+            if settled:
+                ranked[turn_id] = settled[-1:]
         for candidate in (
             Candidate.objects.filter(**_among("turn__dialogue__pk", ids))
             .select_related("strategy", "turn")
@@ -317,7 +340,9 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
 
     result = {}
     for pk in ids:
-        _, scene, description, origin, source_file, source_record, provenance = dialogues[pk]
+        _, scene, description, origin, source_file, source_record, provenance, safety_status = (
+            dialogues[pk]
+        )
         result[pk] = {
             "id": pk,
             "scene": scene,
@@ -325,13 +350,16 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             "origin": origin,
             "source": Dialogue.label_of_source(source_file, source_record),
             "provenance": _json(provenance),
+            "safety_status": safety_status,
             "reviews": reviews.get(pk, 0),
             "turns": [
                 {
                     "index": index,
                     "role": role,
                     "text": text,
-                    "strategy": _final_label(strategy, votes.get(turn_pk))
+                    "strategy": _final_label(
+                        strategy, votes.get(turn_pk), decided.get(pk, {}).get(str(index))
+                    )
                     if role == SUPPORTER
                     else None,
                     "teacher_strategy": strategy,
@@ -353,8 +381,15 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
     return result
 
 
-def _final_label(teacher: str | None, votes: Counter[str | None] | None) -> str | None:
-    """The annotators' majority label; on a tie, the teacher's label if it is among the tied."""
+def _final_label(
+    teacher: str | None,
+    votes: Counter[str | None] | None,
+    lead: str | None = None,
+) -> str | None:
+    """A lead's adjudicated label ("" for none); else the annotators' majority label, and on a
+    tie the teacher's label if it is among the tied."""
+    if lead is not None:
+        return lead or None
     if not votes:
         return teacher
     top = max(votes.values())

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -22,6 +22,7 @@ from curation.models import (
     Dialogue,
     Event,
     Review,
+    SafetyStatus,
     Strategy,
     Turn,
     TurnEdit,
@@ -62,10 +63,16 @@ def available_for(user: Any, now: Any = None) -> QuerySet[Dialogue]:
         .annotate(n=Count("id"))
         .values("n")
     )
+    # Crisis-flagged dialogues reach annotators only once a lead cleared them, and then no more
+    # than the daily cap per annotator (their wellbeing matters more than throughput).
+    safe = Q(crisis_flag=False)
+    if crisis_shown_today(user, now) < settings.CRISIS_DAILY_CAP:
+        safe |= Q(safety_status=SafetyStatus.CLEARED)
     return (
         Dialogue.objects.filter(
-            status__in=OPEN, crisis_flag=False, reviews_done__lt=settings.REVIEWS_PER_DIALOGUE
+            safe, status__in=OPEN, reviews_done__lt=settings.REVIEWS_PER_DIALOGUE
         )
+        .exclude(safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED])
         .exclude(Exists(Review.objects.filter(dialogue=OuterRef("pk"), annotator=user)))
         .exclude(
             Exists(Assignment.objects.filter(dialogue=OuterRef("pk"), annotator=user, skipped=True))
@@ -74,6 +81,15 @@ def available_for(user: Any, now: Any = None) -> QuerySet[Dialogue]:
         .filter(live_leases__lt=settings.REVIEWS_PER_DIALOGUE - F("reviews_done"))
         .order_by("id")
     )
+
+
+def crisis_shown_today(user: Any, now: Any = None) -> int:
+    """Crisis-flagged dialogues this annotator was given since local midnight."""
+    now = now or timezone.now()
+    midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return Assignment.objects.filter(
+        annotator=user, created_at__gte=midnight, dialogue__crisis_flag=True
+    ).count()
 
 
 def held_by(user: Any) -> Dialogue | None:
@@ -233,14 +249,25 @@ def submit(review: Review, decision: str, reasons: list[str], flags: list[str], 
             action="reviewed",
             after={"decision": decision, "reasons": reasons, "flags": flags},
         )
-        if Review.Flag.CRISIS in flags and not dialogue.crisis_flag:
+        if Review.Flag.CRISIS in flags and dialogue.safety_status != SafetyStatus.FLAGGED:
+            # To the leads' safety queue, even when a lead had cleared it before: a new flag is
+            # a new concern.
             dialogue.crisis_flag = True
+            dialogue.safety_status = SafetyStatus.FLAGGED
             dialogue.safety_notes = {
+                **dialogue.safety_notes,
                 "source": "annotator",
                 "flagged_by": review.annotator.get_username(),
                 "notes": notes,
             }
-            dialogue.save(update_fields=["crisis_flag", "safety_notes"])
+            dialogue.save(update_fields=["crisis_flag", "safety_status", "safety_notes"])
+        if Review.Flag.CRISIS in flags:  # each annotator's flag is counted on the dashboard
+            Event.objects.create(
+                dialogue=dialogue,
+                actor=review.annotator,
+                action="crisis flagged",
+                after={"safety_status": dialogue.safety_status},
+            )
         if dialogue.reviews_done >= settings.REVIEWS_PER_DIALOGUE:
             _settle(dialogue)
         review.refresh_from_db()
@@ -248,15 +275,18 @@ def submit(review: Review, decision: str, reasons: list[str], flags: list[str], 
 
 
 def _settle(dialogue: Dialogue) -> None:
-    """Accepted or rejected when every review agrees; otherwise a lead adjudicates."""
-    decisions = set(
-        dialogue.reviews.filter(submitted_at__isnull=False).values_list("decision", flat=True)
-    )
-    if decisions == {Review.Decision.ACCEPT}:
-        status = Dialogue.Status.ACCEPTED
-    elif decisions == {Review.Decision.REJECT}:
-        status = Dialogue.Status.REJECTED
-    else:
+    """Accepted or rejected when the reviews agree (on the decision, and on the labels of an
+    accepted dialogue); otherwise a lead adjudicates."""
+    from curation import adjudication
+
+    reasons, details = adjudication.disagreements(dialogue)
+    if reasons:
         status = Dialogue.Status.NEEDS_ADJUDICATION
+    elif dialogue.reviews.filter(decision=Review.Decision.ACCEPT).exists():
+        status = Dialogue.Status.ACCEPTED
+    else:
+        status = Dialogue.Status.REJECTED
     Dialogue.objects.filter(pk=dialogue.pk).update(status=status)
     Event.objects.create(dialogue=dialogue, action="status", after={"status": status})
+    if reasons:
+        adjudication.open_for(dialogue, reasons, details)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from curation import release_views, views
+from curation import lead_views, release_views, views
 
 urlpatterns = [
     # /dialogues/
@@ -27,6 +27,15 @@ urlpatterns = [
         release_views.release_download,
         name="curation-release-download",
     ),
+    # /lead/: dashboard, agreement, adjudication, safety
+    path("lead/", lead_views.dashboard, name="curation-dashboard"),
+    path("lead/dashboard/<str:name>.csv", lead_views.dashboard_csv, name="curation-dashboard-csv"),
+    path("lead/agreement/", lead_views.agreement_page, name="curation-agreement"),
+    path("lead/agreement/<str:name>.csv", lead_views.agreement_csv, name="curation-agreement-csv"),
+    path("lead/adjudication/", lead_views.adjudication_list, name="curation-adjudication-list"),
+    path("lead/adjudication/<int:pk>/", lead_views.adjudication_page, name="curation-adjudication"),
+    path("lead/safety/", lead_views.safety_queue, name="curation-safety"),
+    path("lead/safety/<int:pk>/", lead_views.safety_decide, name="curation-safety-decide"),
     # /rank/
     path("rank/", views.rank_next, name="curation-rank-next"),
     path("rank/<int:pk>/", views.rank, name="curation-rank"),

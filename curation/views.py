@@ -24,6 +24,7 @@ from curation.models import (
     DialogueQuerySet,
     Ranking,
     Review,
+    SafetyStatus,
     Scenario,
     Strategy,
     Turn,
@@ -381,7 +382,10 @@ def _get_rank_turn_for_user(request: HttpRequest, pk: int) -> Turn:
         .filter(pk=pk, role=Turn.Role.SUPPORTER, candidates__isnull=False)
         .first()
     )
-    if turn is None or (turn.dialogue.crisis_flag and not is_lead(user)):
+    if turn is None or (
+        turn.dialogue.safety_status in (SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED)
+        and not is_lead(user)
+    ):
         raise Http404("Nothing to rank here.")
     return turn
 

@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from curation.exporting import extes_records
-from curation.models import Candidate, Dialogue, Scenario, Strategy, Turn
+from curation.models import Candidate, Dialogue, SafetyStatus, Scenario, Strategy, Turn
 from curation.parsing import ParsedDialogue, Vocabulary
 from curation.vocabulary import EXTES_STRATEGIES
 from generation import inpainting, selfchat
@@ -303,6 +303,7 @@ def _store_dialogue(
         repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
         provenance=provenance,
         crisis_flag=crisis.flagged,
+        safety_status=SafetyStatus.FLAGGED if crisis.flagged else SafetyStatus.NONE,
         safety_notes=(
             {
                 "source": "generation gate",

@@ -236,16 +236,20 @@ def test_dri_candidates_and_rankings_and_edits_make_sft_dri_and_dpo(accepted, tm
     assert as_parquet[0]["chosen"][0]["role"] == "assistant"
 
 
-def test_crisis_flagged_dialogues_stay_out_unless_asked(accepted):
-    Dialogue.objects.filter(pk=accepted[0].pk).update(crisis_flag=True)
-    assert accepted[0].pk not in create_release("r-safe").items.values_list(
-        "dialogue_id", flat=True
-    )
-    from curation.releases import Filters
+def test_crisis_flagged_dialogues_stay_out_until_a_lead_clears_them(accepted, lead):
+    from curation import safety
 
-    assert accepted[0].pk in create_release(
-        "r-all", Filters(include_crisis=True)
-    ).items.values_list("dialogue_id", flat=True)
+    flagged, excluded = accepted[0], accepted[1]
+    Dialogue.objects.filter(pk__in=[flagged.pk, excluded.pk]).update(
+        crisis_flag=True, safety_status="flagged"
+    )
+    held = create_release("r-safe").items.values_list("dialogue_id", flat=True)
+    assert flagged.pk not in held and excluded.pk not in held
+    safety.clear(Dialogue.objects.get(pk=flagged.pk), lead, "The supporter points to help well.")
+    safety.exclude(Dialogue.objects.get(pk=excluded.pk), lead, "Method detail in turn 3.")
+    release = create_release("r-cleared")
+    held = release.items.values_list("dialogue_id", flat=True)
+    assert flagged.pk in held and excluded.pk not in held
 
 
 def test_commands_create_and_export(accepted, tmp_path):

@@ -27,11 +27,6 @@ class Command(BaseCommand):
         )
         parser.add_argument("--scenario", action="append", default=[])
         parser.add_argument("--min-agreeing-reviews", type=int, default=0)
-        parser.add_argument(
-            "--include-crisis",
-            action="store_true",
-            help="keep crisis-flagged dialogues (excluded by default)",
-        )
         parser.add_argument("--no-dri", action="store_true", help="leave DRI candidates out")
         parser.add_argument("--split", default="80/10/10", help="train/valid/test percentages")
         parser.add_argument("--licence", default="CC BY-NC 4.0")
@@ -49,7 +44,6 @@ class Command(BaseCommand):
             statuses=options["status"] or [Dialogue.Status.ACCEPTED],
             scenarios=options["scenario"],
             min_agreeing_reviews=options["min_agreeing_reviews"],
-            include_crisis=options["include_crisis"],
             dri=not options["no_dri"],
         )
         try:

@@ -1,0 +1,432 @@
+"""What leads read on the dashboard and the agreement page, gathered from the database.
+
+Every table is a list of plain dict rows with the same keys, so the page, its chart and its CSV
+show the same numbers. Counting is done by the database (GROUP BY), never row by row in Python,
+except where the agreement statistics need each label.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.db.models.fields.json import KT
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from curation import agreement
+from curation.models import (
+    Adjudication,
+    Assignment,
+    Dialogue,
+    Event,
+    Ranking,
+    Review,
+    SafetyStatus,
+    Turn,
+    TurnLabel,
+)
+from curation.vocabulary import EXTES_STRATEGIES
+
+Row = dict[str, Any]
+STATUSES = [s.value for s in Dialogue.Status]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[Row]
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({c: _cell(row.get(c)) for c in self.columns})
+        return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+# ---- dashboard ---------------------------------------------------------------------------------
+
+
+def scenario_progress() -> Table:
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+    for name, status, n in (
+        Dialogue.objects.order_by().values_list("scenario__name", "status").annotate(n=Count("id"))
+    ):
+        counts[name][status] = n
+    rows = []
+    for name in sorted(counts):
+        row: Row = {"scenario": name, **counts[name]}
+        row["total"] = sum(counts[name].values())
+        row["done_share"] = _rate(row["accepted"] + row["rejected"], row["total"])
+        rows.append(row)
+    return Table(
+        "scenarios", "Progress per scenario", ["scenario", *STATUSES, "total", "done_share"], rows
+    )
+
+
+def annotator_progress(now: Any = None) -> Table:
+    """Per annotator: reviews, decisions, skips (apart from rejections), flags, rankings, and
+    throughput over the hours in which they submitted anything."""
+    now = now or timezone.now()
+    rows: dict[str, Row] = defaultdict(
+        lambda: {
+            "reviews": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "skipped": 0,
+            "crisis_flags": 0,
+            "rankings": 0,
+            "active_hours": 0,
+            "reviews_last_24h": 0,
+        }
+    )
+    submitted = Review.objects.filter(submitted_at__isnull=False).order_by()
+    day_ago = now - timedelta(hours=24)
+    for name, reviews, accepted, rejected, recent in submitted.values_list(
+        "annotator__username"
+    ).annotate(
+        n=Count("id"),
+        accepts=Count("id", filter=Q(decision=Review.Decision.ACCEPT)),
+        rejects=Count("id", filter=Q(decision=Review.Decision.REJECT)),
+        recent=Count("id", filter=Q(submitted_at__gte=day_ago)),
+    ):
+        rows[name].update(
+            reviews=reviews, accepted=accepted, rejected=rejected, reviews_last_24h=recent
+        )
+    for name, n in (
+        Event.objects.filter(action="crisis flagged", actor__isnull=False)
+        .order_by()
+        .values_list("actor__username")
+        .annotate(Count("id"))
+    ):
+        rows[name]["crisis_flags"] = n
+    for name, hours in (
+        submitted.annotate(hour=TruncHour("submitted_at"))
+        .values_list("annotator__username", "hour")
+        .distinct()
+        .order_by()
+        .values_list("annotator__username")
+        .annotate(Count("hour", distinct=True))
+    ):
+        rows[name]["active_hours"] = hours
+    for name, n in (
+        Assignment.objects.filter(skipped=True)
+        .order_by()
+        .values_list("annotator__username")
+        .annotate(Count("id"))
+    ):
+        rows[name]["skipped"] = n
+    for name, n in (
+        Ranking.objects.filter(adjudicated=False)
+        .order_by()
+        .values_list("annotator__username")
+        .annotate(Count("id"))
+    ):
+        rows[name]["rankings"] = n
+    result = []
+    for name in sorted(rows):
+        row = {"annotator": name, **rows[name]}
+        row["reviews_per_active_hour"] = _rate(row["reviews"], row["active_hours"])
+        result.append(row)
+    return Table(
+        "annotators",
+        "Progress per annotator",
+        [
+            "annotator",
+            "reviews",
+            "accepted",
+            "rejected",
+            "skipped",
+            "crisis_flags",
+            "rankings",
+            "active_hours",
+            "reviews_per_active_hour",
+            "reviews_last_24h",
+        ],
+        result,
+    )
+
+
+def queue_state(now: Any = None) -> Table:
+    now = now or timezone.now()
+    by_status = dict(
+        Dialogue.objects.order_by()
+        .values_list("status")
+        .annotate(Count("id"))
+        .values_list("status", "id__count")
+    )
+    rows: list[Row] = [
+        {"what": f"dialogues {s.label.lower()}", "count": by_status.get(s.value, 0)}
+        for s in Dialogue.Status
+    ]
+    rows += [
+        {
+            "what": "leases held now",
+            "count": Assignment.objects.filter(
+                released_at__isnull=True, expires_at__gt=now
+            ).count(),
+        },
+        {
+            "what": "open disagreements",
+            "count": Adjudication.objects.filter(resolved_at__isnull=True).count(),
+        },
+        {
+            "what": "waiting in the safety queue",
+            "count": Dialogue.objects.filter(safety_status=SafetyStatus.FLAGGED).count(),
+        },
+        {
+            "what": "crisis-flagged, cleared",
+            "count": Dialogue.objects.filter(safety_status=SafetyStatus.CLEARED).count(),
+        },
+    ]
+    return Table("queue", "The queue now", ["what", "count"], rows)
+
+
+def acceptance_by(key: str) -> Table:
+    """Acceptance of generated dialogues per generation round, teacher or prompt version:
+    accepted / (accepted + rejected), adjudicated ones included."""
+    paths = {
+        "round": "provenance__round",
+        "teacher": "provenance__teacher__model",
+        "prompt_version": "provenance__prompt_version",
+    }
+    grouped = (
+        Dialogue.objects.filter(origin=Dialogue.Origin.GENERATED)
+        .order_by()
+        .annotate(group=KT(paths[key]))
+        .values_list("group")
+        .annotate(
+            n=Count("id"),
+            accepts=Count("id", filter=Q(status=Dialogue.Status.ACCEPTED)),
+            rejects=Count("id", filter=Q(status=Dialogue.Status.REJECTED)),
+        )
+    )
+    rows = []
+    for group, total, accepted, rejected in grouped:
+        rows.append(
+            {
+                key: "" if group is None else str(group),
+                "generated": total,
+                "accepted": accepted,
+                "rejected": rejected,
+                "acceptance_rate": _rate(accepted, accepted + rejected),
+            }
+        )
+    rows.sort(key=lambda r: (len(r[key]), r[key]))  # rounds 2 before 10
+    titles = {"round": "generation round", "teacher": "teacher", "prompt_version": "prompt version"}
+    return Table(
+        f"acceptance_by_{key}",
+        f"Acceptance per {titles[key]}",
+        [key, "generated", "accepted", "rejected", "acceptance_rate"],
+        rows,
+    )
+
+
+def strategy_distribution() -> Table:
+    """Supporter-turn strategies of accepted dialogues against the ExTES shares (DOMAIN.md).
+    Each annotator's label counts once; a turn no one labelled counts with the teacher's label."""
+    counts: dict[str, int] = defaultdict(int)
+    accepted = Q(turn__dialogue__status=Dialogue.Status.ACCEPTED)
+    for name, n in (
+        TurnLabel.objects.filter(accepted, review__submitted_at__isnull=False)
+        .order_by()
+        .values_list("strategy__name")
+        .annotate(Count("id"))
+    ):
+        counts[name or ""] += n
+    for name, n in (
+        Turn.objects.filter(dialogue__status=Dialogue.Status.ACCEPTED, role=Turn.Role.SUPPORTER)
+        .exclude(labels__review__submitted_at__isnull=False)
+        .order_by()
+        .values_list("strategy__name")
+        .annotate(Count("id"))
+    ):
+        counts[name or ""] += n
+    total = sum(counts.values())
+    rows = [
+        {
+            "strategy": spec.name,
+            "labels": counts.get(spec.name, 0),
+            "share": _rate(counts.get(spec.name, 0), total),
+            "extes_share": spec.extes_share / 100,
+        }
+        for spec in EXTES_STRATEGIES
+    ]
+    others = {k: v for k, v in counts.items() if k not in {s.name for s in EXTES_STRATEGIES}}
+    for name, n in sorted(others.items()):
+        rows.append(
+            {
+                "strategy": name or "(no strategy)",
+                "labels": n,
+                "share": _rate(n, total),
+                "extes_share": None,
+            }
+        )
+    return Table(
+        "strategies",
+        "Strategies of accepted data against ExTES",
+        ["strategy", "labels", "share", "extes_share"],
+        rows,
+    )
+
+
+def dashboard_tables() -> dict[str, Table]:
+    tables = [
+        queue_state(),
+        scenario_progress(),
+        annotator_progress(),
+        acceptance_by("round"),
+        acceptance_by("teacher"),
+        acceptance_by("prompt_version"),
+        strategy_distribution(),
+    ]
+    return {t.name: t for t in tables}
+
+
+# ---- agreement ---------------------------------------------------------------------------------
+
+
+def label_items(include_teacher: bool = True) -> dict[Hashable, dict[str, str | None]]:
+    """{turn id: {annotator: strategy}} from submitted reviews' explicit labels (the teacher's
+    label too, as rater `agreement.TEACHER`). A label set to "no strategy" counts as "(none)"."""
+    items: dict[Hashable, dict[str, str | None]] = defaultdict(dict)
+    for turn_id, name, strategy in (
+        TurnLabel.objects.filter(review__submitted_at__isnull=False)
+        .order_by()
+        .values_list("turn_id", "review__annotator__username", "strategy__name")
+        .iterator(chunk_size=5000)
+    ):
+        items[turn_id][name] = strategy or "(none)"
+    if include_teacher and items:
+        for turn_id, strategy in (
+            Turn.objects.filter(pk__in=list(items)).values_list("pk", "strategy__name").iterator()
+        ):
+            items[turn_id][agreement.TEACHER] = strategy or "(none)"
+    return dict(items)
+
+
+def decision_items() -> dict[Hashable, dict[str, str]]:
+    items: dict[Hashable, dict[str, str]] = defaultdict(dict)
+    for dialogue_id, name, decision in (
+        Review.objects.filter(submitted_at__isnull=False)
+        .order_by()
+        .values_list("dialogue_id", "annotator__username", "decision")
+        .iterator(chunk_size=5000)
+    ):
+        items[dialogue_id][name] = decision
+    return dict(items)
+
+
+def ranking_groups() -> list[list[dict[str, float]]]:
+    """Per turn, each annotator's ranks (1 = best, tied items share a rank); leads' settling
+    rankings are not annotators' opinions and are left out."""
+    by_turn: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for turn_id, order in (
+        Ranking.objects.filter(adjudicated=False)
+        .order_by("turn_id", "id")
+        .values_list("turn_id", "order")
+    ):
+        by_turn[turn_id].append(
+            {key: float(place) for place, group in enumerate(order, start=1) for key in group}
+        )
+    return [group for group in by_turn.values() if len(group) >= 2]
+
+
+@dataclass(frozen=True)
+class AgreementReport:
+    fleiss: agreement.Kappa
+    mean_cohen: float | None
+    pairs: list[agreement.PairKappa]
+    teacher: agreement.TeacherKappa
+    categories: dict[str, agreement.CategoryAgreement]
+    decisions: agreement.Agreement
+    rankings: agreement.RankingAgreement
+    humans: agreement.Confusion
+    teacher_vs_humans: agreement.Confusion
+    labelled_turns: int
+
+    def category_table(self) -> Table:
+        rows = [
+            {
+                "strategy": label,
+                "kappa": c.kappa,
+                "specific_agreement": c.specific,
+                "labels": c.support,
+                "reading": agreement.describe_kappa(c.kappa),
+            }
+            for label, c in self.categories.items()
+        ]
+        return Table(
+            "per_strategy",
+            "Agreement per strategy",
+            ["strategy", "kappa", "specific_agreement", "labels", "reading"],
+            rows,
+        )
+
+    def pair_table(self) -> Table:
+        rows = [
+            {"annotator_a": p.a, "annotator_b": p.b, "kappa": p.value, "turns": p.n}
+            for p in self.pairs
+        ]
+        return Table(
+            "pairs",
+            "Cohen's kappa per pair of annotators",
+            ["annotator_a", "annotator_b", "kappa", "turns"],
+            rows,
+        )
+
+    def summary_table(self) -> Table:
+        rows: list[Row] = [
+            {"figure": "Fleiss' kappa, strategy labels (all annotators)", "value": self.fleiss.value, "n": self.fleiss.n},
+            {"figure": "Mean pairwise Cohen's kappa, strategy labels", "value": self.mean_cohen, "n": len(self.pairs)},
+            {"figure": "Teacher vs human majority, Cohen's kappa", "value": self.teacher.value, "n": self.teacher.n},
+            {"figure": "Teacher vs each human, mean Cohen's kappa", "value": self.teacher.mean_per_human, "n": len(self.teacher.per_human)},
+            {"figure": "Accept/reject: all reviewers agree", "value": self.decisions.all_agree, "n": self.decisions.n},
+            {"figure": "Accept/reject: pairwise agreement", "value": self.decisions.pairwise, "n": self.decisions.pairs},
+            {"figure": "Rankings: mean Kendall's tau-b", "value": self.rankings.mean_tau, "n": self.rankings.tau_pairs},
+            {"figure": "Rankings: mean Kendall's W (3+ rankers)", "value": self.rankings.mean_w, "n": self.rankings.w_groups},
+        ]  # fmt: skip
+        return Table("summary", "Agreement", ["figure", "value", "n"], rows)
+
+
+def agreement_report() -> AgreementReport:
+    items = label_items()
+    humans_only = {
+        k: {r: v for r, v in raters.items() if r != agreement.TEACHER}
+        for k, raters in items.items()
+    }
+    labels = sorted({v for raters in items.values() for v in raters.values() if v is not None})
+    return AgreementReport(
+        fleiss=agreement.fleiss_kappa(humans_only),
+        mean_cohen=agreement.mean_pairwise_cohen(humans_only),
+        pairs=agreement.pairwise_cohen(humans_only),
+        teacher=agreement.humans_vs_teacher(items),
+        categories=agreement.per_category(humans_only),
+        decisions=agreement.percent_agreement(decision_items()),
+        rankings=agreement.ranking_agreement(ranking_groups()),
+        humans=agreement.confusion(humans_only, labels=labels),
+        teacher_vs_humans=agreement.confusion(items, a_raters=[agreement.TEACHER], labels=labels),
+        labelled_turns=len(humans_only),
+    )
+
+
+def tables_csv(tables: Sequence[Table]) -> str:
+    return "\n".join(t.csv() for t in tables)

@@ -1,0 +1,326 @@
+"""Pages for project leads: dashboard, agreement, adjudication queue, safety queue (and CSVs)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from curation import adjudication, agreement, charts, insights, safety
+from curation.models import (
+    Adjudication,
+    Candidate,
+    Dialogue,
+    Ranking,
+    Review,
+    Strategy,
+    Turn,
+    TurnLabel,
+)
+from curation.reviewing import StaleVersion
+from curation.roles import lead_required
+
+# ---- dashboard ---------------------------------------------------------------------------------
+
+
+@lead_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    tables = insights.dashboard_tables()
+    scenes = tables["scenarios"]
+    statuses = insights.STATUSES
+    shown = [s for s in statuses if any(r[s] for r in scenes.rows)] or statuses
+    chart_scenes = charts.stacked(
+        [(r["scenario"], [r[s] for s in shown]) for r in scenes.rows],
+        [Dialogue.Status(s).label for s in shown],
+        "Dialogues per scenario, by status",
+    )
+    people = tables["annotators"].rows
+    chart_people = charts.bars(
+        [(r["annotator"], r["reviews_per_active_hour"]) for r in people],
+        "Reviews per active hour",
+    )
+    rounds = tables["acceptance_by_round"].rows
+    chart_rounds = charts.bars(
+        [(f"round {r['round'] or '?'}", r["acceptance_rate"]) for r in rounds],
+        "Acceptance per generation round",
+        percent=True,
+    )
+    chart_strategies = charts.paired(
+        [(r["strategy"], r["share"], r["extes_share"]) for r in tables["strategies"].rows],
+        ("accepted data", "ExTES"),
+        "Strategy shares",
+    )
+    return render(
+        request,
+        "curation/lead/dashboard.html",
+        {
+            "tables": tables,
+            "chart_scenes": chart_scenes,
+            "chart_people": chart_people,
+            "chart_rounds": chart_rounds,
+            "chart_strategies": chart_strategies,
+            "empty": not scenes.rows,
+        },
+    )
+
+
+def _csv(body: str, name: str) -> HttpResponse:
+    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    return response
+
+
+@lead_required
+def dashboard_csv(request: HttpRequest, name: str) -> HttpResponse:
+    tables = insights.dashboard_tables()
+    if name not in tables:
+        raise Http404("No such table.")
+    return _csv(tables[name].csv(), name)
+
+
+# ---- agreement ---------------------------------------------------------------------------------
+
+
+def _inline_svg(svg: str) -> str:
+    """matplotlib's SVG without its XML declaration and doctype, to sit inside HTML."""
+    return svg[svg.index("<svg") :]
+
+
+@lead_required
+def agreement_page(request: HttpRequest) -> HttpResponse:
+    report = insights.agreement_report()
+    return render(
+        request,
+        "curation/lead/agreement.html",
+        {
+            "report": report,
+            "summary": report.summary_table(),
+            "categories": report.category_table(),
+            "pairs": report.pair_table(),
+            "heatmap_humans": _inline_svg(
+                agreement.confusion_svg(report.humans, "Annotator vs annotator")
+            )
+            if report.humans.total
+            else "",
+            "heatmap_teacher": _inline_svg(
+                agreement.confusion_svg(report.teacher_vs_humans, "Teacher (rows) vs annotators")
+            )
+            if report.teacher_vs_humans.total
+            else "",
+        },
+    )
+
+
+@lead_required
+def agreement_csv(request: HttpRequest, name: str) -> HttpResponse:
+    report = insights.agreement_report()
+    tables = {
+        "summary": lambda: report.summary_table().csv(),
+        "per_strategy": lambda: report.category_table().csv(),
+        "pairs": lambda: report.pair_table().csv(),
+        "confusion_humans": lambda: agreement.confusion_csv(report.humans),
+        "confusion_teacher": lambda: agreement.confusion_csv(report.teacher_vs_humans),
+    }
+    if name not in tables:
+        raise Http404("No such table.")
+    return _csv(tables[name](), name)
+
+
+# ---- adjudication ------------------------------------------------------------------------------
+
+
+@lead_required
+def adjudication_list(request: HttpRequest) -> HttpResponse:
+    open_ = (
+        Adjudication.objects.filter(resolved_at__isnull=True)
+        .select_related("dialogue__scenario")
+        .order_by("opened_at", "id")
+    )
+    done = (
+        Adjudication.objects.filter(resolved_at__isnull=False)
+        .select_related("dialogue__scenario", "resolved_by")
+        .order_by("-resolved_at")[:20]
+    )
+    return render(request, "curation/lead/adjudication_list.html", {"open": open_, "done": done})
+
+
+def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the adjudication page shows: turns with each review's label side by side."""
+    dialogue = adj.dialogue
+    reviews = list(
+        dialogue.reviews.filter(submitted_at__isnull=False)
+        .select_related("annotator")
+        .order_by("id")
+    )
+    votes = adjudication.label_votes(dialogue)
+    explicit = {
+        (label.review_id, label.turn_id) for label in TurnLabel.objects.filter(review__in=reviews)
+    }
+    conflict_turns = {int(i) for i in adj.details.get("rankings", [])}
+    rows = []
+    for turn in dialogue.turns.select_related("strategy").order_by("index"):
+        row: dict[str, Any] = {
+            "turn": turn,
+            "votes": [None] * len(reviews),  # one cell per review; seekers' turns have no label
+            "differs": False,
+            "final": "",
+        }
+        if turn.role == Turn.Role.SUPPORTER:
+            names = votes.get(turn.index, {})
+            row["votes"] = [
+                {
+                    "annotator": r.annotator.get_username(),
+                    "label": names.get(r.annotator.get_username(), ""),
+                    "explicit": (r.pk, turn.pk) in explicit,
+                }
+                for r in reviews
+            ]
+            row["differs"] = len({v["label"] for v in row["votes"]}) > 1
+            tally: dict[str, int] = {}
+            for v in row["votes"]:
+                tally[v["label"]] = tally.get(v["label"], 0) + 1
+            teacher = turn.strategy.name if turn.strategy else ""
+            row["final"] = (
+                max(sorted(tally), key=lambda k: (tally[k], k == teacher)) if tally else teacher
+            )
+        if turn.index in conflict_turns:
+            replies = [{"key": f"t{turn.pk}", "text": turn.text, "label": "original"}] + [
+                {"key": f"c{c.pk}", "text": c.text, "label": f"candidate {n}"}
+                for n, c in enumerate(Candidate.objects.filter(turn=turn).order_by("id"), 1)
+            ]
+            names_of = {r["key"]: r["label"] for r in replies}
+            row["replies"] = replies
+            row["rankings"] = [
+                {
+                    "annotator": r.annotator.get_username(),
+                    "order": [[names_of.get(k, k) for k in group] for group in r.order],
+                    "unacceptable": [names_of.get(k, k) for k in r.unacceptable],
+                }
+                for r in Ranking.objects.filter(turn=turn, adjudicated=False)
+                .select_related("annotator")
+                .order_by("id")
+            ]
+        if posted:
+            row["final"] = posted.get(f"label-{turn.index}", row["final"])
+            row["text"] = posted.get(f"text-{turn.index}", turn.text)
+            row["best"] = posted.get(f"best-{turn.index}", "")
+        rows.append(row)
+    return {
+        "adj": adj,
+        "dialogue": dialogue,
+        "reviews": reviews,
+        "rows": rows,
+        "strategies": Strategy.objects.filter(taxonomy="extes").order_by("name"),
+        "posted": posted or {},
+        "reasons": [Adjudication.Reason(r).label for r in adj.reasons],
+    }
+
+
+@lead_required
+def adjudication_page(request: HttpRequest, pk: int) -> HttpResponse:
+    adj = get_object_or_404(Adjudication.objects.select_related("dialogue__scenario"), pk=pk)
+    if request.method != "POST":
+        return render(request, "curation/lead/adjudication.html", _page(adj))
+    if not adj.is_open:
+        messages.info(request, f"Dialogue #{adj.dialogue_id} was settled already.")
+        return redirect("curation-adjudication-list")
+    form = request.POST.dict()
+    try:
+        version = int(form.get("version", ""))
+    except ValueError:
+        return _refused(request, adj, "The form lost the dialogue's version: reload the page.")
+    turns = {t.index: t for t in adj.dialogue.turns.all()}
+    chosen = adjudication.Decision(
+        decision=form.get("decision", ""),
+        labels={
+            int(m.group(1)): value
+            for key, value in form.items()
+            if (m := re.fullmatch(r"label-(\d+)", key))
+        },
+        texts={
+            int(m.group(1)): value
+            for key, value in form.items()
+            if (m := re.fullmatch(r"text-(\d+)", key))
+            and int(m.group(1)) in turns
+            and value.strip() != turns[int(m.group(1))].text
+        },
+        best={
+            int(m.group(1)): value
+            for key, value in form.items()
+            if (m := re.fullmatch(r"best-(\d+)", key)) and value
+        },
+        note=form.get("note", ""),
+    )
+    try:
+        adjudication.resolve(adj, request.user, version, chosen)
+    except StaleVersion as stale:
+        context = _page(adj, form)
+        context.update(stale=stale, error="Someone changed this dialogue since you opened it.")
+        context["dialogue"].refresh_from_db()
+        return render(request, "curation/lead/adjudication.html", context, status=409)
+    except ValueError as problem:
+        return _refused(request, adj, str(problem))
+    verdict = "accepted" if chosen.decision == Review.Decision.ACCEPT else "rejected"
+    messages.success(request, f"Dialogue #{adj.dialogue_id} is {verdict}; your note is kept.")
+    following = (
+        Adjudication.objects.filter(resolved_at__isnull=True).order_by("opened_at", "id").first()
+    )
+    if following is not None:
+        return redirect("curation-adjudication", following.pk)
+    return redirect("curation-adjudication-list")
+
+
+def _refused(request: HttpRequest, adj: Adjudication, error: str) -> HttpResponse:
+    context = _page(adj, request.POST.dict())
+    context["error"] = error
+    return render(request, "curation/lead/adjudication.html", context, status=400)
+
+
+# ---- safety ------------------------------------------------------------------------------------
+
+
+@lead_required
+def safety_queue(request: HttpRequest) -> HttpResponse:
+    decided = (
+        Dialogue.objects.filter(crisis_flag=True)
+        .exclude(safety_status__in=["flagged", "none"])
+        .select_related("scenario")
+        .order_by("-updated_at")[:20]
+    )
+    return render(
+        request,
+        "curation/lead/safety.html",
+        {"waiting": safety.queue(), "decided": decided},
+    )
+
+
+@require_POST
+@lead_required
+def safety_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    dialogue = get_object_or_404(Dialogue, pk=pk)
+    action = request.POST.get("action", "")
+    note = request.POST.get("note", "")
+    try:
+        if action == "clear":
+            safety.clear(dialogue, request.user, note)
+        elif action == "exclude":
+            safety.exclude(dialogue, request.user, note)
+        else:
+            raise ValueError("Choose clear or exclude.")
+    except ValueError as problem:
+        if request.htmx:  # type: ignore[attr-defined]
+            return render(
+                request,
+                "curation/lead/safety.html#row",
+                {"d": dialogue, "error": str(problem), "note": note},
+            )  # 200: htmx swaps it, and the row says what went wrong
+        messages.error(request, f"Dialogue #{pk}: {problem}")
+        return redirect("curation-safety")
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(request, "curation/lead/safety.html#row", {"d": dialogue})
+    messages.success(request, f"Dialogue #{pk} is {dialogue.get_safety_status_display().lower()}.")
+    return redirect("curation-safety")
