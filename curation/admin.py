@@ -5,6 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from curation.models import (
+    Adjudication,
     Assignment,
     Candidate,
     Dialogue,
@@ -53,7 +54,14 @@ class DialogueAdmin(admin.ModelAdmin):
         "source_record",
         "created_at",
     ]
-    list_filter = ["status", "origin", "source_format", "scenario__is_official", "scenario"]
+    list_filter = [
+        "status",
+        "safety_status",
+        "origin",
+        "source_format",
+        "scenario__is_official",
+        "scenario",
+    ]
     search_fields = ["description", "content_hash", "source_file"]
     readonly_fields = [
         "content_hash",
@@ -129,8 +137,25 @@ class EventAdmin(admin.ModelAdmin):
 
 @admin.register(Ranking)
 class RankingAdmin(admin.ModelAdmin):
-    list_display = ["id", "turn", "annotator", "submitted_at"]
+    list_display = ["id", "turn", "annotator", "adjudicated", "submitted_at"]
+    list_filter = ["adjudicated"]
     raw_id_fields = ["turn"]
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "dialogue",
+        "reasons",
+        "opened_at",
+        "resolved_at",
+        "resolved_by",
+        "decision",
+    ]
+    list_filter = ["decision", "resolved_at"]
+    raw_id_fields = ["dialogue"]
+    readonly_fields = ["opened_at"]
 
 
 @admin.register(TurnLabel)
