@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 # TrainConfig fields a job sets from its own columns or its run folder, not from hyperparameters.
 OWN_FIELDS = ("data", "out", "base", "variant", "seed", "resume")
 EVAL_SPLIT_FILE = "sft/test.jsonl"
+STEP_LINE_SECONDS = 10  # the log gets a line per step at most this often (the row has them all)
 
 
 class Stop(Exception):
@@ -191,6 +192,7 @@ class Reporter:
         self.lines = job.log_tail.splitlines()
         self.pending: dict[str, Any] = {}
         self.written = 0.0
+        self.step_logged = -math.inf
         self.reason = ""  # why should_stop said yes
 
     def log(self, line: str) -> None:
@@ -225,10 +227,13 @@ class Reporter:
             return
         self.losses = [p for p in self.losses if p[0] < progress.step]
         self.losses.append([progress.step, round(progress.loss, 5)])
-        self.log(
-            f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f} "
-            f"{progress.tokens_per_s:.0f} tokens/s"
-        )
+        now = time.monotonic()
+        if now - self.step_logged >= STEP_LINE_SECONDS or progress.step == progress.total_steps:
+            self.step_logged = now
+            self.log(
+                f"step {progress.step}/{progress.total_steps} loss {progress.loss:.4f} "
+                f"{progress.tokens_per_s:.0f} tokens/s"
+            )
         self.set(
             phase="Training",
             step=progress.step,
