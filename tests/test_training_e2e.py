@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,7 @@ import pytest
 from tests import test_training_sft
 from tests.conftest import ROOT
 from tests.test_generation_e2e import Site
+from tests.test_studio_e2e import Studio
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +147,21 @@ def test_a_worker_killed_mid_training_leaves_a_job_the_next_worker_resumes(site,
     assert f"step {MAX_STEPS}/{MAX_STEPS}" in log
     assert set(json.loads(metrics)) == {"base", "student"}
     assert "r-e2e" in Path(card).read_text()
+
+
+def test_make_run_starts_a_solo_worker_on_the_training_queue(tmp_path, redis_url):
+    from celery import Celery
+
+    run = Studio(tmp_path / "var", redis_url)
+    try:
+        run.wait_for("Press Ctrl-C to stop.")
+        assert "Training worker: ready" in run.output.split("ExTES Studio is running at")[1]
+        name = f"training@{socket.gethostname()}"
+        inspect = Celery(broker=redis_url, set_as_current=False).control.inspect(
+            destination=[name], timeout=5
+        )
+        stats, queues = inspect.stats(), inspect.active_queues()
+        assert stats[name]["pool"]["implementation"] == "celery.concurrency.solo:TaskPool"
+        assert [queue["name"] for queue in queues[name]] == ["training"]
+    finally:
+        assert run.stop() == 0
