@@ -14,12 +14,14 @@ from django.urls import reverse
 from curation.models import Dialogue, Release
 from curation.releases import create_release, new_release, write_files
 from curation.tasks import release_folder
-from tests.conftest import ROOT
+from tests import test_training_sft
 from training import jobs
 from training.models import TrainingJob
 from training.views import loss_curve
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
+
+smollm2_folder = test_training_sft.smollm2_folder
 
 NEW = reverse("admin:training_trainingjob_new")
 RELEASES = reverse("admin:curation_release_changelist")
@@ -29,7 +31,6 @@ RELEASES = reverse("admin:curation_release_changelist")
 def _folders(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.TRAINING_DIR = tmp_path / "training"
-    settings.MODELS_DIR = ROOT / "var" / "test-models"
 
 
 @pytest.fixture
@@ -94,8 +95,9 @@ def make_job(release: Release, **values) -> TrainingJob:
 
 
 def test_the_release_action_leads_to_a_form_with_defaults_and_the_suggested_length(
-    client, superuser, release
+    client, superuser, release, smollm2_folder, settings
 ):
+    settings.MODELS_DIR = smollm2_folder.parent  # the local model's tokenizer counts the tokens
     write_files(release, release_folder(release))
     client.force_login(superuser)
     response = client.post(RELEASES, {"action": "train_student", "_selected_action": [release.pk]})
