@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,8 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 
-from tests import test_training_sft
+from tests import test_browser, test_training_sft
 from tests.conftest import ROOT
 from tests.test_generation_e2e import Site
 from tests.test_studio_e2e import Studio
@@ -165,3 +167,98 @@ def test_make_run_starts_a_solo_worker_on_the_training_queue(tmp_path, redis_url
         assert [queue["name"] for queue in queues[name]] == ["training"]
     finally:
         assert run.stop() == 0
+
+
+# ---- in a browser -------------------------------------------------------------------------------
+
+_allow_sync_orm_beside_playwright = test_browser._allow_sync_orm_beside_playwright
+browser = test_browser.browser
+page = test_browser.page
+
+
+@pytest.fixture
+def training_studio(live_server, vocabulary_db, seeds, redis_url, settings, monkeypatch, tmp_path):
+    """The live server plus a real training worker on the same (file) database and folders."""
+    from django.db import connection, transaction
+    from kombu import Connection
+
+    from curation.models import Dialogue
+    from curation.releases import create_release, write_files
+    from curation.tasks import release_folder
+    from training import admin as training_admin
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.TRAINING_DIR = tmp_path / "training"
+    Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
+    release = create_release("r-browser")
+    write_files(release, release_folder(release))  # as a release built from the web has them
+    User.objects.create_superuser("ada", password="ada-pass-123")
+    queue = f"training-browser-{uuid.uuid4().hex[:8]}"
+
+    def enqueue(job_id: int) -> None:
+        def send() -> None:
+            with Connection(redis_url) as broker:
+                training_admin.run_job.apply_async(args=[job_id], queue=queue, connection=broker)
+
+        transaction.on_commit(send)
+
+    monkeypatch.setattr(training_admin.run_job, "delay_on_commit", enqueue)
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env |= {
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "REDIS_URL": redis_url,
+        "EXTES_DATA_DIR": str(tmp_path),
+        "EXTES_TRAINING_QUEUE": queue,
+        "EXTES_EVAL_LIMIT": "2",
+        "EXTES_EVAL_MAX_NEW_TOKENS": "4",
+    }
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", queue,
+         "--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield live_server
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+@pytest.mark.browser
+def test_an_admin_trains_a_student_from_the_release_admin_and_watches_it(
+    page, training_studio, tiny_base
+):
+    from playwright.sync_api import expect
+
+    from training.models import TrainingJob
+
+    test_browser.log_in(page, training_studio.url, "ada")
+    page.goto(f"{training_studio.url}/admin/curation/release/")
+    page.get_by_role("row", name="r-browser").get_by_role("checkbox").check()
+    page.locator("select[name=action]").select_option(label="Train a student on this release")
+    page.get_by_role("button", name="Go").click()
+
+    expect(page.get_by_role("heading", name="Train a student")).to_be_visible()
+    expect(page.locator(".max-length-suggestion")).to_contain_text("tokens")
+    page.get_by_label("Base model").fill(str(tiny_base))
+    page.get_by_label("Max steps").fill("8")
+    page.get_by_label("Batch size (chats)").fill("2")
+    page.get_by_label("Max length (tokens)").fill("192")
+    page.get_by_label("Learning rate (peak)").fill("0.01")
+    page.get_by_label("Checkpoint every (steps)").fill("4")
+    page.get_by_role("button", name="Start training").dblclick()  # one job all the same
+
+    expect(
+        page.get_by_role("heading", name=re.compile(r"Training job #\d+: r-browser"))
+    ).to_be_visible()
+    live = page.locator("#live")
+    expect(live).to_contain_text("Done", timeout=120_000)
+    expect(live).to_contain_text("8 of 8 steps")
+    expect(live.locator("svg.loss-curve polyline")).to_have_count(2)
+    expect(live.locator("table.evaluation")).to_contain_text("Unigram F1")
+    expect(live.locator("table.samples tbody tr")).to_have_count(2)
+    expect(live.get_by_role("link", name="Adapter (zip)")).to_be_visible()
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    test_browser.shot(page, "training")
+    assert TrainingJob.objects.count() == 1

@@ -88,7 +88,8 @@ def form(release: Release, **changes) -> dict:
 
 
 def make_job(release: Release, **values) -> TrainingJob:
-    return TrainingJob.objects.create(release=release, hyperparameters={"lr": 0.0002}, **values)
+    hyperparameters = {"lr": 0.0002, "target_modules": ["q_proj", "v_proj"]}
+    return TrainingJob.objects.create(release=release, hyperparameters=hyperparameters, **values)
 
 
 # ---- the admin: action, form, job list --------------------------------------------------------
@@ -282,6 +283,7 @@ def test_a_running_job_shows_its_progress_loss_curve_and_log(client, watcher, re
     html = client.get(job.get_absolute_url()).content.decode()
     assert '<progress class="big" max="100" value="30">' in html
     assert "<strong>30</strong> of 100 steps" in html
+    assert "target_modules <code>q_proj, v_proj</code>" in html
     assert "<strong>1.5000</strong> loss" in html
     assert "<strong>118</strong> tokens/s" in html
     assert "<strong>2 min 05 s</strong> left" in html
@@ -342,8 +344,11 @@ def test_a_finished_job_compares_base_student_and_the_student_without_dri(
     )
     assert '<td class="worse">0.1000</td>' in html  # ROUGE-L went down
     assert "Perplexity (lower is better)" in html
+    assert "<th>Replies scored</th>\n        <td>20</td><td>20</td><td>20</td>" in html  # no colour
     assert '<td class="better">20.0000</td>' in html
+    assert "<td>user: I lost my job.</td><td>That is a hard blow.</td><td>ok</td>" in html
     assert "I am sorry, that sounds so hard." in html
+    assert "left</div>" not in html  # no time left once it is over
     assert reverse("training-job-adapter", args=[job.pk]) in html
     assert reverse("training-job-card", args=[job.pk]) in html
     assert reverse("training-job-report", args=[job.pk]) not in html  # no report file

@@ -29,6 +29,7 @@ class TrainForm(forms.Form):
     base_model = forms.CharField(
         required=False,
         max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
         label="Base model",
         help_text="A model folder on the worker, or a name in its offline cache. "
         "Empty: the local SmolLM2-135M-Instruct.",
@@ -49,6 +50,7 @@ class TrainForm(forms.Form):
     target_modules = forms.CharField(
         initial=",".join(DEFAULTS.target_modules),
         max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
         label="Target modules",
         help_text="Comma-separated names of the layers that get adapters.",
     )

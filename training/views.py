@@ -82,6 +82,10 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "twin": twin,
         "samples": job.samples[:SAMPLES_SHOWN],
         "eta": _duration(job.eta_s),
+        "hyperparameters": [
+            (name, ", ".join(map(str, value)) if isinstance(value, list) else value)
+            for name, value in job.hyperparameters.items()
+        ],
         "has_adapter": _artefact(job, job.adapter_dir, "adapter_model.safetensors") is not None,
         "has_card": _artefact(job, job.model_card) is not None,
         "has_report": _artefact(job, job.report) is not None,
@@ -286,7 +290,8 @@ def evaluation_rows(job: TrainingJob, twin: TrainingJob | None) -> list[dict[str
         cells = [_cell(c.get(key)) for c in columns]
         base, student = columns[0].get(key), columns[1].get(key)
         better: bool | None = None
-        if key not in ("samples", "reply_words") and _number(base) and _number(student):
+        compared = key not in ("samples", "reply_words")
+        if compared and _number(base) and _number(student) and student != base:
             better = student < base if key in LOWER_IS_BETTER else student > base
         rows.append(
             {
