@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def test_a_finished_adapter_is_not_trained_again(release, tiny_base, monkeypatch
     assert "kept from an earlier attempt" in job.log_tail
 
 
+@pytest.mark.dbsensitive
 def test_a_job_runs_once_however_often_its_task_is_delivered(release, tiny_base, monkeypatch):
     job = make_job(release, tiny_base)
     assert job.claim("training@one")
@@ -321,3 +323,23 @@ def test_scores_are_stored_as_finite_numbers_or_none():
     stored = jobs.finite({"bleu1": 0.25, "strategy_accuracy": math.nan, "samples": 3})
     assert stored == {"bleu1": 0.25, "strategy_accuracy": None, "samples": 3}
     json.dumps(stored, allow_nan=False)
+
+
+@pytest.mark.dbsensitive
+@pytest.mark.usefixtures("vocabulary_db")
+def test_a_worker_beats_while_its_job_reports_nothing(release, settings, monkeypatch):
+    """Minutes without progress (loading, validation) do not make a live job look abandoned."""
+    settings.TRAINING_LEASE_SECONDS = 0.5  # a beat every 0.05 s
+    job = make_job(release, "")
+    beats = []
+
+    def silent(job, reporter):
+        started = TrainingJob.objects.get(pk=job.pk).heartbeat_at
+        time.sleep(0.6)  # longer than a lease, with no progress written
+        row = TrainingJob.objects.get(pk=job.pk)
+        beats.append(row.heartbeat_at > started)
+        assert not row.is_stale
+
+    monkeypatch.setattr("training.jobs._run", silent)
+    jobs.run(job.pk, "training@test")
+    assert beats == [True]

@@ -12,16 +12,20 @@ import this module and must not touch torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from curation.models import Release
@@ -284,7 +288,8 @@ def run(job_id: int, worker: str) -> None:
     reporter = Reporter(job)
     reporter.log(f"Attempt {job.attempts} on {worker}")
     try:
-        _run(job, reporter)
+        with heartbeat(job):
+            _run(job, reporter)
     except Stop:
         _stopped(job, reporter)
     except Exception as exc:
@@ -292,6 +297,29 @@ def run(job_id: int, worker: str) -> None:
         reporter.log(f"Failed: {type(exc).__name__}: {exc}")
         reporter.flush()
         job.finish(TrainingJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def heartbeat(job: TrainingJob) -> Iterator[None]:
+    """While the block runs, tell the row every tenth of a lease that this worker is alive: some
+    phases (loading, validation, a long generation batch) report no progress for minutes, and a
+    job silent for a whole lease is taken for abandoned."""
+    done = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not done.wait(settings.TRAINING_LEASE_SECONDS / 10):
+                job.beat()
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _run(job: TrainingJob, reporter: Reporter) -> None:

@@ -144,6 +144,12 @@ class TrainingJob(models.Model):
             setattr(self, name, value)
         self.updated_at = self.heartbeat_at = now
 
+    def beat(self) -> None:
+        """The worker is alive (between progress reports)."""
+        TrainingJob.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
+            heartbeat_at=timezone.now()
+        )
+
     def start_evaluating(self, adapter_dir: Path, resolved: dict[str, Any]) -> None:
         """Training is over: keep what it made, and score the models."""
         self.record(
