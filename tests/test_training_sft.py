@@ -14,6 +14,7 @@ from training.data import (
     Encoded,
     check_example,
     choose_max_length,
+    collate,
     data_folder,
     encode_chat,
     length_grouped_batches,
@@ -264,6 +265,35 @@ def test_length_grouped_batches_cover_everything_with_little_padding() -> None:
     rng.shuffle(shuffled)
     random_batches = [shuffled[k : k + 4] for k in range(0, 400, 4)]
     assert padded(batches) < 1.05 * sum(lengths) < 1.3 * padded(random_batches)
+
+
+def test_collate_pads_right_and_counts_real_tokens() -> None:
+    batch = collate([Encoded([5, 6, 7], [IGNORE, 6, 7]), Encoded([8], [8])], pad_id=0, multiple=4)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7, IGNORE], [8, IGNORE, IGNORE, IGNORE]]
+    assert batch["tokens"] == 4
+    assert collate([Encoded([8], [8])], pad_id=0)["input_ids"].shape == (1, 1)
+
+
+def test_the_chunked_head_loss_equals_cross_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from training import common
+
+    monkeypatch.setattr(common, "HEAD_CHUNK", 7)  # 20 rows: chunks of 7, 7 and 6
+    torch.manual_seed(0)
+    hidden = torch.randn(20, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64)
+    targets = torch.randint(0, 50, (20,))
+    (3 * common._head_loss().apply(hidden, weight, targets)).backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    expected = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    (3 * expected).backward()
+    loss = common._head_loss().apply(hidden.detach().requires_grad_(), weight, targets)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, hidden.grad, rtol=1e-12, atol=1e-12)
 
 
 # ---- training ----------------------------------------------------------------------------------

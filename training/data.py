@@ -225,8 +225,9 @@ def batch_schedule(
         epoch, index = epoch + 1, 0
 
 
-def collate(examples: list[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-padded `input_ids` and `labels` tensors, and the count of real tokens.
+def collate(examples: list[Encoded], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """Right-padded `input_ids` and `labels` tensors (width rounded up to `multiple`), and the
+    count of real tokens.
 
     No attention mask: with right padding and causal attention, no real token ever attends to a
     pad (pads only come after it), and pads carry no loss. Leaving the mask out lets attention
@@ -234,7 +235,7 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, Any]:
     """
     import torch
 
-    width = max(len(e) for e in examples)
+    width = multiple * math.ceil(max(len(e) for e in examples) / multiple)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     for row, example in enumerate(examples):
