@@ -61,12 +61,16 @@ from training.data import (
 KEEP_CHECKPOINTS = 2  # older step-N folders are deleted once a newer one is complete
 
 
-def _help(text: str) -> Any:
-    return field(default=None, metadata={"help": text})
+def _unset(help_text: str) -> Any:
+    """A field that is None unless given (the run then works the value out)."""
+    return field(default=None, metadata={"help": help_text})
 
 
 @dataclass
 class TrainConfig:
+    """Everything a run depends on; `data` and `out` are required. The command line's flags are
+    these fields (see make_parser)."""
+
     # ---- data and output
     data: str = field(
         default="",
@@ -75,17 +79,18 @@ class TrainConfig:
     out: str = field(
         default="", metadata={"help": "run folder: adapter/ and checkpoints/", "required": True}
     )
-    base: str | None = _help("base model folder (default: the local SmolLM2-135M-Instruct)")
+    base: str | None = _unset("base model folder (default: the local SmolLM2-135M-Instruct)")
     variant: str = field(
         default="sft", metadata={"help": "release data", "choices": ["sft", "sft_dri"]}
     )
     # ---- length of the run: --max-steps wins over --epochs
-    max_steps: int | None = _help("optimizer steps (default: --epochs over the data)")
+    max_steps: int | None = _unset("optimizer steps (default: --epochs over the data)")
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     # ---- optimisation. 2e-4 is a usual LoRA rate: the adapter starts at zero (B = 0) and only
     # ~0.7% of SmolLM2's weights train, so it takes a larger step than full fine-tuning would.
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
-    # 4 chats of ~700 tokens is ~3k tokens a step: ~25 s on two CPU cores.
+    # 4 ESConv-sized chats (~700 tokens each) make ~3k tokens a step: ~20 s on two CPU cores
+    # with SmolLM2-135M.
     batch_size: int = field(default=4, metadata={"help": "chats per optimizer step"})
     # ---- LoRA: rank 8 on the attention projections is 0.68% of SmolLM2-135M's weights
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -95,7 +100,7 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "comma-separated module names that get adapters"},
     )
-    max_length: int | None = _help(
+    max_length: int | None = _unset(
         "tokens per chat; longer chats are cut (default: the 95th percentile of the training "
         "chats' lengths, rounded up to 64, at most the model's context)"
     )
@@ -120,6 +125,9 @@ class TrainConfig:
 
 @dataclass
 class Progress:
+    """Sent after every optimizer step (message empty), and at phase changes with a message
+    ("Tokenizing", "Loading the model", "Resumed at ...", "Validating", "Stopped", "Done")."""
+
     step: int
     total_steps: int
     loss: float | None
