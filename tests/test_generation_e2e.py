@@ -50,35 +50,21 @@ class Site:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def start_worker(self, name: str = "gen-worker") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self,
+        name: str = "gen-worker",
+        queue: str | None = None,
+        pool: tuple[str, str] = ("threads", "3"),
+    ) -> subprocess.Popen[bytes]:
+        """A real Celery worker process on this site's queue (`pool`: kind, concurrency)."""
         log = open(self.data / f"{name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--queues",
-                self.env["EXTES_GENERATION_QUEUE"],
-                "--pool",
-                "threads",
-                "--concurrency",
-                "3",
-                "--hostname",
-                f"{name}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+             "--queues", queue or self.env["EXTES_GENERATION_QUEUE"],
+             "--pool", pool[0], "--concurrency", pool[1], "--hostname", f"{name}@%h",
+             "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
         self.workers.append(worker)
         return worker
 

@@ -51,37 +51,13 @@ class TrainingSite(Site):
             "EXTES_EVAL_MAX_NEW_TOKENS": "4",
         }
 
-    def start_worker(self, name: str = "training") -> subprocess.Popen[bytes]:
-        log = open(self.data / f"{name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--queues",
-                self.env["EXTES_TRAINING_QUEUE"],
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "--hostname",
-                f"{name}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.workers.append(worker)
-        return worker
+    def start_worker(
+        self,
+        name: str = "training",
+        queue: str | None = None,
+        pool: tuple[str, str] = ("solo", "1"),
+    ) -> subprocess.Popen[bytes]:
+        return super().start_worker(name, queue or self.env["EXTES_TRAINING_QUEUE"], pool)
 
     def job(self, job_id: int) -> dict:
         columns = ("status", "step", "total_steps", "attempts", "resumed_from", "losses")
