@@ -171,9 +171,31 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def pairwise_cohen(items: Items, raters: Iterable[str] | None = None) -> list[PairKappa]:
-    """Cohen's kappa of every pair of raters that share at least one item."""
-    pairs = (_pair(items, a, b) for a, b in combinations(_chosen(items, raters), 2))
-    return [p for p in pairs if p.n]
+    """Cohen's kappa of every pair of raters that share at least one item.
+
+    One pass over the items gathers each pair's shared labels, so many annotators each labelling
+    a part of the data cost no more than a few.
+    """
+    chosen = _chosen(items, raters)
+    order = {name: i for i, name in enumerate(chosen)}
+    shared: defaultdict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(
+        lambda: ([], [])
+    )
+    for ratings in items.values():
+        present = sorted(
+            ((r, label) for r, label in ratings.items() if r in order and label is not None),
+            key=lambda rl: order[rl[0]],
+        )
+        for (a, la), (b, lb) in combinations(present, 2):
+            first, second = shared[(a, b)]
+            first.append(la)
+            second.append(lb)
+    result = []
+    for a, b in combinations(chosen, 2):
+        if (a, b) in shared:
+            k = _cohen(*shared[(a, b)])
+            result.append(PairKappa(k.value, k.n, k.observed, k.expected, a=a, b=b))
+    return result
 
 
 def mean_pairwise_cohen(items: Items, raters: Iterable[str] | None = None) -> float | None:
