@@ -100,3 +100,6 @@ def test_a_lead_settles_a_disagreement_and_clears_a_crisis_flag(page, disagreeme
     page.get_by_role("link", name="Agreement", exact=True).click()
     expect(page.locator("#agreement-summary")).to_contain_text("Accept/reject")
     shot(page, "agreement")
+    page.get_by_role("link", name="Dashboard", exact=True).click()
+    expect(page.get_by_role("img", name="Dialogues per scenario, by status")).to_be_visible()
+    shot(page, "dashboard")
