@@ -434,6 +434,8 @@ class Release(models.Model):
     filters = models.JSONField(default=dict, blank=True)
     # Figures about the selection taken when it was frozen (e.g. crisis-flagged ones left out).
     stats = models.JSONField(default=dict, blank=True)
+    # How its files are written (strategy tags, DPO pairing): the same files every time.
+    file_options = models.JSONField(default=dict, blank=True)
     split = models.JSONField(default=dict)  # {"train": 80, "valid": 10, "test": 10}
     previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     created_by = models.ForeignKey(

@@ -236,7 +236,12 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "## Files",
         "",
         "- `extes.json`: the ExTES format (`scene`, `description`, `content`).",
-        "- `sft/`, `sft_dri/`: chat `messages` for TRL and `datasets`, with `strategies` per assistant turn.",
+        "- `sft/`, `sft_dri/`: chat `messages` for TRL and `datasets`, with `strategies` per assistant turn"
+        + (
+            "; assistant texts start with their strategy in brackets, e.g. `[Affirmation] …`."
+            if release.file_options.get("strategy_tags")
+            else "."
+        ),
         "- `dpo/`: `prompt`, `chosen`, `rejected` from rankings and edits.",
         "- `parquet/`: the same splits as Parquet; `esconv.jsonl`: the ESConv JSON Lines format.",
         "- `manifest.json`: every file with its size and sha256.",

@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from curation.models import Dialogue, Release, Scenario
-from curation.releases import Filters, new_release
+from curation.releases import FileOptions, Filters, new_release
 from curation.roles import lead_required
 from curation.tasks import build_release, release_folder
 from curation.views import HtmxHttpRequest
@@ -38,6 +38,22 @@ class ReleaseForm(forms.Form):
     min_agreeing_reviews = forms.IntegerField(min_value=0, initial=0)
     dri = forms.BooleanField(
         required=False, initial=True, label="Include DRI candidates ranked acceptable"
+    )
+    strategy_tags = forms.BooleanField(
+        required=False,
+        label="Prefix assistant texts in the SFT files with their strategy, e.g. [Affirmation]",
+        help_text="For a student that learns to name its strategy (scored as strategy accuracy).",
+    )
+    dpo_pairs = forms.ChoiceField(
+        choices=[
+            ("best_vs_rest", "the best reply against each other one"),
+            ("all_pairs", "every pair with a minimum rank margin"),
+        ],
+        initial="best_vs_rest",
+        label="DPO pairs from rankings",
+    )
+    dpo_min_margin = forms.FloatField(
+        min_value=0, initial=1.0, label="Minimum rank margin (every-pair rule)"
     )
     train = forms.IntegerField(min_value=0, max_value=100, initial=80)
     valid = forms.IntegerField(min_value=0, max_value=100, initial=10)
@@ -85,6 +101,9 @@ def release_new(request: HttpRequest) -> HttpResponse:
                     licence=data["licence"],
                     notes=data["notes"],
                     user=request.user,
+                    file_options=FileOptions(
+                        data["strategy_tags"], data["dpo_pairs"], data["dpo_min_margin"]
+                    ),
                 )
                 build_release.delay_on_commit(release.pk)
         except IntegrityError:

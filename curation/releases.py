@@ -133,6 +133,7 @@ def new_release(
     licence: str = "CC BY-NC 4.0",
     notes: str = "",
     user: Any = None,
+    file_options: FileOptions | None = None,
 ) -> Release:
     """The release row, still empty (status "building"); `freeze` fills it."""
     return Release.objects.create(
@@ -140,6 +141,7 @@ def new_release(
         licence=licence,
         notes=notes,
         filters=asdict(filters or Filters()),
+        file_options=asdict(file_options or FileOptions()),
         split=split or dict(DEFAULT_SPLIT),
         previous=Release.objects.filter(status=Release.Status.READY).order_by("-id").first(),
         created_by=user,
@@ -406,6 +408,11 @@ class FileOptions:
     dpo_pairs: str = "best_vs_rest"  # or "all_pairs"
     dpo_min_margin: float = 1.0  # all_pairs: minimum difference of mean rank
 
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> FileOptions:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
 
 def snapshots(release: Release) -> Iterator[tuple[str, dict[str, Any]]]:
     """(split, snapshot) in dialogue id order, a chunk at a time."""
@@ -428,7 +435,7 @@ class ReleaseWriter:
 
         self.release = release
         self.out = out
-        self.options = options or FileOptions()
+        self.options = options or FileOptions.from_dict(release.file_options)
         self.progress = progress
         self.esconv_names = dict(
             Strategy.objects.filter(taxonomy="extes").values_list("name", "esconv_equivalent__name")

@@ -32,6 +32,8 @@ def form(**changes):
         "statuses": ["accepted"],
         "min_agreeing_reviews": 0,
         "dri": "on",
+        "dpo_pairs": "best_vs_rest",
+        "dpo_min_margin": 1.0,
         "train": 80,
         "valid": 10,
         "test": 10,
@@ -129,3 +131,31 @@ def test_a_failed_build_says_why(client, lead, built, monkeypatch):
     release.refresh_from_db()
     assert release.status == "failed" and "disk full" in release.error
     assert b"disk full" in client.get(reverse("curation-release", args=[release.name])).content
+
+
+def test_file_options_chosen_in_the_form_are_kept_by_the_release(client, lead, built, tmp_path):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from curation.tasks import release_folder
+
+    Dialogue.objects.update(status="accepted")
+    client.force_login(lead)
+    client.post(reverse("curation-release-new"), form(name="tagged", strategy_tags="on"))
+    release = Release.objects.get(name="tagged")
+    assert release.file_options["strategy_tags"] is True
+    build_release(built.pop())
+    folder = release_folder(release)
+    first = json.loads((folder / "sft" / "train.jsonl").read_text().splitlines()[0])
+    replies = [m["content"] for m in first["messages"] if m["role"] == "assistant"]
+    assert replies and all(r.startswith("[") for r in replies)
+    assert "start with their strategy in brackets" in (folder / "README.md").read_text()
+    # export_release with no options writes the same files again, tags included.
+    call_command("export_release", "tagged", "--out", str(tmp_path / "again"), stdout=StringIO())
+    assert (tmp_path / "again" / "sft" / "train.jsonl").read_bytes() == (
+        folder / "sft" / "train.jsonl"
+    ).read_bytes()
+    page = client.get(reverse("curation-release", args=["tagged"]))
+    assert b"strategy tags in SFT texts" in page.content

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 
 from curation.models import Dialogue
-from curation.releases import Filters, create_release
+from curation.releases import FileOptions, Filters, create_release
 
 
 class Command(BaseCommand):
@@ -28,6 +28,15 @@ class Command(BaseCommand):
         parser.add_argument("--scenario", action="append", default=[])
         parser.add_argument("--min-agreeing-reviews", type=int, default=0)
         parser.add_argument("--no-dri", action="store_true", help="leave DRI candidates out")
+        parser.add_argument(
+            "--strategy-tags",
+            action="store_true",
+            help="its SFT files prefix supporter texts with [Strategy]",
+        )
+        parser.add_argument(
+            "--dpo-pairs", choices=["best_vs_rest", "all_pairs"], default="best_vs_rest"
+        )
+        parser.add_argument("--dpo-min-margin", type=float, default=1.0)
         parser.add_argument("--split", default="80/10/10", help="train/valid/test percentages")
         parser.add_argument("--licence", default="CC BY-NC 4.0")
         parser.add_argument("--notes", default="")
@@ -53,6 +62,9 @@ class Command(BaseCommand):
                 {"train": train, "valid": valid, "test": test},
                 licence=options["licence"],
                 notes=options["notes"],
+                file_options=FileOptions(
+                    options["strategy_tags"], options["dpo_pairs"], options["dpo_min_margin"]
+                ),
             )
         except IntegrityError:
             raise CommandError(

@@ -16,15 +16,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("name")
         parser.add_argument("--out", type=Path, required=True)
+        # Unset options keep the release's own (chosen when it was created).
         parser.add_argument(
             "--strategy-tags",
             action="store_true",
+            default=None,
             help="prefix supporter texts in SFT files with [Strategy]",
         )
-        parser.add_argument(
-            "--dpo-pairs", choices=["best_vs_rest", "all_pairs"], default="best_vs_rest"
-        )
-        parser.add_argument("--dpo-min-margin", type=float, default=1.0)
+        parser.add_argument("--dpo-pairs", choices=["best_vs_rest", "all_pairs"], default=None)
+        parser.add_argument("--dpo-min-margin", type=float, default=None)
 
     def handle(self, *args: Any, **options: Any) -> None:
         release = Release.objects.filter(name=options["name"]).first()
@@ -33,11 +33,11 @@ class Command(BaseCommand):
         out: Path = options["out"]
         if out.exists() and any(out.iterdir()):
             raise CommandError(f"{out} is not empty: choose a new folder")
-        manifest = write_files(
-            release,
-            out,
-            FileOptions(options["strategy_tags"], options["dpo_pairs"], options["dpo_min_margin"]),
-        )
+        chosen = FileOptions.from_dict(release.file_options)
+        for name in ("strategy_tags", "dpo_pairs", "dpo_min_margin"):
+            if options[name] is not None:
+                setattr(chosen, name, options[name])
+        manifest = write_files(release, out, chosen)
         self.stdout.write(f"wrote {len(manifest['files'])} files to {out}:")
         for item in manifest["files"]:
             self.stdout.write(
