@@ -345,6 +345,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
         _, scene, description, origin, source_file, source_record, provenance, safety_status = (
             dialogues[pk]
         )
+        lead = decided.get(pk)  # the lead's adjudicated labels, when there are any
         result[pk] = {
             "id": pk,
             "scene": scene,
@@ -359,11 +360,13 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                     "index": index,
                     "role": role,
                     "text": text,
-                    "strategy": _final_label(
-                        strategy, votes.get(turn_pk), decided.get(pk, {}).get(str(index))
-                    )
-                    if role == SUPPORTER
-                    else None,
+                    "strategy": None
+                    if role != SUPPORTER
+                    else strategy
+                    if lead is None and turn_pk not in votes
+                    else _final_label(
+                        strategy, votes.get(turn_pk), lead.get(str(index)) if lead else None
+                    ),
                     "teacher_strategy": strategy,
                 }
                 for turn_pk, _, index, role, text, strategy in turns[pk]
