@@ -8,14 +8,16 @@ except where the agreement statistics need each label.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from django.db.models import Count, Q
+from django.core.cache import cache
+from django.db.models import Count, Max, Q
 from django.db.models.fields.json import KT
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -405,6 +407,30 @@ class AgreementReport:
             {"figure": "Rankings: mean Kendall's W (3+ rankers)", "value": self.rankings.mean_w, "n": self.rankings.w_groups},
         ]  # fmt: skip
         return Table("summary", "Agreement", ["figure", "value", "n"], rows)
+
+
+def data_version() -> str:
+    """Changes whenever a review, a label or a ranking does: a cache key for the figures."""
+    parts = [
+        Review.objects.filter(submitted_at__isnull=False).aggregate(
+            n=Count("id"), last=Max("submitted_at")
+        ),
+        TurnLabel.objects.aggregate(n=Count("id"), last=Max("updated_at")),
+        Ranking.objects.aggregate(n=Count("id"), last=Max("id")),
+        Turn.objects.aggregate(last=Max("id")),
+    ]
+    return ":".join(f"{p.get('n', '')}-{p['last']}" for p in parts)
+
+
+def cached_agreement_report() -> AgreementReport:
+    """The report for the data as it is now, computed once per change of the data (the page and
+    its CSVs ask for it in a row; at tens of thousands of turns it takes seconds)."""
+    key = "agreement-report:" + hashlib.sha256(data_version().encode()).hexdigest()
+    report = cache.get(key)
+    if report is None:
+        report = agreement_report()
+        cache.set(key, report, timeout=3600)
+    return cast(AgreementReport, report)
 
 
 def agreement_report() -> AgreementReport:

@@ -92,7 +92,7 @@ def _inline_svg(svg: str) -> str:
 
 @lead_required
 def agreement_page(request: HttpRequest) -> HttpResponse:
-    report = insights.agreement_report()
+    report = insights.cached_agreement_report()
     return render(
         request,
         "curation/lead/agreement.html",
@@ -117,7 +117,7 @@ def agreement_page(request: HttpRequest) -> HttpResponse:
 
 @lead_required
 def agreement_csv(request: HttpRequest, name: str) -> HttpResponse:
-    report = insights.agreement_report()
+    report = insights.cached_agreement_report()
     tables = {
         "summary": lambda: report.summary_table().csv(),
         "per_strategy": lambda: report.category_table().csv(),

@@ -168,3 +168,16 @@ def test_the_release_card_kappas_agree_with_the_agreement_module(reviewed, lead,
     card = (tmp_path / "README.md").read_text()
     assert "Fleiss' kappa of annotators' strategy labels (turns with 2+ labels): 0.467" in card
     assert "this release holds 0 cleared ones" in card
+
+
+def test_the_cached_report_follows_new_reviews(reviewed, settings):
+    first = insights.cached_agreement_report()
+    assert insights.cached_agreement_report() is not None
+    assert first.decisions.n == 2
+    # A third dialogue reviewed by both: the figures move at once.
+    a, b = (User.objects.get(username=n) for n in ("ann-a", "ann-b"))
+    third = Dialogue.objects.filter(reviews__isnull=True).order_by("id").last()
+    reviewing.submit(reviewing.draft_for(third, a), "reject", ["off_scenario"], [], "")
+    reviewing.submit(reviewing.draft_for(third, b), "reject", ["off_scenario"], [], "")
+    again = insights.cached_agreement_report()
+    assert again.decisions.n == 3 and again.decisions.all_agree == pytest.approx(2 / 3)
