@@ -53,8 +53,14 @@ def bars(rows: Sequence[tuple[str, float | None]], title: str, percent: bool = F
     return _frame(30 + ROW * len(rows), title, body)
 
 
-def stacked(rows: Sequence[tuple[str, Sequence[int]]], series: Sequence[str], title: str) -> str:
+def stacked(
+    rows: Sequence[tuple[str, Sequence[int]]],
+    series: Sequence[str],
+    title: str,
+    colours: Sequence[str] | None = None,
+) -> str:
     """One bar per row split into the series (e.g. dialogues per status), with the total."""
+    colours = colours or [PALETTE[k % len(PALETTE)] for k in range(len(series))]
     top = max([sum(values) for _, values in rows] + [1])
     span = WIDTH - LABEL - 60
     body = []
@@ -67,11 +73,11 @@ def stacked(rows: Sequence[tuple[str, Sequence[int]]], series: Sequence[str], ti
                 width = span * value / top
                 body.append(
                     f'<rect x="{x:.1f}" y="{y + 3}" width="{width:.1f}" height="{ROW - 6}" '
-                    f'fill="{PALETTE[k % len(PALETTE)]}"><title>{escape(series[k])}: {value}</title></rect>'
+                    f'fill="{colours[k]}"><title>{escape(series[k])}: {value}</title></rect>'
                 )
                 x += width
         body.append(f'<text x="{x + 4:.1f}" y="{y + 14}">{sum(values)}</text>')
-    legend = [(s, PALETTE[k % len(PALETTE)]) for k, s in enumerate(series)]
+    legend = list(zip(series, colours, strict=True))
     return _frame(30 + ROW * len(rows), title, body, legend)
 
 

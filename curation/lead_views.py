@@ -26,6 +26,14 @@ from curation.roles import lead_required
 
 # ---- dashboard ---------------------------------------------------------------------------------
 
+STATUS_COLOURS = {
+    "pending": "#9ca3af",
+    "in_review": "#60a5fa",
+    "needs_adjudication": "#d97706",
+    "accepted": "#2f6f5e",
+    "rejected": "#b91c1c",
+}
+
 
 @lead_required
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -37,6 +45,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         [(r["scenario"], [r[s] for s in shown]) for r in scenes.rows],
         [Dialogue.Status(s).label for s in shown],
         "Dialogues per scenario, by status",
+        [STATUS_COLOURS[s] for s in shown],
     )
     people = tables["annotators"].rows
     chart_people = charts.bars(
