@@ -149,6 +149,7 @@ def test_a_dialogue_job_and_a_dri_job_run_to_completion_on_a_worker(site):
 
 def test_a_killed_worker_loses_nothing_and_duplicates_nothing(site):
     site.fake.latency = 0.6
+    units_in_job = 24  # 8 rounds of 3 threads: the kill lands while some are in flight
     first = site.start_worker("gen-a")
     job_id = queued_job_id(
         site.manage(
@@ -156,7 +157,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(site):
             "--scenario",
             "Caregiver Support",
             "--count",
-            "12",
+            str(units_in_job),
             "--duplicate-threshold",
             "0",
         )
@@ -176,11 +177,11 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(site):
     units = site.query(
         "SELECT status, dialogue_id FROM generation_generationunit WHERE job_id = ?", job_id
     )
-    assert len(units) == 12
+    assert len(units) == units_in_job
     assert {status for status, _ in units} == {"done"}
     dialogue_ids = [d for _, d in units]
-    assert len(set(dialogue_ids)) == 12
+    assert len(set(dialogue_ids)) == units_in_job
     generated = site.query(
         "SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM curation_dialogue WHERE origin = 'generated'"
     )
-    assert generated == [(12, 12)]
+    assert generated == [(units_in_job, units_in_job)]
