@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from curation.models import (
@@ -32,30 +31,51 @@ from curation.models import (
     Turn,
     TurnLabel,
 )
-from curation.reviewing import StaleVersion, edit_turn
+from curation.reviewing import edit_turn, next_version
 
 Reason = Adjudication.Reason
 
 
-def label_votes(dialogue: Dialogue) -> dict[int, dict[str, str]]:
-    """{supporter turn index: {annotator: strategy name ("" for none)}} over submitted reviews;
+@dataclass(frozen=True)
+class Vote:
+    annotator: str
+    label: str  # strategy name, "" for none
+    explicit: bool  # set by the annotator, not left as the teacher labelled it
+
+
+def votes_by_turn(dialogue: Dialogue) -> tuple[list[Review], dict[int, list[Vote]]]:
+    """The submitted reviews, and per supporter turn index each review's vote, in review order;
     a turn left unlabelled counts as the teacher's label."""
-    reviews = list(dialogue.reviews.filter(submitted_at__isnull=False).select_related("annotator"))
-    turns = list(
-        dialogue.turns.filter(role=Turn.Role.SUPPORTER).select_related("strategy").order_by("index")
+    reviews = list(
+        dialogue.reviews.filter(submitted_at__isnull=False)
+        .select_related("annotator")
+        .order_by("id")
     )
+    turns = dialogue.turns.filter(role=Turn.Role.SUPPORTER).select_related("strategy")
     explicit = {
         (label.review_id, label.turn_id): label.strategy.name if label.strategy else ""
         for label in TurnLabel.objects.filter(review__in=reviews).select_related("strategy")
     }
-    votes: dict[int, dict[str, str]] = {}
-    for turn in turns:
+    votes: dict[int, list[Vote]] = {}
+    for turn in turns.order_by("index"):
         teacher = turn.strategy.name if turn.strategy else ""
-        votes[turn.index] = {
-            review.annotator.get_username(): explicit.get((review.pk, turn.pk), teacher)
+        votes[turn.index] = [
+            Vote(
+                review.annotator.get_username(),
+                explicit.get((review.pk, turn.pk), teacher),
+                (review.pk, turn.pk) in explicit,
+            )
             for review in reviews
-        }
-    return votes
+        ]
+    return reviews, votes
+
+
+def label_votes(dialogue: Dialogue) -> dict[int, dict[str, str]]:
+    """{supporter turn index: {annotator: strategy name ("" for none)}} over submitted reviews."""
+    return {
+        index: {v.annotator: v.label for v in votes}
+        for index, votes in votes_by_turn(dialogue)[1].items()
+    }
 
 
 def disagreements(dialogue: Dialogue) -> tuple[list[str], dict[str, Any]]:
@@ -161,23 +181,9 @@ def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen
                 edit_turn(turns[index], text, version, lead, None, reason="adjudication")
                 version += 1
         # The decision itself is a version too: a stale page is refused here if nothing was edited.
-        updated = Dialogue.objects.filter(pk=dialogue.pk, version=version).update(
-            version=F("version") + 1,
-            status=Dialogue.Status.ACCEPTED
-            if chosen.decision == Review.Decision.ACCEPT
-            else Dialogue.Status.REJECTED,
-            updated_at=timezone.now(),
-        )
-        if not updated:
-            current = Dialogue.objects.get(pk=dialogue.pk)
-            raise StaleVersion(
-                current.version,
-                list(
-                    Event.objects.filter(
-                        dialogue=dialogue, after__version__gt=expected_version
-                    ).select_related("actor")
-                ),
-            )
+        accepted = chosen.decision == Review.Decision.ACCEPT
+        status = Dialogue.Status.ACCEPTED if accepted else Dialogue.Status.REJECTED
+        next_version(dialogue.pk, version, status=status)
         for index, key in sorted(chosen.best.items()):
             _settle_ranking(turns[index], lead, key)
         locked.resolved_at = timezone.now()
@@ -192,7 +198,7 @@ def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen
             action="adjudicated",
             before={"status": dialogue.status, "version": version},
             after={
-                "status": Dialogue.objects.values_list("status", flat=True).get(pk=dialogue.pk),
+                "status": status,
                 "version": version + 1,
                 "decision": chosen.decision,
                 "labels": locked.labels,

@@ -130,17 +130,31 @@ def _tables(items: Items, raters: Iterable[str] | None, min_raters: int) -> list
 
 
 def _cohen(first: Sequence[str], second: Sequence[str]) -> Kappa:
-    n = len(first)
+    return cohen_from_pairs(Counter(zip(first, second, strict=True)))
+
+
+def cohen_from_pairs(pairs: Mapping[tuple[str, str], int]) -> Kappa:
+    """Cohen's kappa from counts of (first rater's label, second rater's label): what a
+    streaming tally can keep (the release card's teacher vs final label)."""
+    n = sum(pairs.values())
     if n == 0:
         return Kappa(None, 0, None, None)
-    observed = sum(x == y for x, y in zip(first, second, strict=True)) / n
-    count_a, count_b = Counter(first), Counter(second)
+    observed = sum(c for (x, y), c in pairs.items() if x == y) / n
+    count_a: Counter[str] = Counter()
+    count_b: Counter[str] = Counter()
+    for (x, y), c in pairs.items():
+        count_a[x] += c
+        count_b[y] += c
     expected = sum(count_a[k] * count_b[k] for k in count_a) / n**2
     if len(count_a.keys() | count_b.keys()) < 2:
         return Kappa(None, n, observed, expected)
     from sklearn.metrics import cohen_kappa_score  # slow to import; only needed here
 
-    return Kappa(float(cohen_kappa_score(first, second)), n, observed, expected)
+    keys = list(pairs)
+    value = cohen_kappa_score(
+        [x for x, _ in keys], [y for _, y in keys], sample_weight=[pairs[k] for k in keys]
+    )
+    return Kappa(float(value), n, observed, expected)
 
 
 def cohen_kappa(items: Items, a: str, b: str, labels: Collection[str] | None = None) -> Kappa:
@@ -206,21 +220,40 @@ def mean_pairwise_cohen(items: Items, raters: Iterable[str] | None = None) -> fl
 def fleiss_kappa(items: Items, min_raters: int = 2, raters: Iterable[str] | None = None) -> Kappa:
     """Fleiss' kappa over the items with at least `min_raters` labels, raters per item allowed to
     vary (see the module docstring). n is the number of items used."""
-    tables = _tables(items, raters, min_raters)
-    n = len(tables)
-    if n == 0:
-        return Kappa(None, 0, None, None)
-    observed = 0.0
-    share: defaultdict[str, float] = defaultdict(float)
-    for counts in tables:
-        m = counts.total()
-        observed += sum(c * (c - 1) for c in counts.values()) / (m * (m - 1)) / n
+    fleiss = FleissTally()
+    for counts in _tables(items, raters, min_raters):
+        fleiss.add(counts)
+    return fleiss.kappa()
+
+
+class FleissTally:
+    """Fleiss' kappa (varying raters per item) kept as running sums, one item's label counts at a
+    time: the items need not be held in memory (the release card adds them as it streams)."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.agreeing = 0.0  # sum over items of the share of agreeing rater pairs
+        self.shares: defaultdict[str, float] = defaultdict(float)  # per label, of its share
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """One item's counts per label; items with fewer than two labels are skipped."""
+        m = sum(counts.values())
+        if m < 2:
+            return
+        self.items += 1
+        self.agreeing += sum(c * (c - 1) for c in counts.values()) / (m * (m - 1))
         for label, c in counts.items():
-            share[label] += c / m / n
-    expected = sum(p * p for p in share.values())
-    if len(share) < 2:
-        return Kappa(None, n, observed, expected)
-    return Kappa((observed - expected) / (1 - expected), n, observed, expected)
+            self.shares[label] += c / m
+
+    def kappa(self) -> Kappa:
+        n = self.items
+        if n == 0:
+            return Kappa(None, 0, None, None)
+        observed = self.agreeing / n
+        expected = sum((share / n) ** 2 for share in self.shares.values())
+        if len(self.shares) < 2:
+            return Kappa(None, n, observed, expected)
+        return Kappa((observed - expected) / (1 - expected), n, observed, expected)
 
 
 def per_category(items: Items, raters: Iterable[str] | None = None) -> dict[str, CategoryAgreement]:

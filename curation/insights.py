@@ -60,6 +60,12 @@ def _cell(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
+def _count_by(rows: Any, name: str, count: Any = None) -> dict[str, int]:
+    """{value of `name`: count} of a queryset, counted by the database."""
+    grouped = rows.order_by().values_list(name).annotate(n=count or Count("id"))
+    return dict(grouped.values_list(name, "n"))
+
+
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -113,36 +119,21 @@ def annotator_progress(now: Any = None) -> Table:
         rows[name].update(
             reviews=reviews, accepted=accepted, rejected=rejected, reviews_last_24h=recent
         )
-    for name, n in (
-        Event.objects.filter(action="crisis flagged", actor__isnull=False)
-        .order_by()
-        .values_list("actor__username")
-        .annotate(Count("id"))
-    ):
-        rows[name]["crisis_flags"] = n
-    for name, hours in (
-        submitted.annotate(hour=TruncHour("submitted_at"))
-        .values_list("annotator__username", "hour")
-        .distinct()
-        .order_by()
-        .values_list("annotator__username")
-        .annotate(Count("hour", distinct=True))
-    ):
-        rows[name]["active_hours"] = hours
-    for name, n in (
-        Assignment.objects.filter(skipped=True)
-        .order_by()
-        .values_list("annotator__username")
-        .annotate(Count("id"))
-    ):
-        rows[name]["skipped"] = n
-    for name, n in (
-        Ranking.objects.filter(adjudicated=False)
-        .order_by()
-        .values_list("annotator__username")
-        .annotate(Count("id"))
-    ):
-        rows[name]["rankings"] = n
+    per_annotator = {
+        "crisis_flags": _count_by(
+            Event.objects.filter(action="crisis flagged", actor__isnull=False), "actor__username"
+        ),
+        "active_hours": _count_by(
+            submitted.annotate(hour=TruncHour("submitted_at")),
+            "annotator__username",
+            Count("hour", distinct=True),
+        ),
+        "skipped": _count_by(Assignment.objects.filter(skipped=True), "annotator__username"),
+        "rankings": _count_by(Ranking.objects.filter(adjudicated=False), "annotator__username"),
+    }
+    for column, counts in per_annotator.items():
+        for name, n in counts.items():
+            rows[name][column] = n
     result = []
     for name in sorted(rows):
         row = {"annotator": name, **rows[name]}

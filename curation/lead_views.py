@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from django.contrib import messages
@@ -19,8 +20,8 @@ from curation.models import (
     Review,
     Strategy,
     Turn,
-    TurnLabel,
 )
+from curation.releases import final_label
 from curation.reviewing import StaleVersion
 from curation.roles import lead_required
 
@@ -160,15 +161,7 @@ def adjudication_list(request: HttpRequest) -> HttpResponse:
 def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the adjudication page shows: turns with each review's label side by side."""
     dialogue = adj.dialogue
-    reviews = list(
-        dialogue.reviews.filter(submitted_at__isnull=False)
-        .select_related("annotator")
-        .order_by("id")
-    )
-    votes = adjudication.label_votes(dialogue)
-    explicit = {
-        (label.review_id, label.turn_id) for label in TurnLabel.objects.filter(review__in=reviews)
-    }
+    reviews, votes = adjudication.votes_by_turn(dialogue)
     conflict_turns = {int(i) for i in adj.details.get("rankings", [])}
     rows = []
     for turn in dialogue.turns.select_related("strategy").order_by("index"):
@@ -179,23 +172,11 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
             "final": "",
         }
         if turn.role == Turn.Role.SUPPORTER:
-            names = votes.get(turn.index, {})
-            row["votes"] = [
-                {
-                    "annotator": r.annotator.get_username(),
-                    "label": names.get(r.annotator.get_username(), ""),
-                    "explicit": (r.pk, turn.pk) in explicit,
-                }
-                for r in reviews
-            ]
-            row["differs"] = len({v["label"] for v in row["votes"]}) > 1
-            tally: dict[str, int] = {}
-            for v in row["votes"]:
-                tally[v["label"]] = tally.get(v["label"], 0) + 1
-            teacher = turn.strategy.name if turn.strategy else ""
-            row["final"] = (
-                max(sorted(tally), key=lambda k: (tally[k], k == teacher)) if tally else teacher
-            )
+            row["votes"] = votes.get(turn.index, [])
+            labels = Counter[str | None](v.label for v in row["votes"])
+            row["differs"] = len(labels) > 1
+            # The label a release would take: the majority, the teacher's on a tie.
+            row["final"] = final_label(turn.strategy.name if turn.strategy else "", labels)
         if turn.index in conflict_turns:
             replies = [{"key": f"t{turn.pk}", "text": turn.text, "label": "original"}] + [
                 {"key": f"c{c.pk}", "text": c.text, "label": f"candidate {n}"}

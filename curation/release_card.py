@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from curation.agreement import describe_kappa
+from curation.agreement import FleissTally, cohen_from_pairs, describe_kappa
 from curation.models import Release
 from curation.vocabulary import EXTES_STRATEGIES
 
@@ -39,12 +39,7 @@ class Tally:
         self.agree_n = self.teacher_same = self.teacher_n = 0
         self.supporter_turns = self.candidates = self.crisis_cleared = 0
         self.fingerprints: dict[int, tuple[str, str, str]] = {}
-        # Fleiss' kappa with varying raters per turn, kept as running sums (curation.agreement
-        # has the definition): items, the sum of each item's agreeing-pair share, and per label
-        # the sum of its share of each item's labels.
-        self.fleiss_items = 0
-        self.fleiss_agreeing = 0.0
-        self.fleiss_shares: Counter[str] = Counter()
+        self.fleiss = FleissTally()  # annotators' labels of turns with two or more
         # (teacher's label, final label) of supporter turns people labelled: Cohen's kappa.
         self.teacher_pairs: Counter[tuple[str, str]] = Counter()
 
@@ -69,12 +64,7 @@ class Tally:
                 if total >= 2:
                     self.agree_sum += max(votes.values()) / total
                     self.agree_n += 1
-                    self.fleiss_items += 1
-                    self.fleiss_agreeing += sum(n * (n - 1) for n in votes.values()) / (
-                        total * (total - 1)
-                    )
-                    for label, n in votes.items():
-                        self.fleiss_shares[label] += n / total
+                    self.fleiss.add(votes)
                 self.teacher_n += 1
                 self.teacher_same += turn["strategy"] == turn["teacher_strategy"]
                 self.teacher_pairs[(turn["teacher_strategy"] or "", turn["strategy"] or "")] += 1
@@ -82,24 +72,10 @@ class Tally:
         self.crisis_cleared += snap.get("safety_status") == "cleared"
 
     def fleiss_kappa(self) -> float | None:
-        if not self.fleiss_items:
-            return None
-        observed = self.fleiss_agreeing / self.fleiss_items
-        expected = sum((v / self.fleiss_items) ** 2 for v in self.fleiss_shares.values())
-        return None if expected >= 1 else (observed - expected) / (1 - expected)
+        return self.fleiss.kappa().value
 
     def teacher_kappa(self) -> float | None:
-        total = sum(self.teacher_pairs.values())
-        if not total:
-            return None
-        rows: Counter[str] = Counter()
-        columns: Counter[str] = Counter()
-        for (teacher, final), n in self.teacher_pairs.items():
-            rows[teacher] += n
-            columns[final] += n
-        observed = sum(n for (t, f), n in self.teacher_pairs.items() if t == f) / total
-        expected = sum(rows[k] * columns[k] for k in rows) / total**2
-        return None if expected >= 1 else (observed - expected) / (1 - expected)
+        return cohen_from_pairs(self.teacher_pairs).value
 
     def statistics(self) -> dict[str, Any]:
         return {

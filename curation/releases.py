@@ -62,8 +62,13 @@ class Filters:
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> Filters:
         """From a release's stored filters; keys of older versions are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in stored.items() if k in names})
+        return cls(**_known(cls, stored))
+
+
+def _known(cls: type, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored values that are fields of the dataclass `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in stored.items() if k in names}
 
 
 def select(filters: Filters, safety: bool = True) -> QuerySet[Dialogue]:
@@ -282,7 +287,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
         ).values_list("turn_id", "strategy__name")
     ):
         votes[turn_id][name] += 1
-    decided = final_labels(ids) if len(ids) else {}
+    decided = final_labels(ids)
     reviews = Counter(
         Review.objects.filter(
             **_among("dialogue__pk", ids), submitted_at__isnull=False
@@ -364,7 +369,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                     if role != SUPPORTER
                     else strategy
                     if lead is None and turn_pk not in votes
-                    else _final_label(
+                    else final_label(
                         strategy, votes.get(turn_pk), lead.get(str(index)) if lead else None
                     ),
                     "teacher_strategy": strategy,
@@ -386,7 +391,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
     return result
 
 
-def _final_label(
+def final_label(
     teacher: str | None,
     votes: Counter[str | None] | None,
     lead: str | None = None,
@@ -413,8 +418,7 @@ class FileOptions:
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> FileOptions:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in stored.items() if k in names})
+        return cls(**_known(cls, stored))
 
 
 def snapshots(release: Release) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -457,9 +461,9 @@ class ReleaseWriter:
             (b"\n  " if self.first else b",\n  ") + record.replace(b"\n", b"\n  ")
         )
         self.first = False
-        base = sft_example(snap, tags)
-        files.line(f"sft/{split}.jsonl", base)
-        files.line(f"sft_dri/{split}.jsonl", base)
+        base = orjson.dumps(sft_example(snap, tags), option=orjson.OPT_APPEND_NEWLINE)
+        files.open(f"sft/{split}.jsonl").write(base)
+        files.open(f"sft_dri/{split}.jsonl").write(base)  # the same example, encoded once
         for example in dri_examples(snap, tags):
             files.line(f"sft_dri/{split}.jsonl", example)
         for pair in dpo_pairs(snap, self.options):

@@ -189,23 +189,27 @@ def set_label(review: Review, turn: Turn, strategy: Strategy | None) -> TurnLabe
     return label
 
 
+def next_version(dialogue_id: int, expected_version: int, **changes: Any) -> None:
+    """Move the dialogue to its next version, with `changes` to its row, if it is still at
+    `expected_version`; else StaleVersion with the edits made since. Call inside a transaction."""
+    updated = Dialogue.objects.filter(pk=dialogue_id, version=expected_version).update(
+        version=F("version") + 1, updated_at=timezone.now(), **changes
+    )
+    if not updated:
+        current = Dialogue.objects.values_list("version", flat=True).get(pk=dialogue_id)
+        edits = Event.objects.filter(
+            dialogue_id=dialogue_id, action="edited", after__version__gt=expected_version
+        ).select_related("actor")
+        raise StaleVersion(current, list(edits))
+
+
 def edit_turn(
     turn: Turn, text: str, expected_version: int, user: Any, review: Review | None, reason: str = ""
 ) -> Dialogue:
     """Change a turn's text if the dialogue is still at `expected_version`; else StaleVersion."""
     text = text.strip()
     with transaction.atomic():
-        updated = Dialogue.objects.filter(pk=turn.dialogue_id, version=expected_version).update(
-            version=F("version") + 1, updated_at=timezone.now()
-        )
-        if not updated:
-            dialogue = Dialogue.objects.get(pk=turn.dialogue_id)
-            changes = list(
-                Event.objects.filter(
-                    dialogue=dialogue, action="edited", after__version__gt=expected_version
-                ).select_related("actor")
-            )
-            raise StaleVersion(dialogue.version, changes)
+        next_version(turn.dialogue_id, expected_version)
         before = turn.text
         Turn.objects.filter(pk=turn.pk).update(text=text)
         TurnEdit.objects.create(

@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -127,8 +125,8 @@ def lead_studio(live_server, vocabulary_db, seeds, redis_url, monkeypatch, tmp_p
 
     from generation import views
     from generation.tasks import start_job
-    from tests.conftest import ROOT
     from tests.fake_teacher import FakeTeacher
+    from tests.workers import celery_worker
 
     user = User.objects.create_user("leo", password="leo-pass-123")
     user.groups.add(Group.objects.get(name="lead"))
@@ -152,12 +150,7 @@ def lead_studio(live_server, vocabulary_db, seeds, redis_url, monkeypatch, tmp_p
             "EXTES_GENERATION_QUEUE": queue,
             "EXTES_DATA_DIR": str(tmp_path),
         }
-        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", queue,
-             "--pool", "threads", "--concurrency", "4", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        worker = celery_worker(queue, env, tmp_path / "worker.log", ("threads", "4"))
         try:
             yield live_server
         finally:

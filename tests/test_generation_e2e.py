@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.fake_teacher import FakeTeacher
+from tests.workers import celery_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +58,13 @@ class Site:
         pool: tuple[str, str] = ("threads", "3"),
     ) -> subprocess.Popen[bytes]:
         """A real Celery worker process on this site's queue (`pool`: kind, concurrency)."""
-        log = open(self.data / f"{name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-             "--queues", queue or self.env["EXTES_GENERATION_QUEUE"],
-             "--pool", pool[0], "--concurrency", pool[1], "--hostname", f"{name}@%h",
-             "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        worker = celery_worker(
+            queue or self.env["EXTES_GENERATION_QUEUE"],
+            self.env,
+            self.data / f"{name}-{len(self.workers)}.log",
+            pool,
+            name,
+        )
         self.workers.append(worker)
         return worker
 

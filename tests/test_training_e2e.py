@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import pytest
 from django.contrib.auth.models import User
 
 from tests import test_browser, test_training_sft
-from tests.conftest import ROOT
 from tests.test_generation_e2e import Site
 from tests.test_studio_e2e import Studio
+from tests.workers import celery_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -188,12 +187,7 @@ def training_studio(live_server, vocabulary_db, seeds, redis_url, settings, monk
         "EXTES_EVAL_LIMIT": "2",
         "EXTES_EVAL_MAX_NEW_TOKENS": "4",
     }
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", queue,
-         "--pool", "solo", "--concurrency", "1", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    worker = celery_worker(queue, env, tmp_path / "worker.log", ("solo", "1"))
     try:
         yield live_server
     finally:
