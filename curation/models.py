@@ -78,6 +78,18 @@ class Strategy(models.Model):
 
 
 class DialogueQuerySet(models.QuerySet["Dialogue"]):
+    def unflagged(self) -> DialogueQuerySet:
+        """Not waiting in (or excluded by) the leads' safety queue: what annotators and releases
+        may see."""
+        return self.exclude(safety_status__in=SAFETY_HELD)
+
+    def in_review(self) -> DialogueQuerySet:
+        """Still open to annotators' reviews: nothing about it has settled."""
+        return self.filter(status__in=Dialogue.OPEN)
+
+    def settled(self) -> DialogueQuerySet:
+        return self.filter(settled_at__isnull=False)
+
     def search(self, text: str) -> DialogueQuerySet:
         text = text.strip()
         if not text:
@@ -91,6 +103,10 @@ class SafetyStatus(models.TextChoices):
     FLAGGED = "flagged", "Flagged: waiting for a lead"
     CLEARED = "cleared", "Cleared by a lead"
     EXCLUDED = "excluded", "Excluded by a lead"
+
+
+# Safety statuses that keep a dialogue away from annotators and releases.
+SAFETY_HELD = [SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED]
 
 
 class Dialogue(models.Model):
@@ -124,10 +140,11 @@ class Dialogue(models.Model):
     repairs = models.JSONField(default=list, blank=True)
     # For generated dialogues: job, round, unit, teacher, prompt version, sampling, attempts, usage.
     provenance = models.JSONField(default=dict, blank=True)
+    # When its final state (status, and each turn's final text and strategy) was last written.
+    settled_at = models.DateTimeField(null=True, blank=True)
     # Set by the generation gate (or later by annotators) when the seeker may be at risk. A flagged
     # dialogue waits in the leads' safety queue, out of reviews and releases, until a lead clears
-    # it (with a note) or excludes it for good.
-    crisis_flag = models.BooleanField(default=False)
+    # it (with a note) or excludes it for good; "none" means it was never flagged.
     safety_notes = models.JSONField(default=dict, blank=True)
     safety_status = models.CharField(
         max_length=10, choices=SafetyStatus.choices, default=SafetyStatus.NONE
@@ -164,8 +181,19 @@ class Dialogue(models.Model):
             ),
         ]
 
+    OPEN = [Status.PENDING, Status.IN_REVIEW]
+
     def __str__(self) -> str:
         return f"#{self.pk} {self.scenario.name}"
+
+    @property
+    def crisis_flagged(self) -> bool:
+        """Flagged for crisis or self-harm at some point (whatever a lead decided since)."""
+        return self.safety_status != SafetyStatus.NONE
+
+    @property
+    def is_settled(self) -> bool:
+        return self.settled_at is not None
 
     @property
     def source_label(self) -> str:
@@ -186,9 +214,16 @@ class Turn(models.Model):
     dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="turns")
     index = models.PositiveIntegerField()
     role = models.CharField(max_length=10, choices=Role.choices)
+    # As written by the teacher or the source file: reviews never change it.
     text = models.TextField()
     strategy = models.ForeignKey(
         Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="turns"
+    )
+    # The turn's final state, written by `curation.settlement` when its dialogue settles (reviewers
+    # agree, or a lead decides) and by nothing else; empty before that.
+    final_text = models.TextField(null=True, blank=True)
+    final_strategy = models.ForeignKey(
+        Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="final_turns"
     )
 
     class Meta:
@@ -206,6 +241,11 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dialogue_id}:{self.index} {self.role}"
+
+    @property
+    def current_text(self) -> str:
+        """The final text once the dialogue settled, else the text as written."""
+        return self.text if self.final_text is None else self.final_text
 
 
 class Candidate(models.Model):
@@ -288,7 +328,9 @@ class TurnLabel(models.Model):
 
 
 class TurnEdit(models.Model):
-    """A change to a turn's text, made during a review; the dialogue's version moved with it."""
+    """A proposed change to a turn's text. An annotator's proposal belongs to their review and
+    stays theirs (blind) until the dialogue settles, when `curation.settlement` applies it or
+    sends conflicting proposals to a lead; a lead's (no review) is part of their decision."""
 
     review = models.ForeignKey(Review, null=True, blank=True, on_delete=models.SET_NULL)
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="edits")
@@ -296,14 +338,29 @@ class TurnEdit(models.Model):
     before = models.TextField()
     after = models.TextField()
     reason = models.CharField(max_length=300, blank=True)
-    version = models.PositiveIntegerField(help_text="the dialogue version this edit created")
+    version = models.PositiveIntegerField(help_text="the dialogue version the edit was made on")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["review", "turn"],
+                condition=Q(review__isnull=False),
+                name="edit_one_proposal_per_review_turn",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"edit of turn {self.turn_id}"
+
+
+class AssignmentQuerySet(models.QuerySet["Assignment"]):
+    def live(self, now: Any = None) -> AssignmentQuerySet:
+        """Leases still held: not given back, not run out."""
+        from django.utils import timezone
+
+        return self.filter(released_at__isnull=True, expires_at__gt=now or timezone.now())
 
 
 class Assignment(models.Model):
@@ -318,6 +375,8 @@ class Assignment(models.Model):
     released_at = models.DateTimeField(null=True, blank=True)
     skipped = models.BooleanField(default=False)
 
+    objects = AssignmentQuerySet.as_manager()
+
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["dialogue", "annotator"], name="assignment_once"),
@@ -331,11 +390,26 @@ class Assignment(models.Model):
 class Event(models.Model):
     """The dialogue's history: who changed what, when, from what to what."""
 
+    class Action(models.TextChoices):
+        CLAIMED = "claimed", "claimed"
+        SKIPPED = "skipped", "skipped"
+        PROPOSED_EDIT = "edited", "proposed an edit of"
+        REVIEWED = "reviewed", "reviewed"
+        CRISIS_FLAGGED = "crisis flagged", "flagged a crisis"
+        RANKED = "ranked", "ranked"
+        STATUS = "status", "status"
+        SETTLED = "settled", "settled"
+        ADJUDICATION_OPENED = "adjudication opened", "opened an adjudication"
+        ADJUDICATED = "adjudicated", "adjudicated"
+        REOPENED = "reopened", "re-opened for adjudication"
+        SAFETY_CLEARED = "safety cleared", "cleared the safety flag"
+        SAFETY_EXCLUDED = "safety excluded", "excluded for safety"
+
     dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="events")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    action = models.CharField(max_length=40)
+    action = models.CharField(max_length=40, choices=Action.choices)
     target = models.CharField(max_length=100, blank=True)  # e.g. "turn 3"
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
@@ -376,17 +450,44 @@ class Ranking(models.Model):
         return f"ranking of turn {self.turn_id} by {self.annotator_id}"
 
 
+class RankHold(models.Model):
+    """A lease on ranking one masked turn: taken from the rank queue, it keeps the turn's place
+    among its rankers while this annotator works on it."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="rank_holds")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rank_holds"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AssignmentQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["turn", "annotator"], name="rank_hold_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"turn {self.turn_id} for {self.annotator_id}"
+
+
 class Adjudication(models.Model):
-    """Reviewers disagreed on this dialogue: a lead decides, and the decision is final."""
+    """Reviewers disagreed on this dialogue (or a lead re-opened it): a lead decides, and the
+    decision is final."""
 
     class Reason(models.TextChoices):
         DECISION = "decision", "Accept vs reject"
         LABELS = "labels", "Strategy labels"
+        TEXTS = "texts", "Conflicting text edits"
         RANKINGS = "rankings", "Candidate rankings"
+        REOPENED = "reopened", "Re-opened by a lead"
 
     dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="adjudications")
     reasons = models.JSONField(default=list)  # Reason values
-    # What differs: {"labels": {turn index: {annotator: strategy}}, "rankings": [turn index, ...]}
+    # What differs: {"labels": {turn index: {annotator: strategy}}, "texts": {turn index:
+    # {annotator: text}}, "rankings": [turn index, ...], "reopened": {"by": lead, "reason": why}}
     details = models.JSONField(default=dict, blank=True)
     opened_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -445,6 +546,10 @@ class Release(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.BUILDING)
     progress = models.PositiveSmallIntegerField(default=0)  # percent of the files written
     error = models.TextField(blank=True)
+    # The build's claim, as for generation and training jobs: the worker that holds it, beating.
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
     checksum = models.CharField(max_length=64, blank=True)  # sha256 of the snapshots, in order
     counts = models.JSONField(default=dict, blank=True)
 
