@@ -1,25 +1,25 @@
 """Disagreements between reviewers, and a lead's final word on them.
 
 A dialogue goes to the adjudication queue when its last required review lands and the reviews
-differ: one accepts and another rejects, or they accept it with different strategies on a turn.
-(Two rejections never need a lead, whatever their labels.) A turn's candidate replies go there too
-when two annotators ranked them with different best replies.
+differ by the rules of `curation.settlement` (accept against reject; different explicit labels,
+or different proposed texts, on a turn of a dialogue not rejected by all), or when a lead
+re-opens a settled dialogue with a reason. A turn's candidate replies go there too when two
+annotators ranked them with different best replies.
 
-A turn an annotator left unlabelled counts as keeping the teacher's label: they saw it and let it
-stand. The lead's decision (final labels, final text, accept or reject, best replies) is applied as
-a new version of the dialogue through the same optimistic-locking check as any edit, and each part
-of it is written to the event log.
+The lead's decision (final labels, final texts, accept or reject, best replies) is stored by
+`settlement.write_final` as a new version of the dialogue through the same optimistic-locking
+check as any edit, and recorded in the event log.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from curation import settlement
 from curation.models import (
     Adjudication,
     Candidate,
@@ -29,74 +29,9 @@ from curation.models import (
     Review,
     Strategy,
     Turn,
-    TurnLabel,
 )
-from curation.reviewing import edit_turn, next_version
 
 Reason = Adjudication.Reason
-
-
-@dataclass(frozen=True)
-class Vote:
-    annotator: str
-    label: str  # strategy name, "" for none
-    explicit: bool  # set by the annotator, not left as the teacher labelled it
-
-
-def votes_by_turn(dialogue: Dialogue) -> tuple[list[Review], dict[int, list[Vote]]]:
-    """The submitted reviews, and per supporter turn index each review's vote, in review order;
-    a turn left unlabelled counts as the teacher's label."""
-    reviews = list(
-        dialogue.reviews.filter(submitted_at__isnull=False)
-        .select_related("annotator")
-        .order_by("id")
-    )
-    turns = dialogue.turns.filter(role=Turn.Role.SUPPORTER).select_related("strategy")
-    explicit = {
-        (label.review_id, label.turn_id): label.strategy.name if label.strategy else ""
-        for label in TurnLabel.objects.filter(review__in=reviews).select_related("strategy")
-    }
-    votes: dict[int, list[Vote]] = {}
-    for turn in turns.order_by("index"):
-        teacher = turn.strategy.name if turn.strategy else ""
-        votes[turn.index] = [
-            Vote(
-                review.annotator.get_username(),
-                explicit.get((review.pk, turn.pk), teacher),
-                (review.pk, turn.pk) in explicit,
-            )
-            for review in reviews
-        ]
-    return reviews, votes
-
-
-def label_votes(dialogue: Dialogue) -> dict[int, dict[str, str]]:
-    """{supporter turn index: {annotator: strategy name ("" for none)}} over submitted reviews."""
-    return {
-        index: {v.annotator: v.label for v in votes}
-        for index, votes in votes_by_turn(dialogue)[1].items()
-    }
-
-
-def disagreements(dialogue: Dialogue) -> tuple[list[str], dict[str, Any]]:
-    """Why the submitted reviews of this dialogue need a lead, if they do."""
-    decisions = set(
-        dialogue.reviews.filter(submitted_at__isnull=False).values_list("decision", flat=True)
-    )
-    reasons: list[str] = []
-    details: dict[str, Any] = {}
-    if len(decisions) > 1:
-        reasons.append(Reason.DECISION)
-    if decisions != {Review.Decision.REJECT}:
-        differing = {
-            str(index): votes
-            for index, votes in label_votes(dialogue).items()
-            if len(set(votes.values())) > 1
-        }
-        if differing:
-            reasons.append(Reason.LABELS)
-            details["labels"] = differing
-    return reasons, details
 
 
 def open_for(dialogue: Dialogue, reasons: list[str], details: dict[str, Any]) -> Adjudication:
@@ -116,7 +51,9 @@ def open_for(dialogue: Dialogue, reasons: list[str], details: dict[str, Any]) ->
                 existing = current.get()
             else:
                 Event.objects.create(
-                    dialogue=dialogue, action="adjudication opened", after={"reasons": reasons}
+                    dialogue=dialogue,
+                    action=Event.Action.ADJUDICATION_OPENED,
+                    after={"reasons": reasons},
                 )
                 return existing
         merged = {**existing.details, **details}
@@ -157,8 +94,9 @@ class Decision:
 
 
 def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen: Decision) -> None:
-    """Apply the lead's decision as a new version of the dialogue; StaleVersion if the dialogue
-    changed since the lead's page was loaded, ValueError if the decision is malformed."""
+    """Apply the lead's decision as the dialogue's final state, a new version; StaleVersion if
+    the dialogue changed since the lead's page was loaded, ValueError if the decision is
+    malformed. Turns the lead gave no label or text keep what the reviews settled."""
     if chosen.decision not in Review.Decision.values:
         raise ValueError("Choose accept or reject.")
     if not chosen.note.strip():
@@ -171,19 +109,26 @@ def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen
             raise ValueError(f"Turn {index} is not a supporter turn of this dialogue.")
         if name and name not in known:
             raise ValueError(f"{name!r} is not a strategy.")
+    for index in chosen.texts:
+        if index not in turns:
+            raise ValueError(f"Turn {index} is not a turn of this dialogue.")
     with transaction.atomic():
         locked = Adjudication.objects.select_for_update().get(pk=adjudication.pk)
         if not locked.is_open:
             raise ValueError("This disagreement was settled already.")
-        version = expected_version
-        for index, text in sorted(chosen.texts.items()):
-            if index in turns and text.strip() and text.strip() != turns[index].text:
-                edit_turn(turns[index], text, version, lead, None, reason="adjudication")
-                version += 1
-        # The decision itself is a version too: a stale page is refused here if nothing was edited.
-        accepted = chosen.decision == Review.Decision.ACCEPT
-        status = Dialogue.Status.ACCEPTED if accepted else Dialogue.Status.REJECTED
-        next_version(dialogue.pk, version, status=status)
+        before = Dialogue.objects.values_list("status", flat=True).get(pk=dialogue.pk)
+        labels, texts = starting_point(dialogue)
+        labels.update({i: name or None for i, name in chosen.labels.items()})
+        texts.update({i: text.strip() for i, text in chosen.texts.items() if text.strip()})
+        version = settlement.write_final(
+            dialogue,
+            chosen.decision,
+            labels,
+            texts,
+            actor=lead,
+            expected_version=expected_version,
+            note=chosen.note.strip(),
+        )
         for index, key in sorted(chosen.best.items()):
             _settle_ranking(turns[index], lead, key)
         locked.resolved_at = timezone.now()
@@ -195,17 +140,39 @@ def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen
         Event.objects.create(
             dialogue=dialogue,
             actor=lead,
-            action="adjudicated",
-            before={"status": dialogue.status, "version": version},
+            action=Event.Action.ADJUDICATED,
+            before={"status": before, "version": expected_version},
             after={
-                "status": status,
-                "version": version + 1,
+                "status": dialogue.status,
+                "version": version,
                 "decision": chosen.decision,
                 "labels": locked.labels,
+                "texts": sorted(i for i, t in texts.items() if t != turns[i].text),
                 "best": {str(i): k for i, k in chosen.best.items()},
                 "note": locked.note,
             },
         )
+
+
+def starting_point(dialogue: Dialogue) -> tuple[dict[int, str | None], dict[int, str]]:
+    """The labels and texts a lead starts from: the stored final state of a dialogue that had
+    settled (re-opened, or a ranking conflict), else what the reviews settle (a suggestion where
+    they disagree)."""
+    if dialogue.is_settled:
+        rows = list(dialogue.turns.select_related("final_strategy").order_by("index"))
+        return (
+            {
+                t.index: t.final_strategy.name if t.final_strategy else None
+                for t in rows
+                if t.role == Turn.Role.SUPPORTER
+            },
+            {t.index: t.current_text for t in rows},
+        )
+    result = settlement.outcome(dialogue)
+    return (
+        {t.index: t.strategy for t in result.turns if t.role == Turn.Role.SUPPORTER},
+        {t.index: t.final for t in result.turns},
+    )
 
 
 def _settle_ranking(turn: Turn, lead: Any, best: str) -> None:
@@ -226,15 +193,3 @@ def _settle_ranking(turn: Turn, lead: Any, best: str) -> None:
             "adjudicated": True,
         },
     )
-
-
-def final_labels(dialogue_ids: list[int]) -> dict[int, dict[str, str]]:
-    """{dialogue id: {turn index: strategy}} of resolved adjudications (the latest wins)."""
-    result: dict[int, dict[str, str]] = defaultdict(dict)
-    for dialogue_id, labels in (
-        Adjudication.objects.filter(dialogue_id__in=dialogue_ids, resolved_at__isnull=False)
-        .order_by("resolved_at", "id")
-        .values_list("dialogue_id", "labels")
-    ):
-        result[dialogue_id].update(labels or {})
-    return result

@@ -22,6 +22,20 @@ from curation.models import (
 )
 
 
+class ReadOnly:
+    """Decisions and content change only through the studio's own versioned, logged paths
+    (reviews, adjudication, re-opening): the admin shows them, and changes nothing."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(Scenario)
 class ScenarioAdmin(admin.ModelAdmin):
     list_display = ["name", "is_official", "extes_count"]
@@ -36,15 +50,15 @@ class StrategyAdmin(admin.ModelAdmin):
     search_fields = ["name", "key", "definition"]
 
 
-class TurnInline(admin.TabularInline):
+class TurnInline(ReadOnly, admin.TabularInline):
     model = Turn
-    fields = ["index", "role", "text", "strategy"]
+    fields = ["index", "role", "text", "strategy", "final_text", "final_strategy"]
     extra = 0
     autocomplete_fields = ["strategy"]
 
 
 @admin.register(Dialogue)
-class DialogueAdmin(admin.ModelAdmin):
+class DialogueAdmin(ReadOnly, admin.ModelAdmin):
     list_display = [
         "id",
         "scenario",
@@ -81,7 +95,7 @@ class DialogueAdmin(admin.ModelAdmin):
 
 
 @admin.register(Turn)
-class TurnAdmin(admin.ModelAdmin):
+class TurnAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["dialogue", "index", "role", "strategy"]
     list_filter = ["role", "strategy__taxonomy", "strategy"]
     search_fields = ["text"]
@@ -91,7 +105,7 @@ class TurnAdmin(admin.ModelAdmin):
 
 
 @admin.register(Candidate)
-class CandidateAdmin(admin.ModelAdmin):
+class CandidateAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "turn", "strategy", "created_at"]
     list_filter = ["strategy"]
     search_fields = ["text"]
@@ -99,14 +113,14 @@ class CandidateAdmin(admin.ModelAdmin):
     readonly_fields = ["provenance"]
 
 
-class TurnLabelInline(admin.TabularInline):
+class TurnLabelInline(ReadOnly, admin.TabularInline):
     model = TurnLabel
     extra = 0
     raw_id_fields = ["turn"]
 
 
 @admin.register(Review)
-class ReviewAdmin(admin.ModelAdmin):
+class ReviewAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "dialogue", "annotator", "decision", "submitted_at"]
     list_filter = ["decision", "submitted_at"]
     search_fields = ["notes", "annotator__username"]
@@ -115,35 +129,35 @@ class ReviewAdmin(admin.ModelAdmin):
 
 
 @admin.register(TurnEdit)
-class TurnEditAdmin(admin.ModelAdmin):
+class TurnEditAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "turn", "editor", "version", "created_at"]
     search_fields = ["before", "after", "reason"]
     raw_id_fields = ["turn", "review"]
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "dialogue", "annotator", "expires_at", "released_at", "skipped"]
     list_filter = ["skipped"]
     raw_id_fields = ["dialogue"]
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "dialogue", "actor", "action", "target", "created_at"]
     list_filter = ["action"]
     raw_id_fields = ["dialogue"]
 
 
 @admin.register(Ranking)
-class RankingAdmin(admin.ModelAdmin):
+class RankingAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "turn", "annotator", "adjudicated", "submitted_at"]
     list_filter = ["adjudicated"]
     raw_id_fields = ["turn"]
 
 
 @admin.register(Adjudication)
-class AdjudicationAdmin(admin.ModelAdmin):
+class AdjudicationAdmin(ReadOnly, admin.ModelAdmin):
     list_display = [
         "id",
         "dialogue",
@@ -159,7 +173,7 @@ class AdjudicationAdmin(admin.ModelAdmin):
 
 
 @admin.register(TurnLabel)
-class TurnLabelAdmin(admin.ModelAdmin):
+class TurnLabelAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "review", "turn", "strategy", "updated_at"]
     list_filter = ["strategy"]
     raw_id_fields = ["review", "turn"]

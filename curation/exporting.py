@@ -14,7 +14,8 @@ CHUNK = 1000
 
 
 def extes_records(dialogues: QuerySet[Dialogue]) -> Iterator[dict[str, Any]]:
-    """ExTES records in id order; two queries per chunk of dialogues, no model instances."""
+    """ExTES records in id order; two queries per chunk of dialogues, no model instances. A
+    settled dialogue is written in its final state (curation.settlement), others as written."""
     rows = dialogues.order_by("id").values_list("id", "scenario__name", "description")
     last_id = 0
     while True:
@@ -26,9 +27,19 @@ def extes_records(dialogues: QuerySet[Dialogue]) -> Iterator[dict[str, Any]]:
         turns = (
             Turn.objects.filter(dialogue_id__in=content)
             .order_by("dialogue_id", "index")
-            .values_list("dialogue_id", "role", "text", "strategy__name")
+            .values_list(
+                "dialogue_id",
+                "role",
+                "text",
+                "strategy__name",
+                "dialogue__settled_at",
+                "final_text",
+                "final_strategy__name",
+            )
         )
-        for dialogue_id, role, text, strategy in turns:
+        for dialogue_id, role, text, strategy, settled_at, final_text, final in turns:
+            if settled_at is not None and final_text is not None:
+                text, strategy = final_text, final
             if role == Turn.Role.SEEKER:
                 content[dialogue_id].append({"User": text})
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -121,7 +121,8 @@ def annotator_progress(now: Any = None) -> Table:
         )
     per_annotator = {
         "crisis_flags": _count_by(
-            Event.objects.filter(action="crisis flagged", actor__isnull=False), "actor__username"
+            Event.objects.filter(action=Event.Action.CRISIS_FLAGGED, actor__isnull=False),
+            "actor__username",
         ),
         "active_hours": _count_by(
             submitted.annotate(hour=TruncHour("submitted_at")),
@@ -234,22 +235,17 @@ def acceptance_by(key: str) -> Table:
 
 
 def strategy_distribution() -> Table:
-    """Supporter-turn strategies of accepted dialogues against the ExTES shares (DOMAIN.md).
-    Each annotator's label counts once; a turn no one labelled counts with the teacher's label."""
+    """Final strategies of the supporter turns of accepted dialogues (as they settled) against
+    the ExTES shares (DOMAIN.md)."""
     counts: dict[str, int] = defaultdict(int)
-    accepted = Q(turn__dialogue__status=Dialogue.Status.ACCEPTED)
     for name, n in (
-        TurnLabel.objects.filter(accepted, review__submitted_at__isnull=False)
+        Turn.objects.filter(
+            dialogue__status=Dialogue.Status.ACCEPTED,
+            dialogue__settled_at__isnull=False,
+            role=Turn.Role.SUPPORTER,
+        )
         .order_by()
-        .values_list("strategy__name")
-        .annotate(Count("id"))
-    ):
-        counts[name or ""] += n
-    for name, n in (
-        Turn.objects.filter(dialogue__status=Dialogue.Status.ACCEPTED, role=Turn.Role.SUPPORTER)
-        .exclude(labels__review__submitted_at__isnull=False)
-        .order_by()
-        .values_list("strategy__name")
+        .values_list("final_strategy__name")
         .annotate(Count("id"))
     ):
         counts[name or ""] += n
@@ -355,6 +351,9 @@ class AgreementReport:
     humans: agreement.Confusion
     teacher_vs_humans: agreement.Confusion
     labelled_turns: int
+    # The teacher's label against the stored final label (curation.settlement) of the turns
+    # people labelled, in dialogues that settled.
+    teacher_final: agreement.Kappa
 
     def category_table(self) -> Table:
         rows = [
@@ -392,6 +391,7 @@ class AgreementReport:
             {"figure": "Mean pairwise Cohen's kappa, strategy labels", "value": self.mean_cohen, "n": len(self.pairs)},
             {"figure": "Teacher vs human majority, Cohen's kappa", "value": self.teacher.value, "n": self.teacher.n},
             {"figure": "Teacher vs each human, mean Cohen's kappa", "value": self.teacher.mean_per_human, "n": len(self.teacher.per_human)},
+            {"figure": "Teacher vs final label, Cohen's kappa", "value": self.teacher_final.value, "n": self.teacher_final.n},
             {"figure": "Accept/reject: all reviewers agree", "value": self.decisions.all_agree, "n": self.decisions.n},
             {"figure": "Accept/reject: pairwise agreement", "value": self.decisions.pairwise, "n": self.decisions.pairs},
             {"figure": "Rankings: mean Kendall's tau-b", "value": self.rankings.mean_tau, "n": self.rankings.tau_pairs},
@@ -409,6 +409,7 @@ def data_version() -> str:
         TurnLabel.objects.aggregate(n=Count("id"), last=Max("updated_at")),
         Ranking.objects.aggregate(n=Count("id"), last=Max("id")),
         Turn.objects.aggregate(last=Max("id")),
+        Dialogue.objects.aggregate(n=Count("settled_at"), last=Max("settled_at")),
     ]
     return ":".join(f"{p.get('n', '')}-{p['last']}" for p in parts)
 
@@ -442,7 +443,19 @@ def agreement_report() -> AgreementReport:
         humans=agreement.confusion(humans_only, labels=labels),
         teacher_vs_humans=agreement.confusion(items, a_raters=[agreement.TEACHER], labels=labels),
         labelled_turns=len(humans_only),
+        teacher_final=teacher_vs_final(list(humans_only)),
     )
+
+
+def teacher_vs_final(turn_ids: list[Hashable]) -> agreement.Kappa:
+    pairs: Counter[tuple[str, str]] = Counter()
+    for teacher, final in (
+        Turn.objects.filter(pk__in=turn_ids, dialogue__settled_at__isnull=False)
+        .values_list("strategy__name", "final_strategy__name")
+        .iterator(chunk_size=5000)
+    ):
+        pairs[(teacher or "(none)", final or "(none)")] += 1
+    return agreement.cohen_from_pairs(pairs)
 
 
 def tables_csv(tables: Sequence[Table]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
 
 from django.contrib import messages
@@ -11,17 +10,17 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from curation import adjudication, agreement, charts, insights, safety
+from curation import adjudication, agreement, charts, insights, safety, settlement
 from curation.models import (
     Adjudication,
     Candidate,
     Dialogue,
     Ranking,
     Review,
+    SafetyStatus,
     Strategy,
     Turn,
 )
-from curation.releases import final_label
 from curation.reviewing import StaleVersion
 from curation.roles import lead_required
 
@@ -159,26 +158,42 @@ def adjudication_list(request: HttpRequest) -> HttpResponse:
 
 
 def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the adjudication page shows: turns with each review's label side by side."""
+    """Everything the adjudication page shows: turns with each review's vote and proposed text
+    side by side, and the final state the lead starts from (`adjudication.starting_point`)."""
     dialogue = adj.dialogue
-    reviews, votes = adjudication.votes_by_turn(dialogue)
+    reviews = list(
+        dialogue.reviews.filter(submitted_at__isnull=False)
+        .select_related("annotator")
+        .order_by("id")
+    )
+    result = settlement.outcome(dialogue)
+    outcomes = {t.index: t for t in result.turns}
+    labels, texts = adjudication.starting_point(dialogue)
     conflict_turns = {int(i) for i in adj.details.get("rankings", [])}
     rows = []
     for turn in dialogue.turns.select_related("strategy").order_by("index"):
+        seen = outcomes[turn.index]
+        names = [r.annotator.get_username() for r in reviews]
         row: dict[str, Any] = {
             "turn": turn,
             "votes": [None] * len(reviews),  # one cell per review; seekers' turns have no label
-            "differs": False,
-            "final": "",
+            "differs": seen.label_conflict,
+            "final": labels.get(turn.index) or "",
+            "text": texts.get(turn.index, turn.text),
+            "proposals": [
+                {"annotator": name, "text": seen.proposals[name]}
+                for name in names
+                if name in seen.proposals
+            ],
+            "text_differs": seen.text_conflict,
         }
         if turn.role == Turn.Role.SUPPORTER:
-            row["votes"] = votes.get(turn.index, [])
-            labels = Counter[str | None](v.label for v in row["votes"])
-            row["differs"] = len(labels) > 1
-            # The label a release would take: the majority, the teacher's on a tie.
-            row["final"] = final_label(turn.strategy.name if turn.strategy else "", labels)
+            row["votes"] = [
+                {"label": seen.votes.get(name) or "", "explicit": name in seen.votes}
+                for name in names
+            ]
         if turn.index in conflict_turns:
-            replies = [{"key": f"t{turn.pk}", "text": turn.text, "label": "original"}] + [
+            replies = [{"key": f"t{turn.pk}", "text": turn.current_text, "label": "original"}] + [
                 {"key": f"c{c.pk}", "text": c.text, "label": f"candidate {n}"}
                 for n, c in enumerate(Candidate.objects.filter(turn=turn).order_by("id"), 1)
             ]
@@ -196,7 +211,7 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
             ]
         if posted:
             row["final"] = posted.get(f"label-{turn.index}", row["final"])
-            row["text"] = posted.get(f"text-{turn.index}", turn.text)
+            row["text"] = posted.get(f"text-{turn.index}", row["text"])
             row["best"] = posted.get(f"best-{turn.index}", "")
         rows.append(row)
     return {
@@ -207,6 +222,7 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
         "strategies": Strategy.objects.filter(taxonomy="extes").order_by("name"),
         "posted": posted or {},
         "reasons": [Adjudication.Reason(r).label for r in adj.reasons],
+        "reopened": adj.details.get("reopened"),
     }
 
 
@@ -223,7 +239,7 @@ def adjudication_page(request: HttpRequest, pk: int) -> HttpResponse:
         version = int(form.get("version", ""))
     except ValueError:
         return _refused(request, adj, "The form lost the dialogue's version: reload the page.")
-    turns = {t.index: t for t in adj.dialogue.turns.all()}
+    _, texts = adjudication.starting_point(adj.dialogue)
     chosen = adjudication.Decision(
         decision=form.get("decision", ""),
         labels={
@@ -235,8 +251,7 @@ def adjudication_page(request: HttpRequest, pk: int) -> HttpResponse:
             int(m.group(1)): value
             for key, value in form.items()
             if (m := re.fullmatch(r"text-(\d+)", key))
-            and int(m.group(1)) in turns
-            and value.strip() != turns[int(m.group(1))].text
+            and value.strip() != texts.get(int(m.group(1)))
         },
         best={
             int(m.group(1)): value
@@ -276,8 +291,7 @@ def _refused(request: HttpRequest, adj: Adjudication, error: str) -> HttpRespons
 @lead_required
 def safety_queue(request: HttpRequest) -> HttpResponse:
     decided = (
-        Dialogue.objects.filter(crisis_flag=True)
-        .exclude(safety_status__in=["flagged", "none"])
+        Dialogue.objects.filter(safety_status__in=[SafetyStatus.CLEARED, SafetyStatus.EXCLUDED])
         .select_related("scenario")
         .order_by("-updated_at")[:20]
     )

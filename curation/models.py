@@ -90,6 +90,56 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
     def settled(self) -> DialogueQuerySet:
         return self.filter(settled_at__isnull=False)
 
+    def releasable(self) -> DialogueQuerySet:
+        """Settled and not held back for safety: what releases and later rounds may use."""
+        return self.settled().unflagged()
+
+    def reviewable_by(self, user: Any, now: Any = None) -> DialogueQuerySet:
+        """Dialogues this annotator may claim: in review, not held for safety (crisis-flagged
+        ones only once a lead cleared them, and no more than the daily cap), not reviewed or
+        skipped by them, and with room left among submitted reviews and others' live holds.
+
+        Correlated subqueries rather than a GROUP BY: walking the status index in id order, the
+        database stops at the first rows that qualify, however many dialogues there are.
+        """
+        from django.db.models import Count, Exists, F, OuterRef, Subquery
+        from django.db.models.functions import Coalesce
+        from django.utils import timezone
+
+        now = now or timezone.now()
+        live_others = (
+            Assignment.objects.live(now)
+            .filter(dialogue=OuterRef("pk"))
+            .exclude(annotator=user)
+            .order_by()
+            .values("dialogue")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        # Annotators' wellbeing matters more than throughput.
+        safe = Q(safety_status=SafetyStatus.NONE)
+        if Assignment.objects.crisis_given_today(user, now) < settings.CRISIS_DAILY_CAP:
+            safe |= Q(safety_status=SafetyStatus.CLEARED)
+        return (
+            self.in_review()
+            .filter(safe, reviews_done__lt=settings.REVIEWS_PER_DIALOGUE)
+            .exclude(
+                Exists(
+                    Review.objects.filter(
+                        dialogue=OuterRef("pk"), annotator=user, submitted_at__isnull=False
+                    )
+                )
+            )
+            .exclude(
+                Exists(
+                    Assignment.objects.filter(dialogue=OuterRef("pk"), annotator=user, skipped=True)
+                )
+            )
+            .annotate(live_leases=Coalesce(Subquery(live_others), 0))
+            .filter(live_leases__lt=settings.REVIEWS_PER_DIALOGUE - F("reviews_done"))
+            .order_by("id")
+        )
+
     def search(self, text: str) -> DialogueQuerySet:
         text = text.strip()
         if not text:
@@ -195,6 +245,61 @@ class Dialogue(models.Model):
     def is_settled(self) -> bool:
         return self.settled_at is not None
 
+    def flag_crisis(self, annotator: Any, notes: str) -> None:
+        """An annotator's crisis flag: to the leads' safety queue, even when a lead had cleared
+        it before (a new flag is a new concern). Each flag is counted on the dashboard."""
+        if self.safety_status != SafetyStatus.FLAGGED:
+            self.safety_status = SafetyStatus.FLAGGED
+            self.safety_notes = {
+                **self.safety_notes,
+                "source": "annotator",
+                "flagged_by": annotator.get_username(),
+                "notes": notes,
+            }
+            self.save(update_fields=["safety_status", "safety_notes"])
+        Event.objects.create(
+            dialogue=self,
+            actor=annotator,
+            action=Event.Action.CRISIS_FLAGGED,
+            after={"safety_status": self.safety_status},
+        )
+
+    def reopen(self, lead: Any, reason: str) -> Adjudication:
+        """A lead's only way to change a settled dialogue: back to adjudication, with a reason,
+        recorded. Its stored final state stands until the new decision replaces it."""
+        from django.db import transaction
+
+        from curation import adjudication
+
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("Say why you re-open it: the reason is kept with the dialogue.")
+        with transaction.atomic():
+            locked = Dialogue.objects.select_for_update().get(pk=self.pk)
+            if not locked.is_settled or locked.status == Dialogue.Status.NEEDS_ADJUDICATION:
+                raise ValueError("Only a settled dialogue can be re-opened.")
+            from curation.reviewing import next_version
+
+            next_version(self.pk, locked.version, status=Dialogue.Status.NEEDS_ADJUDICATION)
+            Event.objects.create(
+                dialogue=self,
+                actor=lead,
+                action=Event.Action.REOPENED,
+                before={"status": locked.status, "version": locked.version},
+                after={
+                    "status": Dialogue.Status.NEEDS_ADJUDICATION,
+                    "version": locked.version + 1,
+                    "reason": reason,
+                },
+            )
+            opened = adjudication.open_for(
+                self,
+                [Adjudication.Reason.REOPENED],
+                {"reopened": {"by": lead.get_username(), "reason": reason}},
+            )
+        self.refresh_from_db()
+        return opened
+
     @property
     def source_label(self) -> str:
         return self.label_of_source(self.source_file, self.source_record)
@@ -220,8 +325,8 @@ class Turn(models.Model):
         Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="turns"
     )
     # The turn's final state, written by `curation.settlement` when its dialogue settles (reviewers
-    # agree, or a lead decides) and by nothing else; empty before that.
-    final_text = models.TextField(null=True, blank=True)
+    # agree, or a lead decides) and by nothing else; None (not "") before that.
+    final_text = models.TextField(null=True, blank=True)  # noqa: DJ001
     final_strategy = models.ForeignKey(
         Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="final_turns"
     )
@@ -246,6 +351,11 @@ class Turn(models.Model):
     def current_text(self) -> str:
         """The final text once the dialogue settled, else the text as written."""
         return self.text if self.final_text is None else self.final_text
+
+    @property
+    def current_strategy(self) -> Strategy | None:
+        """The final strategy once the dialogue settled, else the teacher's (or the file's)."""
+        return self.strategy if self.final_text is None else self.final_strategy
 
 
 class Candidate(models.Model):
@@ -355,12 +465,24 @@ class TurnEdit(models.Model):
         return f"edit of turn {self.turn_id}"
 
 
-class AssignmentQuerySet(models.QuerySet["Assignment"]):
+class AssignmentQuerySet(models.QuerySet[Any]):
     def live(self, now: Any = None) -> AssignmentQuerySet:
         """Leases still held: not given back, not run out."""
         from django.utils import timezone
 
         return self.filter(released_at__isnull=True, expires_at__gt=now or timezone.now())
+
+    def crisis_given_today(self, user: Any, now: Any = None) -> int:
+        """Crisis-flagged dialogues this annotator was given since local midnight."""
+        from django.utils import timezone
+
+        now = now or timezone.now()
+        midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (
+            self.filter(annotator=user, created_at__gte=midnight)
+            .exclude(dialogue__safety_status=SafetyStatus.NONE)
+            .count()
+        )
 
 
 class Assignment(models.Model):

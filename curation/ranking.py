@@ -6,28 +6,92 @@ import random
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Count, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
-from curation.models import Candidate, Event, Ranking, SafetyStatus, Turn
+from curation.models import SAFETY_HELD, Candidate, Event, RankHold, Ranking, Turn
+from curation.reviewing import NotAllowed, lease
 
 
-def rankable_for(user: Any) -> QuerySet[Turn]:
-    """Masked turns with candidates that this annotator has not ranked and that still need rankers."""
+def rankable_for(user: Any, now: Any = None) -> QuerySet[Turn]:
+    """Masked turns with candidates that this annotator has not ranked, that no lead settled, and
+    that still have room among their rankers and others' live holds."""
+    now = now or timezone.now()
+    others = (
+        RankHold.objects.live(now)
+        .filter(turn=OuterRef("pk"))
+        .exclude(annotator=user)
+        .order_by()
+        .values("turn")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    rankers = (
+        Ranking.objects.filter(turn=OuterRef("pk"))
+        .order_by()
+        .values("turn")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
-        Turn.objects.filter(candidates__isnull=False)
-        .exclude(dialogue__safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED])
-        .exclude(rankings__annotator=user)
-        .annotate(rankers=Count("rankings", distinct=True))
-        .filter(rankers__lt=settings.REVIEWS_PER_DIALOGUE)
-        .distinct()
+        Turn.objects.filter(Exists(Candidate.objects.filter(turn=OuterRef("pk"))))
+        .exclude(dialogue__safety_status__in=SAFETY_HELD)
+        .exclude(Exists(Ranking.objects.filter(turn=OuterRef("pk"), annotator=user)))
+        .exclude(Exists(Ranking.objects.filter(turn=OuterRef("pk"), adjudicated=True)))
+        .annotate(
+            taken=Coalesce(Subquery(rankers), 0) + Coalesce(Subquery(others), 0),
+        )
+        .filter(taken__lt=settings.REVIEWS_PER_DIALOGUE)
         .order_by("id")
     )
 
 
+def held_turn(user: Any) -> Turn | None:
+    """The masked turn this annotator holds and has not ranked yet, if any. Reads only."""
+    hold = (
+        RankHold.objects.live()
+        .filter(annotator=user)
+        .exclude(turn__rankings__annotator=user)
+        .order_by("id")
+        .first()
+    )
+    return hold.turn if hold else None
+
+
+def claim_next(user: Any) -> Turn | None:
+    """The turn to rank next, held for this annotator (the held one, else a new one)."""
+    now = timezone.now()
+    held = held_turn(user)
+    if held is not None:
+        RankHold.objects.filter(turn=held, annotator=user).update(expires_at=now + lease())
+        return held
+    with transaction.atomic():
+        for pk in rankable_for(user, now).values_list("pk", flat=True)[:20]:
+            rows = Turn.objects.filter(pk=pk)
+            if connection.vendor == "postgresql":
+                rows = rows.select_for_update(skip_locked=True)
+            turn = rows.first()
+            if turn is None or _places_taken(turn, user, now) >= settings.REVIEWS_PER_DIALOGUE:
+                continue
+            RankHold.objects.update_or_create(
+                turn=turn,
+                annotator=user,
+                defaults={"expires_at": now + lease(), "released_at": None},
+            )
+            return turn
+    return None
+
+
+def _places_taken(turn: Turn, user: Any, now: Any) -> int:
+    others = RankHold.objects.live(now).filter(turn=turn).exclude(annotator=user).count()
+    return Ranking.objects.filter(turn=turn).exclude(annotator=user).count() + others
+
+
 def items(turn: Turn, user: Any) -> list[dict[str, Any]]:
     """The replies to rank, in the order this annotator sees them (stable across reloads)."""
-    replies = [{"key": f"t{turn.pk}", "text": turn.text}]
+    replies = [{"key": f"t{turn.pk}", "text": turn.current_text}]
     replies += [{"key": f"c{c.pk}", "text": c.text} for c in Candidate.objects.filter(turn=turn)]
     random.Random(f"{turn.pk}-{user.pk}").shuffle(replies)
     return replies
@@ -61,21 +125,38 @@ def save(
     shown: list[str],
     edited_best: str,
 ) -> bool:
-    """Store once; False if this annotator had ranked this turn already (double submit)."""
+    """Store once; False if this annotator had ranked this turn already (double submit).
+    NotAllowed when they hold no live place for it, or the turn has its rankers already."""
+    now = timezone.now()
     try:
         with transaction.atomic():
+            locked = Turn.objects.select_for_update().get(pk=turn.pk)
+            if Ranking.objects.filter(turn=locked, annotator=user).exists():
+                return False
+            hold = RankHold.objects.live(now).filter(turn=locked, annotator=user).first()
+            if hold is None:
+                raise NotAllowed(
+                    409,
+                    "Your hold on these replies ran out or was never taken, so nothing was "
+                    "saved: take the next replies to rank from the queue.",
+                )
+            if Ranking.objects.filter(turn=locked, adjudicated=True).exists() or (
+                Ranking.objects.filter(turn=locked).count() >= settings.REVIEWS_PER_DIALOGUE
+            ):
+                raise NotAllowed(403, "These replies have all the rankings they need.")
             Ranking.objects.create(
-                turn=turn,
+                turn=locked,
                 annotator=user,
                 order=order,
                 unacceptable=unacceptable,
                 display_order=shown,
                 edited_best=edited_best.strip(),
             )
+            RankHold.objects.filter(pk=hold.pk).update(released_at=now)
             Event.objects.create(
                 dialogue_id=turn.dialogue_id,
                 actor=user,
-                action="ranked",
+                action=Event.Action.RANKED,
                 target=f"turn {turn.index}",
                 after={"order": order, "unacceptable": unacceptable},
             )

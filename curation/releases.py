@@ -27,7 +27,6 @@ import orjson
 from django.db import connections, transaction
 from django.db.models import QuerySet
 
-from curation.adjudication import final_labels
 from curation.models import (
     Candidate,
     Dialogue,
@@ -38,7 +37,6 @@ from curation.models import (
     SafetyStatus,
     Strategy,
     Turn,
-    TurnEdit,
     TurnLabel,
 )
 
@@ -79,9 +77,7 @@ def select(filters: Filters, safety: bool = True) -> QuerySet[Dialogue]:
         dialogues = dialogues.filter(scenario__name__in=filters.scenarios)
     if safety:
         # Crisis-flagged dialogues stay out until a lead clears them; excluded ones for good.
-        dialogues = dialogues.exclude(
-            safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED]
-        )
+        dialogues = dialogues.unflagged()
     if filters.min_agreeing_reviews:
         agreeing = Review.objects.filter(
             submitted_at__isnull=False, decision=Review.Decision.ACCEPT
@@ -269,15 +265,27 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 "source_record",
                 "provenance",
                 "safety_status",
+                "settled_at",
             )
         )
     }
-    # (pk, dialogue_id, index, role, text, the teacher's or importer's strategy)
-    turns: dict[int, list[tuple[int, int, int, str, str, str | None]]] = defaultdict(list)
+    # (pk, dialogue_id, index, role, text as written, the teacher's or importer's strategy,
+    # final text, final strategy): the final state is stored when the dialogue settles
+    # (curation.settlement); a dialogue not settled is taken as written.
+    turns: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in _rows(
         Turn.objects.filter(**_among("dialogue__pk", ids))
         .order_by("dialogue_id", "index")
-        .values_list("pk", "dialogue_id", "index", "role", "text", "strategy__name")
+        .values_list(
+            "pk",
+            "dialogue_id",
+            "index",
+            "role",
+            "text",
+            "strategy__name",
+            "final_text",
+            "final_strategy__name",
+        )
     ):
         turns[row[1]].append(row)
     votes: dict[int, Counter[str | None]] = defaultdict(Counter)
@@ -287,7 +295,6 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
         ).values_list("turn_id", "strategy__name")
     ):
         votes[turn_id][name] += 1
-    decided = final_labels(ids)
     reviews = Counter(
         Review.objects.filter(
             **_among("dialogue__pk", ids), submitted_at__isnull=False
@@ -336,21 +343,20 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                         "unacceptable": ranking.unacceptable,
                     }
                 )
-    edits: dict[int, dict[int, dict[str, str]]] = defaultdict(dict)
-    for edit in (
-        TurnEdit.objects.filter(**_among("turn__dialogue__pk", ids))
-        .select_related("turn")
-        .order_by("id")
-    ):
-        first = edits[edit.turn.dialogue_id].setdefault(edit.turn.index, {"before": edit.before})
-        first["after"] = edit.after
-
     result = {}
     for pk in ids:
-        _, scene, description, origin, source_file, source_record, provenance, safety_status = (
-            dialogues[pk]
-        )
-        lead = decided.get(pk)  # the lead's adjudicated labels, when there are any
+        (
+            _,
+            scene,
+            description,
+            origin,
+            source_file,
+            source_record,
+            provenance,
+            safety_status,
+            settled_at,
+        ) = dialogues[pk]
+        was_settled = settled_at is not None
         result[pk] = {
             "id": pk,
             "scene": scene,
@@ -364,21 +370,21 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 {
                     "index": index,
                     "role": role,
-                    "text": text,
+                    "text": final_text if was_settled and final_text is not None else text,
                     "strategy": None
                     if role != SUPPORTER
-                    else strategy
-                    if lead is None and turn_pk not in votes
-                    else final_label(
-                        strategy, votes.get(turn_pk), lead.get(str(index)) if lead else None
-                    ),
+                    else (final_strategy if was_settled else strategy),
                     "teacher_strategy": strategy,
                 }
-                for turn_pk, _, index, role, text, strategy in turns[pk]
+                for _, _, index, role, text, strategy, final_text, final_strategy in turns[pk]
             ],
             "candidates": candidates.get(pk, []),
             "rankings": rankings.get(pk, []),
-            "edits": [{"turn_index": i, **e} for i, e in sorted(edits.get(pk, {}).items())],
+            "edits": [
+                {"turn_index": index, "before": text, "after": final_text}
+                for _, _, index, _, text, _, final_text, _ in turns[pk]
+                if was_settled and final_text is not None and final_text != text
+            ],
             "label_votes": {
                 str(row[2]): {
                     name or "": n
@@ -389,22 +395,6 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             },
         }
     return result
-
-
-def final_label(
-    teacher: str | None,
-    votes: Counter[str | None] | None,
-    lead: str | None = None,
-) -> str | None:
-    """A lead's adjudicated label ("" for none); else the annotators' majority label, and on a
-    tie the teacher's label if it is among the tied."""
-    if lead is not None:
-        return lead or None
-    if not votes:
-        return teacher
-    top = max(votes.values())
-    tied = sorted((name for name, n in votes.items() if n == top), key=lambda n: n or "")
-    return teacher if teacher in tied else tied[0]
 
 
 # ---- files ----------------------------------------------------------------------------------

@@ -59,7 +59,9 @@ def _decide(dialogue: Dialogue, lead: Any, note: str, status: str) -> None:
         Event.objects.create(
             dialogue=locked,
             actor=lead,
-            action=f"safety {status}",
+            action=Event.Action.SAFETY_CLEARED
+            if status == SafetyStatus.CLEARED
+            else Event.Action.SAFETY_EXCLUDED,
             before={"safety_status": locked.safety_status},
             after={"safety_status": status, "note": note},
         )

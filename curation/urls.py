@@ -8,16 +8,18 @@ urlpatterns = [
     # /dialogues/
     path("dialogues/", views.dialogue_list, name="curation-dialogue-list"),
     path("dialogues/<int:pk>/", views.dialogue_detail, name="curation-dialogue-detail"),
+    path("dialogues/<int:pk>/reopen/", views.dialogue_reopen, name="curation-dialogue-reopen"),
     # /review/
     path("review/", views.review_home, name="curation-review-home"),
     path("review/next/", views.review_next, name="curation-review-next"),
-    path("review/continue/", views.review_next, name="curation-review-next-get"),
+    path("review/continue/", views.review_continue, name="curation-review-next-get"),
     path("review/<int:pk>/", views.review, name="curation-review"),
     path("review/<int:pk>/label/", views.review_label, name="curation-review-label"),
     path("review/<int:pk>/edit/", views.review_edit, name="curation-review-edit"),
     path("review/<int:pk>/draft/", views.review_draft, name="curation-review-draft"),
     path("review/<int:pk>/submit/", views.review_submit, name="curation-review-submit"),
     path("review/<int:pk>/skip/", views.review_skip, name="curation-review-skip"),
+    path("review/<int:pk>/renew/", views.review_renew, name="curation-review-renew"),
     # /releases/
     path("releases/", release_views.release_list, name="curation-release-list"),
     path("releases/new/", release_views.release_new, name="curation-release-new"),

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -19,15 +18,18 @@ from django_htmx.middleware import HtmxDetails
 from curation import ranking, reviewing
 from curation.diffs import word_diff
 from curation.models import (
+    SAFETY_HELD,
     Assignment,
     Dialogue,
     DialogueQuerySet,
+    Event,
+    RankHold,
     Ranking,
     Review,
-    SafetyStatus,
     Scenario,
     Strategy,
     Turn,
+    TurnEdit,
 )
 from curation.roles import is_lead
 
@@ -49,13 +51,19 @@ def _dialogues_for_user(request: HttpRequest) -> DialogueQuerySet:
     user = cast(User, request.user)
     if is_lead(user):
         return Dialogue.objects.all()
-    now = timezone.now()
     mine = Q(pk__in=Review.objects.filter(annotator=user).values("dialogue_id")) | Q(
-        pk__in=Assignment.objects.filter(
-            annotator=user, released_at__isnull=True, expires_at__gt=now
-        ).values("dialogue_id")
+        pk__in=Assignment.objects.live().filter(annotator=user).values("dialogue_id")
     )
     return Dialogue.objects.filter(mine)
+
+
+# What an annotator is shown of a dialogue's status: that the reviews disagreed is not theirs to
+# know (reviews are blind until the dialogue settles).
+_BLIND_STATUS = {Dialogue.Status.NEEDS_ADJUDICATION: Dialogue.Status.IN_REVIEW}
+
+
+def _shown_status(user: Any, status: str) -> str:
+    return status if is_lead(user) else _BLIND_STATUS.get(status, status)  # type: ignore[call-overload]
 
 
 def _filtered(request: HttpRequest) -> tuple[QuerySet[Dialogue], dict[str, Any]]:
@@ -90,8 +98,19 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )
+    lead = is_lead(request.user)
+    if not lead:
+        blind: dict[str, int] = {}
+        for status, n in status_counts.items():
+            shown = _shown_status(request.user, status)
+            blind[shown] = blind.get(shown, 0) + n
+        status_counts = blind
     if filters["status"]:
-        dialogues = dialogues.filter(status=filters["status"])
+        hidden = [s for s, shown in _BLIND_STATUS.items() if shown == filters["status"]]
+        if lead or filters["status"] not in _BLIND_STATUS:
+            dialogues = dialogues.filter(status__in=[filters["status"], *([] if lead else hidden)])
+        else:
+            dialogues = dialogues.none()
 
     # Keyset pagination on id (newest first): `before` walks to older rows, `after` back to newer.
     per_page = settings.DIALOGUES_PER_PAGE
@@ -119,6 +138,8 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
         has_older = len(rows) > per_page
         rows = rows[:per_page]
         has_newer = before is not None
+    for row in rows:  # shown, never saved
+        row.status = _shown_status(request.user, row.status)
 
     cap = settings.DIALOGUE_COUNT_CAP
     total = dialogues.order_by()[: cap + 1].count()
@@ -129,13 +150,15 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
         "total": min(total, cap),
         "total_capped": total > cap,
         "status_counts": [
-            (value, label, status_counts.get(value, 0)) for value, label in Dialogue.Status.choices
+            (value, label, status_counts.get(value, 0))
+            for value, label in Dialogue.Status.choices
+            if lead or value not in _BLIND_STATUS
         ],
         "all_count": sum(status_counts.values()),
         "newer_cursor": rows[0].pk if rows and has_newer else None,
         "older_cursor": rows[-1].pk if rows and has_older else None,
         "scenarios": Scenario.objects.order_by("-is_official", "name"),
-        "statuses": Dialogue.Status.choices,
+        "statuses": [c for c in Dialogue.Status.choices if lead or c[0] not in _BLIND_STATUS],
         "origins": Dialogue.Origin.choices,
     }
     template = "curation/dialogue_list.html"
@@ -151,25 +174,32 @@ def _query_string(filters: dict[str, Any]) -> str:
 @require_GET
 @login_required
 def dialogue_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    turns = Prefetch("turns", queryset=Turn.objects.select_related("strategy").order_by("index"))
+    turns = Prefetch(
+        "turns",
+        queryset=Turn.objects.select_related("strategy", "final_strategy").order_by("index"),
+    )
     dialogue = get_object_or_404(
         _dialogues_for_user(request).select_related("scenario").prefetch_related(turns), pk=pk
     )
+    lead = is_lead(request.user)
     events = dialogue.events.select_related("actor")
-    if not is_lead(request.user):
-        # Reviews are blind: only leads see who decided what.
-        events = events.exclude(action__in=["reviewed", "claimed", "skipped"])
+    if not lead:
+        # Reviews are blind: an annotator sees only their own actions.
+        events = events.filter(actor=cast(User, request.user))
+        dialogue.status = _shown_status(request.user, dialogue.status)  # shown, never saved
     history = [
         {
             "event": event,
             "diff": word_diff(event.before.get("text", ""), event.after.get("text", ""))
-            if event.action == "edited" and event.before and event.after
+            if event.action == Event.Action.PROPOSED_EDIT and event.before and event.after
             else None,
         }
         for event in events
     ]
     return render(
-        request, "curation/dialogue_detail.html", {"dialogue": dialogue, "history": history}
+        request,
+        "curation/dialogue_detail.html",
+        {"dialogue": dialogue, "history": history, "lead": lead},
     )
 
 
@@ -190,32 +220,35 @@ def _get_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Revie
     dialogue = get_object_or_404(Dialogue.objects.select_related("scenario"), pk=pk)
     user = cast(User, request.user)
     review = Review.objects.filter(dialogue=dialogue, annotator=user).first()
-    holds = Assignment.objects.filter(
-        dialogue=dialogue,
-        annotator=user,
-        released_at__isnull=True,
-        expires_at__gt=timezone.now(),
-    ).exists()
+    holds = Assignment.objects.live().filter(dialogue=dialogue, annotator=user).exists()
     if not (holds or review or is_lead(user)):
         raise Http404("No dialogue of yours here.")
     return dialogue, review
 
 
-def _get_rw_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Review]:
-    """For changes: the user must hold the dialogue (or be a lead), and gets their draft."""
-    dialogue, review = _get_review_for_user(request, pk)
-    if review is not None and review.is_submitted:
-        raise PermissionDenied("This review was already submitted.")
-    reviewing.renew(dialogue, request.user)
-    return dialogue, review or reviewing.draft_for(dialogue, request.user)
+def _refused(
+    request: HtmxHttpRequest, dialogue: Dialogue, refused: reviewing.NotAllowed
+) -> HttpResponse:
+    """A write the user may not make now: nothing changed, and the page says why."""
+    context = {"dialogue": dialogue, "message": refused.message, "status": refused.status}
+    if request.htmx:
+        response = render(request, "curation/review.html#refused", context, status=refused.status)
+        response["HX-Retarget"] = "#review-alert"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    return render(request, "curation/review_refused.html", context, status=refused.status)
 
 
 def _review_context(
     request: HttpRequest, dialogue: Dialogue, review: Review | None
 ) -> dict[str, Any]:
-    labels = {}
+    """The review page as this annotator sees it: the texts as written with their own proposals,
+    their own labels (else the teacher's suggestion), nothing of anyone else's review."""
+    labels: dict[int, int | None] = {}
+    proposals: dict[int, str] = {}
     if review is not None:
         labels = dict(review.labels.values_list("turn_id", "strategy_id"))
+        proposals = dict(TurnEdit.objects.filter(review=review).values_list("turn_id", "after"))
     strategies = list(Strategy.objects.filter(taxonomy="extes").order_by("-extes_share", "name"))
     turns = list(dialogue.turns.select_related("strategy").order_by("index"))
     by_id = {s.pk: s for s in strategies}
@@ -227,8 +260,13 @@ def _review_context(
                 "turn": turn,
                 "chosen": by_id.get(chosen) if chosen else None,
                 "confirmed": turn.pk in labels,
+                "text": proposals.get(turn.pk, turn.text),
+                "proposed": turn.pk in proposals,
             }
         )
+    user = cast(User, request.user)
+    holds = Assignment.objects.live().filter(dialogue=dialogue, annotator=user).exists()
+    submitted = bool(review and review.is_submitted)
     return {
         "dialogue": dialogue,
         "review": review,
@@ -236,7 +274,11 @@ def _review_context(
         "strategies": strategies,
         "flags": Review.Flag.choices,
         "reject_reasons": REJECT_REASONS,
-        "submitted": bool(review and review.is_submitted),
+        "submitted": submitted,
+        # Writable only with a live hold on a dialogue still in review (leads included).
+        "writable": holds and not submitted and dialogue.status in Dialogue.OPEN,
+        "hold_lost": not holds and not submitted and review is not None,
+        "renew_every": max(60, settings.REVIEW_LEASE_MINUTES * 60 // 3),
     }
 
 
@@ -247,7 +289,7 @@ def review_home(request: HttpRequest) -> HttpResponse:
     held = reviewing.held_by(user)
     context = {
         "held": held,
-        "available": reviewing.available_for(user).count(),
+        "available": Dialogue.objects.reviewable_by(user).count(),
         "rankable": ranking.rankable_for(user).count(),
         "done_today": Review.objects.filter(
             annotator=user, submitted_at__date=timezone.now().date()
@@ -259,11 +301,14 @@ def review_home(request: HttpRequest) -> HttpResponse:
     return render(request, "curation/review_home.html", context)
 
 
-@require_http_methods(["GET", "POST"])
+@require_POST
 @login_required
 def review_next(request: HttpRequest) -> HttpResponse:
-    """The next dialogue to review: a POST from "Start reviewing", or a GET after a submit
-    (so reloading that page is harmless)."""
+    """Claim the next dialogue to review ("Start reviewing"): a POST, as it changes the queue."""
+    return _to_next(request)
+
+
+def _to_next(request: HttpRequest) -> HttpResponse:
     dialogue = reviewing.claim_next(request.user)
     if dialogue is None:
         messages.info(request, "Nothing left to review for you right now. Thank you!")
@@ -273,15 +318,32 @@ def review_next(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
+def review_continue(request: HttpRequest) -> HttpResponse:
+    """Back to the dialogue this annotator holds, if any, else the review home. Claims nothing."""
+    held = reviewing.held_by(request.user)
+    if held is not None:
+        return redirect("curation-review", held.pk)
+    return redirect("curation-review-home")
+
+
+@require_GET
+@login_required
 def review(request: HttpRequest, pk: int) -> HttpResponse:
     dialogue, existing = _get_review_for_user(request, pk)
     return render(request, "curation/review.html", _review_context(request, dialogue, existing))
 
 
+def _turn_response(request: HtmxHttpRequest, dialogue: Dialogue, turn: Turn) -> HttpResponse:
+    review = Review.objects.filter(dialogue=dialogue, annotator=cast(User, request.user)).first()
+    context = _review_context(request, dialogue, review)
+    row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
+    return render(request, "curation/review.html#turn", {**context, "row": row})
+
+
 @require_POST
 @login_required
 def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    dialogue, draft = _get_rw_review_for_user(request, pk)
+    dialogue, _ = _get_review_for_user(request, pk)
     turn = get_object_or_404(
         Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue, role=Turn.Role.SUPPORTER
     )
@@ -289,31 +351,36 @@ def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     strategy = (
         get_object_or_404(Strategy, pk=strategy_id, taxonomy="extes") if strategy_id else None
     )
-    reviewing.set_label(draft, turn, strategy)
+    try:
+        reviewing.set_label(dialogue, request.user, turn, strategy)
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
     if request.htmx:
-        context = _review_context(request, dialogue, draft)
-        row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
-        return render(request, "curation/review.html#turn", {**context, "row": row})
+        return _turn_response(request, dialogue, turn)
     return redirect("curation-review", dialogue.pk)
 
 
 @require_POST
 @login_required
 def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    dialogue, draft = _get_rw_review_for_user(request, pk)
+    dialogue, _ = _get_review_for_user(request, pk)
     turn = get_object_or_404(Turn, pk=_int_or_none(request.POST.get("turn")), dialogue=dialogue)
     text = request.POST.get("text", "").strip()
     version = _int_or_none(request.POST.get("version")) or 0
     if not text:
         return HttpResponse("A turn cannot be empty.", status=400)
     try:
-        dialogue = reviewing.edit_turn(
-            turn, text, version, request.user, draft, request.POST.get("reason", "")[:300]
+        reviewing.propose_edit(
+            dialogue, request.user, turn, text, version, request.POST.get("reason", "")[:300]
         )
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
     except reviewing.StaleVersion as stale:
-        turn.refresh_from_db()
+        review = Review.objects.filter(
+            dialogue=dialogue, annotator=cast(User, request.user)
+        ).first()
         context = {
-            **_review_context(request, dialogue, draft),
+            **_review_context(request, dialogue, review),
             "turn": turn,
             "mine": text,
             "stale": stale,
@@ -325,29 +392,41 @@ def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return render(request, template, context, status=409)
     if not request.htmx:
         return redirect("curation-review", dialogue.pk)
-    context = _review_context(request, dialogue, draft)
-    row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
-    response = render(request, "curation/review.html#turn", {**context, "row": row})
-    response["HX-Trigger"] = json.dumps({"dialogueVersion": dialogue.version})
-    return response
+    return _turn_response(request, dialogue, turn)
 
 
 @require_POST
 @login_required
-def review_draft(request: HttpRequest, pk: int) -> HttpResponse:
+def review_draft(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Autosave of the notes while typing."""
-    _, draft = _get_rw_review_for_user(request, pk)
-    Review.objects.filter(pk=draft.pk).update(notes=request.POST.get("notes", "")[:5000])
+    dialogue, _ = _get_review_for_user(request, pk)
+    try:
+        reviewing.save_notes(dialogue, request.user, request.POST.get("notes", "")[:5000])
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
     return HttpResponse(status=204)
 
 
 @require_POST
 @login_required
-def review_submit(request: HttpRequest, pk: int) -> HttpResponse:
+def review_renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The open review page keeps its hold alive every few minutes."""
+    dialogue, _ = _get_review_for_user(request, pk)
+    try:
+        reviewing.renew(dialogue, request.user)
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
+    return HttpResponse(status=204)
+
+
+@require_POST
+@login_required
+def review_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     dialogue, existing = _get_review_for_user(request, pk)
     if existing is not None and existing.is_submitted:
         # A double click, a retried request or the back button: the review exists already.
-        return redirect("curation-review-next-get")
+        messages.info(request, f"Your review of dialogue #{dialogue.pk} is saved.")
+        return _to_next(request)
     decision = request.POST.get("decision", "")
     reasons = [r for r in request.POST.getlist("reasons") if r in dict(REJECT_REASONS)]
     flags = [f for f in request.POST.getlist("flags") if f in Review.Flag.values]
@@ -357,45 +436,82 @@ def review_submit(request: HttpRequest, pk: int) -> HttpResponse:
     if decision == Review.Decision.REJECT and not reasons:
         messages.error(request, "Say why you reject it: pick at least one reason.")
         return redirect("curation-review", dialogue.pk)
-    draft = existing or reviewing.draft_for(dialogue, request.user)
-    reviewing.submit(draft, decision, reasons, flags, request.POST.get("notes", "")[:5000])
-    return redirect("curation-review-next-get")
+    notes = request.POST.get("notes", "")[:5000]
+    try:
+        reviewing.submit(dialogue, request.user, decision, reasons, flags, notes)
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
+    # Saved, not how the dialogue settled: reviews stay blind.
+    messages.success(request, f"Your review of dialogue #{dialogue.pk} is saved.")
+    return _to_next(request)
 
 
 @require_POST
 @login_required
-def review_skip(request: HttpRequest, pk: int) -> HttpResponse:
+def review_skip(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     dialogue, _ = _get_review_for_user(request, pk)
-    reviewing.skip(dialogue, request.user)
+    try:
+        reviewing.skip(dialogue, request.user)
+    except reviewing.NotAllowed as refused:
+        return _refused(request, dialogue, refused)
     messages.info(request, f"Skipped dialogue #{dialogue.pk}. It will not be shown to you again.")
-    return redirect("curation-review-next-get")
+    return _to_next(request)
+
+
+@require_POST
+@login_required
+def dialogue_reopen(request: HttpRequest, pk: int) -> HttpResponse:
+    """A lead sends a settled dialogue back to adjudication, with a reason."""
+    if not is_lead(request.user):
+        raise PermissionDenied("Only leads can re-open a settled dialogue.")
+    dialogue = get_object_or_404(Dialogue, pk=pk)
+    try:
+        opened = dialogue.reopen(request.user, request.POST.get("reason", "")[:1000])
+    except ValueError as problem:
+        messages.error(request, f"Dialogue #{pk}: {problem}")
+        return redirect("curation-dialogue-detail", pk)
+    except reviewing.StaleVersion:
+        messages.error(request, f"Dialogue #{pk} changed meanwhile: look again, then re-open it.")
+        return redirect("curation-dialogue-detail", pk)
+    messages.success(request, f"Dialogue #{pk} is back in adjudication; your reason is kept.")
+    return redirect("curation-adjudication", opened.pk)
 
 
 # ---- ranking -----------------------------------------------------------------------------------
 
 
 def _get_rank_turn_for_user(request: HttpRequest, pk: int) -> Turn:
-    """A masked turn this user may rank now: it has candidates and they have not ranked it."""
+    """A masked turn this user holds for ranking, or ranked already (leads may open any)."""
     user = cast(User, request.user)
     turn = (
         Turn.objects.select_related("dialogue__scenario", "strategy")
         .filter(pk=pk, role=Turn.Role.SUPPORTER, candidates__isnull=False)
         .first()
     )
-    if turn is None or (
-        turn.dialogue.safety_status in (SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED)
-        and not is_lead(user)
-    ):
+    if turn is None:
+        raise Http404("Nothing to rank here.")
+    if is_lead(user):
+        return turn
+    mine = (
+        RankHold.objects.filter(turn=turn, annotator=user).exists()
+        or Ranking.objects.filter(turn=turn, annotator=user).exists()
+    )
+    if not mine or turn.dialogue.safety_status in SAFETY_HELD:
         raise Http404("Nothing to rank here.")
     return turn
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 @login_required
 def rank_next(request: HttpRequest) -> HttpResponse:
-    turn = ranking.rankable_for(request.user).first()
+    """POST takes the next replies to rank from the queue; GET goes back to held ones."""
+    if request.method == "POST":
+        turn = ranking.claim_next(request.user)
+    else:
+        turn = ranking.held_turn(request.user)
     if turn is None:
-        messages.info(request, "No replies are waiting to be ranked by you.")
+        if request.method == "POST":
+            messages.info(request, "No replies are waiting to be ranked by you.")
         return redirect("curation-review-home")
     return redirect("curation-rank", turn.pk)
 
@@ -407,27 +523,35 @@ def rank(request: HttpRequest, pk: int) -> HttpResponse:
     user = cast(User, request.user)
     shown = ranking.items(turn, user)
     done = Ranking.objects.filter(turn=turn, annotator=user).first()
-    error = ""
+    error = refused = ""
+    status = 200
     if request.method == "POST" and done is None:
         try:
             order, unacceptable = ranking.parse(request.POST, shown)
         except ValueError as exc:
             error = str(exc)
         else:
-            ranking.save(
-                turn,
-                user,
-                order,
-                unacceptable,
-                [i["key"] for i in shown],
-                request.POST.get("edited_best", "")[:2000],
-            )
-            return redirect("curation-rank-next")
+            try:
+                ranking.save(
+                    turn,
+                    user,
+                    order,
+                    unacceptable,
+                    [i["key"] for i in shown],
+                    request.POST.get("edited_best", "")[:2000],
+                )
+            except reviewing.NotAllowed as not_allowed:
+                refused, status = not_allowed.message, not_allowed.status
+            else:
+                messages.success(request, "Your ranking is saved.")
+                return _rank_following(request)
     elif request.method == "POST":
-        return redirect("curation-rank-next")  # submitted before: a double click or a retry
+        return _rank_following(request)  # submitted before: a double click or a retry
     before, after = ranking.context_turns(turn)
     for item in shown:  # after an error, what was typed stays in the form
         item["posted"] = request.POST.get(f"rank-{item['key']}", "") if error else ""
+        item["bad"] = bool(request.POST.get(f"bad-{item['key']}")) if error else False
+    holds = RankHold.objects.live().filter(turn=turn, annotator=user).exists()
     return render(
         request,
         "curation/rank.html",
@@ -438,5 +562,17 @@ def rank(request: HttpRequest, pk: int) -> HttpResponse:
             "items": shown,
             "done": done,
             "error": error,
+            "refused": refused,
+            "holds": holds and not refused,
+            "edited_best": request.POST.get("edited_best", "") if error else "",
         },
+        status=status,
     )
+
+
+def _rank_following(request: HttpRequest) -> HttpResponse:
+    turn = ranking.claim_next(request.user)
+    if turn is None:
+        messages.info(request, "No more replies are waiting to be ranked by you. Thank you!")
+        return redirect("curation-review-home")
+    return redirect("curation-rank", turn.pk)

@@ -80,12 +80,12 @@ def _plan_dri(job: GenerationJob) -> None:
     for dialogue in dialogues.order_by("id")[: job.dri_dialogue_limit]:
         supporter = list(
             dialogue.turns.filter(role=Turn.Role.SUPPORTER)
-            .select_related("strategy")
+            .select_related("strategy", "final_strategy")
             .order_by("index")
         )
         chosen = inpainting.choose_turns(
             [t.index for t in supporter],
-            [t.strategy.name if t.strategy else None for t in supporter],
+            [_strategy_of(t) for t in supporter],
             job.dri_mask,
             job.dri_turns_per_dialogue,
             job.dri_strategies,
@@ -194,16 +194,22 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
             _record(unit, produced.failures, produced.attempts, produced.usage, None, created=0)
 
 
+def _strategy_of(turn: Turn) -> str | None:
+    """A supporter turn's strategy: the final one once its dialogue settled (human-reviewed)."""
+    chosen = turn.current_strategy
+    return chosen.name if chosen else None
+
+
 def _run_dri_unit(unit: GenerationUnit) -> None:
     job = unit.job
     turn = unit.turn
     assert turn is not None
     teacher = get_teacher(TeacherConfig(**job.teacher))
     context = [
-        inpainting.ContextTurn(t.role, t.text)
+        inpainting.ContextTurn(t.role, t.current_text)
         for t in Turn.objects.filter(dialogue_id=turn.dialogue_id).order_by("index")
     ]
-    strategy = turn.strategy.name if turn.strategy else "whichever strategy fits best"
+    strategy = _strategy_of(turn) or "whichever strategy fits best"
     dedupe = (
         _embedding_deduplicate(job.duplicate_threshold)
         if job.duplicate_threshold is not None
@@ -226,7 +232,12 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
     with writing(), transaction.atomic():
         if unit.still_mine():
             Candidate.objects.bulk_create(
-                Candidate(turn=turn, text=text, strategy=turn.strategy, provenance=provenance)
+                Candidate(
+                    turn=turn,
+                    text=text,
+                    strategy=turn.current_strategy,
+                    provenance=provenance,
+                )
                 for text in result.texts
             )
         _record(
@@ -302,7 +313,6 @@ def _store_dialogue(
         raw={"output": raw},
         repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
         provenance=provenance,
-        crisis_flag=crisis.flagged,
         safety_status=SafetyStatus.FLAGGED if crisis.flagged else SafetyStatus.NONE,
         safety_notes=(
             {
@@ -351,7 +361,8 @@ def _provenance(
 def _examples(
     scenario: Scenario, job: GenerationJob, round_number: int, rng: random.Random
 ) -> list[dict[str, Any]]:
-    """Round 1: the scenario's seeds. Later rounds: seeds plus dialogues accepted since."""
+    """Round 1: the scenario's seeds. Later rounds: seeds plus dialogues accepted since, in
+    their final state (labels and texts as reviewers and leads settled them)."""
     pool = _example_pool(scenario.pk, later=round_number > 1)
     chosen = rng.sample(pool, min(job.examples_per_prompt, len(pool)))
     missing = [pk for pk in chosen if pk not in _example_records]
@@ -376,10 +387,10 @@ def _example_pool(scenario_id: int, later: bool) -> list[int]:
         return cached[1]
     pool = Dialogue.objects.filter(scenario_id=scenario_id)
     if later:
-        pool = pool.filter(
-            Q(origin=Dialogue.Origin.SEED)
-            | Q(origin=Dialogue.Origin.GENERATED, status=Dialogue.Status.ACCEPTED)
+        accepted = Dialogue.objects.releasable().filter(
+            origin=Dialogue.Origin.GENERATED, status=Dialogue.Status.ACCEPTED
         )
+        pool = pool.filter(Q(origin=Dialogue.Origin.SEED) | Q(pk__in=accepted.values("pk")))
     else:
         pool = pool.filter(origin=Dialogue.Origin.SEED)
     ids = sorted(pool.values_list("pk", flat=True))
