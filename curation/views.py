@@ -220,8 +220,8 @@ def _get_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Revie
     dialogue = get_object_or_404(Dialogue.objects.select_related("scenario"), pk=pk)
     user = cast(User, request.user)
     review = Review.objects.filter(dialogue=dialogue, annotator=user).first()
-    holds = Assignment.objects.live().filter(dialogue=dialogue, annotator=user).exists()
-    if not (holds or review or is_lead(user)):
+    held = Assignment.objects.filter(dialogue=dialogue, annotator=user, skipped=False).exists()
+    if not (held or review or is_lead(user)):
         raise Http404("No dialogue of yours here.")
     return dialogue, review
 
@@ -266,6 +266,7 @@ def _review_context(
         )
     user = cast(User, request.user)
     holds = Assignment.objects.live().filter(dialogue=dialogue, annotator=user).exists()
+    held = Assignment.objects.filter(dialogue=dialogue, annotator=user, skipped=False).exists()
     submitted = bool(review and review.is_submitted)
     return {
         "dialogue": dialogue,
@@ -277,7 +278,7 @@ def _review_context(
         "submitted": submitted,
         # Writable only with a live hold on a dialogue still in review (leads included).
         "writable": holds and not submitted and dialogue.status in Dialogue.OPEN,
-        "hold_lost": not holds and not submitted and review is not None,
+        "hold_lost": held and not holds and not submitted and dialogue.status in Dialogue.OPEN,
         "renew_every": max(60, settings.REVIEW_LEASE_MINUTES * 60 // 3),
     }
 
@@ -352,7 +353,7 @@ def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         get_object_or_404(Strategy, pk=strategy_id, taxonomy="extes") if strategy_id else None
     )
     try:
-        reviewing.set_label(dialogue, request.user, turn, strategy)
+        reviewing.set_label(reviewing.draft_for(dialogue, request.user), turn, strategy)
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     if request.htmx:
@@ -371,7 +372,11 @@ def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return HttpResponse("A turn cannot be empty.", status=400)
     try:
         reviewing.propose_edit(
-            dialogue, request.user, turn, text, version, request.POST.get("reason", "")[:300]
+            reviewing.draft_for(dialogue, request.user),
+            turn,
+            text,
+            version,
+            request.POST.get("reason", "")[:300],
         )
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
@@ -401,7 +406,9 @@ def review_draft(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Autosave of the notes while typing."""
     dialogue, _ = _get_review_for_user(request, pk)
     try:
-        reviewing.save_notes(dialogue, request.user, request.POST.get("notes", "")[:5000])
+        reviewing.save_notes(
+            reviewing.draft_for(dialogue, request.user), request.POST.get("notes", "")[:5000]
+        )
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     return HttpResponse(status=204)
@@ -438,7 +445,9 @@ def review_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return redirect("curation-review", dialogue.pk)
     notes = request.POST.get("notes", "")[:5000]
     try:
-        reviewing.submit(dialogue, request.user, decision, reasons, flags, notes)
+        reviewing.submit(
+            reviewing.draft_for(dialogue, request.user), decision, reasons, flags, notes
+        )
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     # Saved, not how the dialogue settled: reviews stay blind.

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from curation import ranking, reviewing, safety
+from curation import adjudication, ranking, reviewing, safety
 from curation.models import (
     Adjudication,
     Candidate,
@@ -90,10 +90,13 @@ def test_accept_vs_reject_goes_to_a_lead_who_settles_it(client, pair, lead):
     dialogue.refresh_from_db()
     adj.refresh_from_db()
     assert dialogue.status == Dialogue.Status.ACCEPTED
-    assert dialogue.version == 3  # one edit, then the decision
+    assert dialogue.version == 2 and dialogue.is_settled  # the decision is one new version
     assert not adj.is_open and adj.resolved_by == lead and adj.decision == "accept"
     assert adj.labels[str(turn.index)] == "Reflective Statements"
-    assert Turn.objects.get(pk=turn.pk).text == "That sounds exhausting. I'm here with you."
+    stored = Turn.objects.get(pk=turn.pk)
+    assert stored.final_text == "That sounds exhausting. I'm here with you."
+    assert stored.final_strategy.name == "Reflective Statements"
+    assert stored.text == turn.text  # the text as written is kept
     logged = Event.objects.filter(dialogue=dialogue, action="adjudicated").get()
     assert logged.actor == lead and logged.after["note"].startswith("Realistic")
     # The release uses the lead's label and text.
@@ -127,31 +130,36 @@ def test_two_acceptances_with_different_labels_need_a_lead_but_two_rejections_do
     assert not Adjudication.objects.filter(dialogue=other).exists()
 
 
-def test_an_unlabelled_turn_counts_as_keeping_the_teachers_label(pair):
+def test_an_untouched_turn_is_no_vote(pair):
     a, b = pair
     dialogue = claimed(pair)
     turn = first_supporter(dialogue)
-    review(a, dialogue, "accept", {turn.index: turn.strategy.name})  # confirmed explicitly
-    review(b, dialogue, "accept")  # left as it was
+    other = "Offer Hope" if turn.strategy.name != "Offer Hope" else "Affirmation"
+    review(a, dialogue, "accept", {turn.index: other})  # relabelled explicitly
+    review(b, dialogue, "accept")  # left as it was: not a vote for the teacher
     dialogue.refresh_from_db()
     assert dialogue.status == Dialogue.Status.ACCEPTED
+    assert Turn.objects.get(pk=turn.pk).final_strategy.name == other
 
 
 def test_a_stale_decision_is_refused_and_keeps_what_the_lead_chose(client, pair, lead):
     dialogue = claimed(pair)
     review(pair[0], dialogue, "accept")
     review(pair[1], dialogue, "reject")
-    adj = Adjudication.objects.get(dialogue=dialogue)
+    first = Adjudication.objects.get(dialogue=dialogue)
     loaded_version = Dialogue.objects.get(pk=dialogue.pk).version
-    # Another lead edits a turn meanwhile.
-    reviewing.edit_turn(first_supporter(dialogue), "Changed meanwhile.", loaded_version, lead, None)
+    # Another lead settles it and re-opens it meanwhile; this lead's page is from before.
+    other = User.objects.create_user("lou")
+    other.groups.add(Group.objects.get(name="lead"))
+    adjudication.resolve(first, other, loaded_version, adjudication.Decision("accept", note="ok"))
+    adj = Dialogue.objects.get(pk=dialogue.pk).reopen(other, "second thoughts")
     client.force_login(lead)
     response = client.post(
         reverse("curation-adjudication", args=[adj.pk]),
         {"version": loaded_version, "decision": "reject", "note": "Keep this note please"},
     )
     assert response.status_code == 409
-    assert b"Someone changed this dialogue" in response.content
+    assert b"Someone changed this dialogue" in response.content and b"lou" in response.content
     assert b"Keep this note please" in response.content
     adj.refresh_from_db()
     assert adj.is_open
@@ -180,6 +188,7 @@ def test_conflicting_rankings_are_settled_by_the_leads_best_reply(client, pair, 
     one = Candidate.objects.create(turn=turn, text="A first other reply.", provenance={})
     two = Candidate.objects.create(turn=turn, text="A second other reply.", provenance={})
     keys = [f"t{turn.pk}", f"c{one.pk}", f"c{two.pk}"]
+    assert ranking.claim_next(a) == ranking.claim_next(b) == turn  # from the queue
     assert ranking.save(turn, a, [[f"c{one.pk}"], [f"t{turn.pk}"], [f"c{two.pk}"]], [], keys, "")
     assert not Adjudication.objects.exists()
     assert ranking.save(turn, b, [[f"c{two.pk}"], [f"c{one.pk}", f"t{turn.pk}"]], [], keys, "")
@@ -209,7 +218,7 @@ def test_annotator_crisis_flags_wait_in_the_safety_queue_until_a_lead_decides(cl
     dialogue = claimed(pair)
     review(a, dialogue, "accept", flags=[Review.Flag.CRISIS])
     dialogue.refresh_from_db()
-    assert dialogue.crisis_flag and dialogue.safety_status == SafetyStatus.FLAGGED
+    assert dialogue.crisis_flagged and dialogue.safety_status == SafetyStatus.FLAGGED
     assert dialogue.pk not in create_release("no-flagged").items.values_list(
         "dialogue_id", flat=True
     )
@@ -241,7 +250,7 @@ def test_annotators_see_at_most_the_daily_cap_of_cleared_crisis_dialogues(settin
     a, _ = pair
     flagged = list(Dialogue.objects.order_by("id")[:4])
     Dialogue.objects.filter(pk__in=[d.pk for d in flagged]).update(
-        crisis_flag=True, safety_status=SafetyStatus.FLAGGED
+        safety_status=SafetyStatus.FLAGGED
     )
     # Flagged and not cleared: never offered.
     assert not set(reviewing.available_for(a).values_list("pk", flat=True)) & {
@@ -252,13 +261,13 @@ def test_annotators_see_at_most_the_daily_cap_of_cleared_crisis_dialogues(settin
     shown = []
     for _ in range(3):
         got = reviewing.claim_next(a)
-        if got.crisis_flag:
+        if got.crisis_flagged:
             shown.append(got.pk)
         reviewing.skip(got, a)  # skipping is fine, and counted apart from rejections
     assert shown == [flagged[0].pk, flagged[1].pk]  # the cap, then ordinary dialogues
     assert reviewing.crisis_shown_today(a) == 2
     settings.CRISIS_DAILY_CAP = 0
-    assert not reviewing.available_for(a).filter(crisis_flag=True).exists()
+    assert not reviewing.available_for(a).exclude(safety_status=SafetyStatus.NONE).exists()
 
 
 LEAD_PAGES = [

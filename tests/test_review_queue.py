@@ -112,8 +112,8 @@ def test_crisis_flagged_dialogues_go_to_leads_not_annotators(settings):
         reviewing.draft_for(dialogue, a), "reject", [], ["crisis"], "mentions self-harm"
     )
     dialogue.refresh_from_db()
-    assert dialogue.crisis_flag and dialogue.safety_notes["source"] == "annotator"
-    Dialogue.objects.update(crisis_flag=True)
+    assert dialogue.crisis_flagged and dialogue.safety_notes["source"] == "annotator"
+    Dialogue.objects.update(safety_status="flagged")
     assert reviewing.claim_next(b) is None
 
 
@@ -131,27 +131,29 @@ def test_labels_are_per_annotator_and_closed_after_submit():
     turn.refresh_from_db()
     assert turn.strategy_id == teacher_label  # the label is the annotator's; the turn keeps its own
     reviewing.submit(review, "accept", [], [], "")
-    with pytest.raises(ValueError, match="already submitted"):
+    with pytest.raises(reviewing.NotAllowed, match="already submitted") as refused:
         reviewing.set_label(review, turn, hope)
+    assert refused.value.status == 403
 
 
 @pytest.mark.django_db
-def test_an_edit_on_a_stale_version_is_refused_with_the_other_change():
+def test_edits_are_proposals_kept_apart_until_the_dialogue_settles():
     a, b = annotators(2)
     dialogue = reviewing.claim_next(a)
+    assert reviewing.claim_next(b) == dialogue
     turn = dialogue.turns.get(index=1)
     original = turn.text
-    updated = reviewing.edit_turn(turn, "First fix.", dialogue.version, a, None, "typo")
-    assert updated.version == dialogue.version + 1
-    with pytest.raises(reviewing.StaleVersion) as caught:
-        reviewing.edit_turn(turn, "Second fix.", dialogue.version, b, None)
-    assert caught.value.current == dialogue.version + 1
-    (change,) = caught.value.changes
-    assert change.actor == a and change.after["text"] == "First fix."
+    mine = reviewing.propose_edit(reviewing.draft_for(dialogue, a), turn, "First fix.", 1, "typo")
+    theirs = reviewing.propose_edit(reviewing.draft_for(dialogue, b), turn, "Second fix.", 1)
     turn.refresh_from_db()
-    assert turn.text == "First fix."
-    edit = turn.edits.get()
-    assert (edit.before, edit.after, edit.reason) == (original, "First fix.", "typo")
+    dialogue.refresh_from_db()
+    assert turn.text == original and turn.final_text is None  # nobody else's text leaks in
+    assert dialogue.version == 1
+    assert (mine.before, mine.after, mine.reason) == (original, "First fix.", "typo")
+    assert theirs.after == "Second fix."
+    # Proposing the text as written again withdraws the proposal.
+    assert reviewing.propose_edit(reviewing.draft_for(dialogue, a), turn, original, 1) is None
+    assert turn.edits.get() == theirs
 
 
 @pytest.mark.dbsensitive

@@ -80,33 +80,38 @@ def test_seeker_turns_take_no_label(client, ann):
     assert response.status_code == 404
 
 
-def test_edit_then_conflict_shows_the_other_change_and_keeps_mine(client, ann):
+def test_an_edit_is_my_proposal_and_a_stale_page_keeps_my_text(client, ann):
     dialogue = start(client)
     turn = dialogue.turns.get(index=1)
     url = reverse("curation-review-edit", args=[dialogue.pk])
     ok = client.post(
         url,
-        {"turn": turn.pk, "text": "Their better wording.", "version": dialogue.version},
+        {"turn": turn.pk, "text": "My better wording.", "version": dialogue.version},
         headers={"HX-Request": "true"},
     )
     assert ok.status_code == 200
-    assert '"dialogueVersion": 2' in ok["HX-Trigger"]
+    body = ok.content.decode()
+    assert "My better wording." in body and "your edit" in body
+    turn.refresh_from_db()
+    assert turn.text != "My better wording."  # a proposal, kept with my review
+    # A lead's action moves the dialogue's version: an edit from the old page is refused.
+    Dialogue.objects.filter(pk=dialogue.pk).update(version=2)
     stale = client.post(
         url,
-        {"turn": turn.pk, "text": "My wording.", "version": dialogue.version},
+        {"turn": turn.pk, "text": "My later wording.", "version": 1},
         headers={"HX-Request": "true"},
     )
     assert stale.status_code == 409
     body = stale.content.decode()
-    assert "Someone changed this dialogue while you were working" in body
-    assert "Their better wording." in body and "My wording." in body
-    assert 'name="version" value="2"' in body
+    assert "A lead changed this dialogue while you were working" in body
+    assert "My later wording." in body and 'name="version" value="2"' in body
     again = client.post(
-        url, {"turn": turn.pk, "text": "My wording.", "version": 2}, headers={"HX-Request": "true"}
+        url,
+        {"turn": turn.pk, "text": "My later wording.", "version": 2},
+        headers={"HX-Request": "true"},
     )
     assert again.status_code == 200
-    turn.refresh_from_db()
-    assert turn.text == "My wording."
+    assert turn.edits.get().after == "My later wording."
 
 
 def test_submit_is_idempotent_and_goes_to_the_next(client, ann, settings):
@@ -120,10 +125,11 @@ def test_submit_is_idempotent_and_goes_to_the_next(client, ann, settings):
     assert Review.objects.get(dialogue=dialogue).decision == "accept"
     dialogue.refresh_from_db()
     assert dialogue.status == "accepted"
-    follow = client.get(first.url)
-    assert follow.status_code == 302 and follow.url != reverse(
+    # The submit (a POST) took the next dialogue: its review page, not the one just submitted.
+    assert first.url.startswith("/review/") and first.url != reverse(
         "curation-review", args=[dialogue.pk]
     )
+    assert client.get(first.url).status_code == 200
 
 
 def test_reject_needs_a_reason(client, ann):
@@ -236,10 +242,9 @@ def test_without_javascript_an_edit_redirects_and_a_conflict_is_a_page(client, a
         url, {"turn": turn.pk, "text": "Plain form edit.", "version": dialogue.version}
     )
     assert ok.status_code == 302 and ok.url == reverse("curation-review", args=[dialogue.pk])
-    stale = client.post(
-        url, {"turn": turn.pk, "text": "Mine, from an old page.", "version": dialogue.version}
-    )
+    Dialogue.objects.filter(pk=dialogue.pk).update(version=2)
+    stale = client.post(url, {"turn": turn.pk, "text": "Mine, from an old page.", "version": 1})
     assert stale.status_code == 409
     body = stale.content.decode()
     assert "<html" in body and "Your edit was not saved yet" in body
-    assert "Mine, from an old page." in body and "Plain form edit." in body
+    assert "Mine, from an old page." in body
