@@ -10,6 +10,7 @@ from curation.models import (
     Candidate,
     Dialogue,
     Event,
+    RankHold,
     Ranking,
     Release,
     ReleaseDialogue,
@@ -140,6 +141,12 @@ class AssignmentAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "dialogue", "annotator", "expires_at", "released_at", "skipped"]
     list_filter = ["skipped"]
     raw_id_fields = ["dialogue"]
+
+
+@admin.register(RankHold)
+class RankHoldAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ["id", "turn", "annotator", "expires_at", "released_at"]
+    raw_id_fields = ["turn"]
 
 
 @admin.register(Event)

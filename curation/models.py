@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.utils import timezone
 
 from curation.vocabulary import normalize
 
@@ -91,8 +94,9 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
         return self.filter(settled_at__isnull=False)
 
     def releasable(self) -> DialogueQuerySet:
-        """Settled and not held back for safety: what releases and later rounds may use."""
-        return self.settled().unflagged()
+        """Accepted and not held back for safety: what releases and later rounds use by
+        default (an accepted dialogue has its final state stored, curation.settlement)."""
+        return self.filter(status=Dialogue.Status.ACCEPTED).unflagged()
 
     def reviewable_by(self, user: Any, now: Any = None) -> DialogueQuerySet:
         """Dialogues this annotator may claim: in review, not held for safety (crisis-flagged
@@ -680,6 +684,91 @@ class Release(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def folder(self) -> Path:
+        """Where its files live; curation.releases.ensure_files is the one writer of it."""
+        return Path(settings.MEDIA_ROOT) / "releases" / self.name
+
+    @property
+    def dialogue_count(self) -> int | None:
+        """Dialogues in it; None until it is frozen."""
+        return sum(self.counts.values()) if self.counts else None
+
+    # The build's claim, as for training jobs: a worker takes a building release with `claim`,
+    # `beat`s while it works, and ends it with `finish` or `fail`; a worker that starts puts back
+    # what a dead one held (`recover`). After a successful claim the object speaks for its worker:
+    # these methods reload the row only when they succeed, so a worker whose build was taken
+    # over never starts speaking for the new one.
+
+    @classmethod
+    def _claimable(cls) -> Q:
+        lease = timezone.now() - timedelta(seconds=settings.RELEASE_LEASE_SECONDS)
+        return Q(worker="") | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lease)
+
+    def claim(self, worker: str) -> bool:
+        """Take the build for `worker`: a building release nobody holds, or whose worker has not
+        beaten for a whole lease. False when it is not building or a live worker holds it."""
+        claimable = Release.objects.filter(
+            self._claimable(), pk=self.pk, status=self.Status.BUILDING
+        )
+        # Read first: on SQLite a write would wait for the freeze transaction of a live build.
+        if not claimable.exists():
+            return False
+        updated = claimable.update(
+            worker=worker, heartbeat_at=timezone.now(), attempts=F("attempts") + 1, progress=1
+        )
+        if updated:
+            self.refresh_from_db()
+        return updated == 1
+
+    def beat(self, progress: int | None = None) -> bool:
+        """This worker still builds it (and has got this far); False when another has taken the
+        build over, or it has ended."""
+        values: dict[str, Any] = {"heartbeat_at": timezone.now()}
+        if progress is not None:
+            values["progress"] = progress
+        updated = Release.objects.filter(
+            pk=self.pk, worker=self.worker, status=self.Status.BUILDING
+        ).update(**values)
+        return updated == 1
+
+    def finish(self) -> bool:
+        """building -> ready, if this worker still holds the build."""
+        updated = Release.objects.filter(
+            pk=self.pk, worker=self.worker, status=self.Status.BUILDING
+        ).update(status=self.Status.READY, progress=100, error="", heartbeat_at=None)
+        if updated:
+            self.refresh_from_db()
+        return updated == 1
+
+    def fail(self, error: str) -> bool:
+        """building -> failed, saying why, if this worker still holds the build (no worker: a
+        build whose task could not be sent)."""
+        updated = Release.objects.filter(
+            pk=self.pk, worker=self.worker, status=self.Status.BUILDING
+        ).update(status=self.Status.FAILED, error=error[:4000], heartbeat_at=None)
+        if updated:
+            self.refresh_from_db()
+        return updated == 1
+
+    def retry(self) -> bool:
+        """failed -> building again, held by no worker; the caller enqueues the build. False when
+        it had not failed."""
+        updated = Release.objects.filter(pk=self.pk, status=self.Status.FAILED).update(
+            status=self.Status.BUILDING, worker="", heartbeat_at=None, progress=0, error=""
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    @classmethod
+    def recover(cls, worker: str) -> list[int]:
+        """At worker start: the builds to queue again. Those this worker name held before it
+        restarted are orphans (it died holding them); so are those whose worker has been silent
+        for a lease, and those no worker took (their message was lost)."""
+        building = cls.objects.filter(status=cls.Status.BUILDING)
+        building.filter(worker=worker).update(heartbeat_at=None)
+        return list(building.filter(cls._claimable()).values_list("pk", flat=True))
 
 
 class ReleaseDialogue(models.Model):

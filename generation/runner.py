@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -22,8 +21,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from curation.exporting import extes_records
-from curation.models import Candidate, Dialogue, SafetyStatus, Scenario, Strategy, Turn
-from curation.parsing import ParsedDialogue, Vocabulary
+from curation.importing import Reference, create_dialogues, load_reference
+from curation.models import Candidate, Dialogue, SafetyStatus, Scenario, Turn
+from curation.parsing import ParsedDialogue
 from curation.vocabulary import EXTES_STRATEGIES
 from generation import inpainting, selfchat
 from generation.models import GenerationFailure, GenerationJob, GenerationUnit, writing
@@ -302,19 +302,16 @@ def _store_dialogue(
     crisis = check_texts(
         [parsed.description, *(t.text for t in parsed.turns if t.role == Turn.Role.SEEKER)]
     )
-    dialogue = Dialogue.objects.create(
-        scenario=scenario,
-        description=parsed.description,
-        origin=Dialogue.Origin.GENERATED,
-        source_file=f"generation job {job.pk}",
-        source_record=unit.pk,
-        source_format=f"generated-{job.mode}",
-        content_hash=parsed.content_hash(),
-        raw={"output": raw},
-        repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
-        provenance=provenance,
-        safety_status=SafetyStatus.FLAGGED if crisis.flagged else SafetyStatus.NONE,
-        safety_notes=(
+    fields = {
+        "scenario": scenario,
+        "origin": Dialogue.Origin.GENERATED,
+        "source_file": f"generation job {job.pk}",
+        "source_record": unit.pk,
+        "source_format": f"generated-{job.mode}",
+        "raw": {"output": raw},
+        "provenance": provenance,
+        "safety_status": SafetyStatus.FLAGGED if crisis.flagged else SafetyStatus.NONE,
+        "safety_notes": (
             {
                 "source": "generation gate",
                 "categories": list(crisis.categories),
@@ -323,18 +320,8 @@ def _store_dialogue(
             if crisis.flagged
             else {}
         ),
-    )
-    strategy_ids = _reference_data().strategy_ids
-    Turn.objects.bulk_create(
-        Turn(
-            dialogue=dialogue,
-            index=i,
-            role=t.role,
-            text=t.text,
-            strategy_id=strategy_ids[t.strategy] if t.strategy else None,
-        )
-        for i, t in enumerate(parsed.turns)
-    )
+    }
+    (dialogue,) = create_dialogues([(parsed, fields)], _reference_data().strategy_ids)
     return dialogue
 
 
@@ -387,9 +374,7 @@ def _example_pool(scenario_id: int, later: bool) -> list[int]:
         return cached[1]
     pool = Dialogue.objects.filter(scenario_id=scenario_id)
     if later:
-        accepted = Dialogue.objects.releasable().filter(
-            origin=Dialogue.Origin.GENERATED, status=Dialogue.Status.ACCEPTED
-        )
+        accepted = Dialogue.objects.releasable().filter(origin=Dialogue.Origin.GENERATED)
         pool = pool.filter(Q(origin=Dialogue.Origin.SEED) | Q(pk__in=accepted.values("pk")))
     else:
         pool = pool.filter(origin=Dialogue.Origin.SEED)
@@ -402,32 +387,16 @@ def _example_pool(scenario_id: int, later: bool) -> list[int]:
     return ids
 
 
-@dataclass(frozen=True)
-class _Reference:
-    vocab: Vocabulary
-    definitions: list[tuple[str, str]]  # ExTES strategies: (name, definition)
-    strategy_ids: dict[str, int]
-
-
-_reference: tuple[float, _Reference] | None = None
+_reference: tuple[float, Reference] | None = None
 REFERENCE_TTL = 60.0  # seconds: a lead's edit to a definition reaches the prompts within a minute
 
 
-def _reference_data() -> _Reference:
+def _reference_data() -> Reference:
     """Strategies and scenarios, read once a minute per process rather than once per unit."""
     global _reference
     now = time.monotonic()
     if _reference is None or now - _reference[0] > REFERENCE_TTL:
-        extes = Strategy.objects.filter(taxonomy="extes").order_by("pk")
-        data = _Reference(
-            vocab=Vocabulary.build(
-                Strategy.objects.values_list("taxonomy", "name", "aliases"),
-                Scenario.objects.values_list("name", "aliases", "is_official"),
-            ),
-            definitions=list(extes.values_list("name", "definition")),
-            strategy_ids=dict(extes.values_list("name", "pk")),
-        )
-        _reference = (now, data)
+        _reference = (now, load_reference())
     return _reference[1]
 
 

@@ -174,10 +174,13 @@ def test_the_cached_report_follows_new_reviews(reviewed, settings):
     first = insights.cached_agreement_report()
     assert insights.cached_agreement_report() is not None
     assert first.decisions.n == 2
-    # A third dialogue reviewed by both: the figures move at once.
-    a, b = (User.objects.get(username=n) for n in ("ann-a", "ann-b"))
-    third = Dialogue.objects.filter(reviews__isnull=True).order_by("id").last()
-    reviewing.submit(reviewing.draft_for(third, a), "reject", ["off_scenario"], [], "")
+    # A third dialogue reviewed by two: the figures move at once.
+    b = User.objects.get(username="ann-b")
+    c = User.objects.create_user("ann-c")
+    c.groups.add(Group.objects.get(name="annotator"))
+    third = reviewing.claim_next(b)  # the one ann-a skipped
+    assert reviewing.claim_next(c) == third
     reviewing.submit(reviewing.draft_for(third, b), "reject", ["off_scenario"], [], "")
+    reviewing.submit(reviewing.draft_for(third, c), "reject", ["off_scenario"], [], "")
     again = insights.cached_agreement_report()
     assert again.decisions.n == 3 and again.decisions.all_agree == pytest.approx(2 / 3)

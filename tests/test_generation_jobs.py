@@ -197,7 +197,7 @@ def test_crisis_disclosures_are_flagged_for_leads(fake):
         taxonomy="extes",
     )
     dialogue = runner._store_dialogue(parsed, "{}", unit.scenario, job, unit, {})
-    assert dialogue.crisis_flag
+    assert dialogue.crisis_flagged
     assert dialogue.safety_notes["source"] == "generation gate"
     assert dialogue.safety_notes["categories"]
 

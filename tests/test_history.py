@@ -34,8 +34,9 @@ def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annota
     ann = make("annotator", "ann")
     dialogue = reviewing.claim_next(ann)
     turn = dialogue.turns.get(index=1)
-    reviewing.edit_turn(turn, turn.text + " Kindly.", dialogue.version, ann, None)
-    reviewing.submit(reviewing.draft_for(dialogue, ann), "accept", [], [], "")
+    draft = reviewing.draft_for(dialogue, ann)
+    reviewing.propose_edit(draft, turn, turn.text + " Kindly.", dialogue.version)
+    reviewing.submit(draft, "accept", [], [], "")
     url = reverse("curation-dialogue-detail", args=[dialogue.pk])
 
     client.force_login(make("annotator", "other"))
@@ -43,8 +44,10 @@ def test_dialogue_page_shows_edits_as_word_diffs_and_hides_decisions_from_annota
     client.force_login(ann)
     body = client.get(url).content.decode()
     assert "<ins>Kindly.</ins>" in body or "<ins> Kindly.</ins>" in body
-    assert "edited turn 1" in body
-    assert "reviewed" not in body.split("<h2>History</h2>")[1].split("</ol>")[0]
+    assert "proposed an edit of turn 1" in body
+    history = body.split("<h2>History</h2>")[1].split("</ol>")[0]
+    assert "ann reviewed" in history  # their own actions only: nothing of how it settled
+    assert "settled" not in history and "system" not in history
 
     client.force_login(make("lead", "lead"))
     body = client.get(url).content.decode()

@@ -35,7 +35,7 @@ def ann(client) -> User:
 
 
 def test_next_opens_a_masked_turn_with_shuffled_unmarked_replies(client, ann, masked_turn):
-    response = client.get(reverse("curation-rank-next"))
+    response = client.post(reverse("curation-rank-next"))
     assert response.url == reverse("curation-rank", args=[masked_turn.pk])
     page = client.get(response.url)
     body = page.content.decode()
@@ -50,6 +50,7 @@ def test_next_opens_a_masked_turn_with_shuffled_unmarked_replies(client, ann, ma
 
 def test_ranking_with_ties_and_unacceptable_is_saved_once(client, ann, masked_turn):
     url = reverse("curation-rank", args=[masked_turn.pk])
+    assert client.post(reverse("curation-rank-next")).url == url
     keys = [item["key"] for item in client.get(url).context["items"]]
     form = {
         f"rank-{keys[0]}": "1",
@@ -66,18 +67,20 @@ def test_ranking_with_ties_and_unacceptable_is_saved_once(client, ann, masked_tu
     assert ranking.unacceptable == [keys[3]]
     assert ranking.display_order == keys
     assert ranking.edited_best == "Could you say a bit more about that?"
-    assert client.get(reverse("curation-rank-next")).url == reverse("curation-review-home")
+    assert client.post(reverse("curation-rank-next")).url == reverse("curation-review-home")
 
 
 def test_missing_rank_is_explained_and_typed_values_kept(client, ann, masked_turn):
     url = reverse("curation-rank", args=[masked_turn.pk])
+    assert client.post(reverse("curation-rank-next")).url == url
     keys = [item["key"] for item in client.get(url).context["items"]]
-    response = client.post(url, {f"rank-{keys[0]}": "1"})
+    response = client.post(url, {f"rank-{keys[0]}": "1", f"bad-{keys[1]}": "on"})
     assert response.status_code == 200
     assert b"Give every reply a rank" in response.content
     assert (
         f'name="rank-{keys[0]}" aria-label="Rank of reply 1" value="1"'.encode() in response.content
     )
+    assert f'name="bad-{keys[1]}" checked'.encode() in response.content  # marks are kept too
     assert not Ranking.objects.exists()
 
 
@@ -92,4 +95,4 @@ def test_rankers_are_limited_to_the_overlap(client, masked_turn, settings):
     Ranking.objects.create(turn=masked_turn, annotator=first, order=[], display_order=[])
     second = User.objects.create_user("r2", password="pw-123456")
     client.force_login(second)
-    assert client.get(reverse("curation-rank-next")).url == reverse("curation-review-home")
+    assert client.post(reverse("curation-rank-next")).url == reverse("curation-review-home")

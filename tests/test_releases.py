@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from curation import reviewing
+from curation import settlement
 from curation.importing import import_file
 from curation.models import Candidate, Dialogue, Ranking, ReleaseDialogue, Turn
 from curation.releases import FileOptions, assign_splits, create_release, rank_pairs, write_files
@@ -91,7 +91,7 @@ def test_the_same_release_writes_byte_identical_files(accepted, tmp_path):
 
 def test_the_workers_one_pass_writes_what_export_writes(accepted, tmp_path, settings):
     from curation.releases import new_release
-    from curation.tasks import build_release, release_folder
+    from curation.tasks import build_release
 
     settings.MEDIA_ROOT = tmp_path / "media"
     release = new_release("r-one-pass")
@@ -99,7 +99,7 @@ def test_the_workers_one_pass_writes_what_export_writes(accepted, tmp_path, sett
     release.refresh_from_db()
     assert release.status == "ready" and len(release.checksum) == 64
     write_files(release, tmp_path / "export")  # export_release's way, from the stored snapshots
-    assert files_of(release_folder(release)) == files_of(tmp_path / "export")
+    assert files_of(release.folder) == files_of(tmp_path / "export")
 
 
 def test_extes_json_has_the_standard_librarys_indented_layout(accepted, tmp_path):
@@ -198,15 +198,16 @@ def test_dri_candidates_and_rankings_and_edits_make_sft_dri_and_dpo(accepted, tm
         unacceptable=[f"c{bad.pk}"],
         display_order=[],
     )
-    editor = User.objects.create_user("editor", password="pw-123456")
     edited = dialogue.turns.filter(role="supporter").order_by("index")[0]
     original_text = edited.text
-    reviewing.edit_turn(
-        edited,
-        "An edited, better reply.",
-        Dialogue.objects.get(pk=dialogue.pk).version,
-        editor,
-        None,
+    # The dialogue settles with one turn's text edited (by the reviewers or a lead).
+    settlement.write_final(
+        dialogue,
+        "accept",
+        {},
+        {edited.index: "An edited, better reply."},
+        actor=None,
+        expected_version=None,
     )
 
     release = create_release("r-dri")
@@ -240,9 +241,7 @@ def test_crisis_flagged_dialogues_stay_out_until_a_lead_clears_them(accepted, le
     from curation import safety
 
     flagged, excluded = accepted[0], accepted[1]
-    Dialogue.objects.filter(pk__in=[flagged.pk, excluded.pk]).update(
-        crisis_flag=True, safety_status="flagged"
-    )
+    Dialogue.objects.filter(pk__in=[flagged.pk, excluded.pk]).update(safety_status="flagged")
     held = create_release("r-safe").items.values_list("dialogue_id", flat=True)
     assert flagged.pk not in held and excluded.pk not in held
     safety.clear(Dialogue.objects.get(pk=flagged.pk), lead, "The supporter points to help well.")
