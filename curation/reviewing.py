@@ -194,19 +194,19 @@ def draft_for(dialogue: Dialogue, user: Any) -> Review:
     return writable_review(dialogue, user)
 
 
-def set_label(dialogue: Dialogue, user: Any, turn: Turn, strategy: Strategy | None) -> TurnLabel:
+def set_label(review: Review, turn: Turn, strategy: Strategy | None) -> TurnLabel:
     """An explicit label (a vote, see `curation.settlement`) in this annotator's review."""
     with transaction.atomic():
-        review = writable_review(dialogue, user)
+        review = writable_review(review.dialogue, review.annotator)
         label, _ = TurnLabel.objects.update_or_create(
             review=review, turn=turn, defaults={"strategy": strategy}
         )
     return label
 
 
-def save_notes(dialogue: Dialogue, user: Any, notes: str) -> None:
+def save_notes(review: Review, notes: str) -> None:
     with transaction.atomic():
-        review = writable_review(dialogue, user)
+        review = writable_review(review.dialogue, review.annotator)
         Review.objects.filter(pk=review.pk).update(notes=notes)
 
 
@@ -227,12 +227,13 @@ def next_version(dialogue_id: int, expected_version: int, **changes: Any) -> Non
 
 
 def propose_edit(
-    dialogue: Dialogue, user: Any, turn: Turn, text: str, expected_version: int, reason: str = ""
+    review: Review, turn: Turn, text: str, expected_version: int, reason: str = ""
 ) -> TurnEdit | None:
     """This annotator's proposed text for a turn, kept in their review until the dialogue settles
     (`curation.settlement`). Proposing the text as written withdraws the proposal (None).
     StaleVersion if a lead changed the dialogue since the page was loaded."""
     text = text.strip()
+    dialogue, user = review.dialogue, review.annotator
     with transaction.atomic():
         review = writable_review(dialogue, user)
         if dialogue.version != expected_version:
@@ -264,14 +265,12 @@ def propose_edit(
     return proposal
 
 
-def submit(
-    dialogue: Dialogue, user: Any, decision: str, reasons: list[str], flags: list[str], notes: str
-) -> bool:
+def submit(review: Review, decision: str, reasons: list[str], flags: list[str], notes: str) -> bool:
     """Submit once; False when it already was (double click, retry, back button). NotAllowed
     when the user may not write to this dialogue now."""
+    dialogue, user = review.dialogue, review.annotator
     with transaction.atomic():
-        existing = Review.objects.filter(dialogue=dialogue, annotator=user).first()
-        if existing is not None and existing.is_submitted:
+        if Review.objects.filter(pk=review.pk, submitted_at__isnull=False).exists():
             return False
         review = writable_review(dialogue, user)
         now = timezone.now()
@@ -293,4 +292,5 @@ def submit(
             dialogue.flag_crisis(user, notes)
         if dialogue.reviews_done >= settings.REVIEWS_PER_DIALOGUE:
             settlement.settle(dialogue)
-        return True
+    review.refresh_from_db()
+    return True

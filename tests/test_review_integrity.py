@@ -15,7 +15,6 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from curation import reviewing
 from curation.models import (
     Assignment,
     Candidate,
