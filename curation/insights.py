@@ -174,9 +174,7 @@ def queue_state(now: Any = None) -> Table:
     rows += [
         {
             "what": "leases held now",
-            "count": Assignment.objects.filter(
-                released_at__isnull=True, expires_at__gt=now
-            ).count(),
+            "count": Assignment.objects.live(now).count(),
         },
         {
             "what": "open disagreements",

@@ -5,7 +5,9 @@ final labels, acceptable DRI candidates, rankings, edits, provenance) and assign
 that, nothing done to the dialogues changes the release. A `ReleaseWriter` turns snapshots into
 files, streaming them in id order, so the same release always gives byte-identical files and memory
 does not grow with its size. The worker does both in one pass (`freeze(release, sink=writer)`);
-`write_files` rebuilds the same files later from the stored snapshots.
+`write_files` rebuilds the same files later from the stored snapshots. `ensure_files` is the one
+writer of a release's own folder (`release.folder`): never half-written, never written twice at
+once; `build` is what a worker does with a release whose build it has claimed.
 
 Speed: a release reads every turn of every dialogue and writes it about eight times, so the hot
 paths avoid per-row ORM work (plain cursor rows, raw inserts) and encode JSON with orjson. Its
@@ -15,8 +17,13 @@ lists of these files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
+import shutil
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -28,19 +35,20 @@ from django.db import connections, transaction
 from django.db.models import QuerySet
 
 from curation.models import (
+    SAFETY_HELD,
     Candidate,
     Dialogue,
     Ranking,
     Release,
     ReleaseDialogue,
     Review,
-    SafetyStatus,
     Strategy,
     Turn,
     TurnLabel,
 )
 
 SPLITS = ("train", "valid", "test")
+KINDS = ("sft", "sft_dri", "dpo")  # a JSON Lines and a Parquet file per split of each
 DEFAULT_SPLIT = {"train": 80, "valid": 10, "test": 10}
 SYSTEM_PROMPT = (
     "You are a warm, careful emotional-support listener. You listen first, reflect what you hear, "
@@ -48,6 +56,8 @@ SYSTEM_PROMPT = (
 )
 CHUNK = 500
 SUPPORTER = Turn.Role.SUPPORTER.value
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -188,7 +198,7 @@ def freeze(
         release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
         release.stats = {
             "crisis_left_out": select(filters, safety=False)
-            .filter(safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED])
+            .filter(safety_status__in=SAFETY_HELD)
             .count()
         }
         release.save(update_fields=["checksum", "counts", "stats"])
@@ -466,13 +476,14 @@ class ReleaseWriter:
 
         self.files["extes.json"].write(b"\n]\n" if not self.first else b"]\n")
         for split in SPLITS:  # every split file exists, even when empty
-            for folder in ("sft", "sft_dri", "dpo"):
-                self.files.open(f"{folder}/{split}.jsonl")
+            for kind in KINDS:
+                self.files.open(f"{kind}/{split}.jsonl")
         self.files.close()
         self.progress(90)
         write_parquet(self.out)
         self.progress(95)
-        self.release.refresh_from_db()  # the checksum and counts that freeze wrote
+        # The checksum and counts that freeze wrote (the rest of the row is the caller's).
+        self.release.refresh_from_db(fields=["checksum", "counts", "stats"])
         write_card(self.release, self.out, self.tally)
         manifest = _manifest(self.release, self.out)
         (self.out / "manifest.json").write_text(
@@ -506,6 +517,112 @@ def write_files(
     return writer.finish()
 
 
+def ensure_files(release: Release, progress: Callable[[int], None] = lambda percent: None) -> Path:
+    """`release.folder` with every file of the release: the one writer of that folder (the build
+    task and training both come here).
+
+    Written when it is missing or not this release's (a namesake deleted since, an older layout);
+    a release not frozen yet is frozen in the same pass (the worker's way). The files go to a
+    temporary folder beside it that is renamed into place at the end (`write_folder`), so the
+    folder is never half-written. Writers of one release take turns on a lock file beside it: one
+    that finds the folder complete leaves it as it is.
+    """
+    folder = release.folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(folder.with_name(f".{folder.name}.lock")):
+        if not _complete(release, folder):
+            write_folder(release, folder, progress=progress)
+    return folder
+
+
+def write_folder(
+    release: Release,
+    target: Path,
+    options: FileOptions | None = None,
+    progress: Callable[[int], None] = lambda percent: None,
+) -> dict[str, Any]:
+    """Every file of the release into `target` (replaced, if it exists), by way of a temporary
+    folder beside it renamed into place at the end; temporary folders an earlier attempt left
+    there are removed first. Freezes a release not frozen yet in the same pass. Returns the
+    manifest."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        if release.checksum:  # frozen (freeze sets it): the files come from the stored snapshots
+            manifest = write_files(release, tmp, options, progress)
+        else:
+            writer = ReleaseWriter(release, tmp, options, progress)
+            try:
+                frozen_now = freeze(release, sink=writer, progress=progress)
+            except BaseException:
+                writer.abort()
+                raise
+            if frozen_now:
+                manifest = writer.finish()
+            else:  # frozen meanwhile by someone else
+                writer.abort()
+                shutil.rmtree(tmp)
+                manifest = write_files(release, tmp, options, progress)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _complete(release: Release, folder: Path) -> bool:
+    """Whether `folder` holds this release's files: its manifest names the release's checksum
+    and every file each release has, and every file it lists is there."""
+    manifest = folder / "manifest.json"
+    if not release.checksum or not manifest.is_file():
+        return False
+    written = json.loads(manifest.read_text(encoding="utf-8"))
+    listed = {f["path"] for f in written.get("files", [])}
+    expected = {f"{kind}/{split}.jsonl" for kind in KINDS for split in SPLITS}
+    expected |= {f"parquet/{kind}/{split}.parquet" for kind in KINDS for split in SPLITS}
+    return (
+        written.get("checksum") == release.checksum
+        and expected <= listed
+        and all((folder / path).is_file() for path in listed)
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` while the block runs; the system drops it when the
+    process dies, so a killed writer never leaves it held."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+class TakenOver(Exception):
+    """Another worker holds the build now: this one was silent for a whole lease."""
+
+
+def build(release: Release) -> None:
+    """Freeze and write a release whose build this worker has claimed, then mark it ready; a
+    failure marks it failed with the reason. Every progress report is a heartbeat: a worker that
+    finds the build taken over stops there."""
+
+    def progress(percent: int) -> None:
+        if not release.beat(max(2, percent)):
+            raise TakenOver(f"release {release.pk} is no longer built by {release.worker}")
+
+    try:
+        ensure_files(release, progress)
+    except TakenOver:
+        logger.warning("release %s: another worker took the build over", release.pk)
+        return
+    except Exception as exc:
+        logger.exception("release %s failed", release.pk)
+        release.fail(f"{type(exc).__name__}: {exc}")
+        return
+    release.finish()
+
+
 def _schemas() -> dict[str, Any]:
     import pyarrow as pa
 
@@ -533,7 +650,11 @@ def _schemas() -> dict[str, Any]:
 
 def write_parquet(out: Path, block_size: int = 4 << 20) -> None:
     """parquet/<kind>/<split>.parquet from the JSON Lines files, streamed a block at a time by
-    Arrow's own JSON reader (no Python objects per row)."""
+    Arrow's own JSON reader (no Python objects per row).
+
+    An empty split is a file with the schema and no row group: readers see an empty table (a
+    row group of 0 rows would make `datasets` read it in batches of 0 rows, which it refuses).
+    """
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
@@ -544,7 +665,6 @@ def write_parquet(out: Path, block_size: int = 4 << 20) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with pq.ParquetWriter(target, schema) as writer:
                 if source.stat().st_size == 0:
-                    writer.write_table(schema.empty_table())
                     continue
                 reader = pj.open_json(
                     source,
@@ -554,7 +674,8 @@ def write_parquet(out: Path, block_size: int = 4 << 20) -> None:
                     ),
                 )
                 for batch in reader:
-                    writer.write_batch(batch)
+                    if batch.num_rows:
+                        writer.write_batch(batch)
 
 
 class _Files:
