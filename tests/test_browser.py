@@ -260,13 +260,19 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
     labels = dict(TurnLabel.objects.filter(review=review).values_list("turn_id", "strategy__name"))
     assert labels[supporter[1].pk] == second
     assert labels[supporter[0].pk] == supporter[0].strategy.name
+    # The edit is rita's proposal, kept with her review; the turn keeps its text until it settles.
+    assert supporter[0].edits.get(review=review).after.endswith("Take your time.")
     supporter[0].refresh_from_db()
-    assert supporter[0].text.endswith("Take your time.")
+    assert not supporter[0].text.endswith("Take your time.")
 
 
-def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, review_studio):
+def test_two_annotators_and_a_lead_cannot_see_or_change_each_others_work(browser, review_studio):
     from playwright.sync_api import expect
 
+    from curation.models import Adjudication
+
+    lead = User.objects.create_user("lina", password="lina-pass-123")
+    lead.groups.add(Group.objects.get(name="lead"))
     pages = []
     for name in ("rita", "sam"):
         context = browser.new_context()
@@ -277,6 +283,7 @@ def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, rev
         pages.append(page)
     rita, sam = pages
     assert rita.url == sam.url  # two reviews per dialogue: both hold it
+    review_url = rita.url
     turn = rita.locator(".turn.supporter").first
     turn_id = turn.get_attribute("id")
 
@@ -285,18 +292,56 @@ def test_two_people_edit_the_same_turn_and_the_second_loses_nothing(browser, rev
         item.locator("details.edit summary").click()
         item.locator("textarea[name=text]").fill(text)
         item.get_by_role("button", name="Save text").click()
+        expect(page.locator(f"#{turn_id} .text")).to_have_text(text)
 
     edit(rita, "Rita's careful wording.")
-    expect(rita.locator(f"#{turn_id} .text")).to_have_text("Rita's careful wording.")
-    edit(sam, "Sam's own wording.")
-    conflict = sam.locator(f"#{turn_id}.conflict")
-    expect(conflict).to_contain_text("Someone changed this dialogue while you were working")
-    expect(conflict).to_contain_text("Rita's careful wording.")
-    expect(conflict.locator("textarea")).to_have_value("Sam's own wording.")
-    conflict.get_by_role("button", name="Re-apply my text").click()
-    expect(sam.locator(f"#{turn_id} .text")).to_have_text("Sam's own wording.")
-    for page in pages:
-        page.context.close()
+    rita.locator("textarea[name=notes]").fill("RITA-PRIVATE-NOTE")
+    rita.locator("textarea[name=notes]").blur()
+    # A second tab of rita's stays on the dialogue.
+    stale = rita.context.new_page()
+    stale.goto(review_url)
+    sam.reload()
+    expect(sam.locator(f"#{turn_id} .text")).not_to_contain_text("Rita's careful wording.")
+    expect(sam.locator("body")).not_to_contain_text("RITA-PRIVATE-NOTE")
+    edit(sam, "Sam's own wording.")  # no conflict: each edit is its author's proposal
+    rita.locator("#accept").click()
+    expect(rita.locator(".messages")).to_contain_text("is saved")
+    sam.locator("#accept").click()
+    expect(sam.locator(".messages")).to_contain_text("is saved")
+    expect(sam.locator("body")).not_to_contain_text("adjudication")
+    # The proposals differ: a lead decides. Neither annotator is told.
+    dialogue = Dialogue.objects.get(pk=int(review_url.rstrip("/").split("/")[-1]))
+    assert dialogue.status == Dialogue.Status.NEEDS_ADJUDICATION
+    sam.goto(f"{review_studio.url}/dialogues/{dialogue.pk}/")
+    expect(sam.locator(".meta")).to_contain_text("In review")
+    expect(sam.locator(".history")).not_to_contain_text("rita")
+    # Rita's stale tab can change nothing any more, and says so.
+    stale.locator(f"#{turn_id} details.edit summary").click()
+    stale.locator(f"#{turn_id} textarea[name=text]").fill("Rita overwrites later.")
+    stale.locator(f"#{turn_id}").get_by_role("button", name="Save text").click()
+    expect(stale.locator("#review-alert")).to_contain_text("already submitted")
+    # The lead sees both proposals and the note, and settles it.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{review_studio.url}/login/")
+    page.get_by_label("Username").fill("lina")
+    page.get_by_label("Password").fill("lina-pass-123")
+    page.get_by_role("button", name="Log in").click()
+    adj = Adjudication.objects.get(dialogue=dialogue)
+    page.goto(f"{review_studio.url}/lead/adjudication/{adj.pk}/")
+    expect(page.locator("body")).to_contain_text("Rita's careful wording.")
+    expect(page.locator("body")).to_contain_text("Sam's own wording.")
+    expect(page.locator("#reviews")).to_contain_text("RITA-PRIVATE-NOTE")
+    index = dialogue.turns.get(pk=int(turn_id.split("-")[1])).index
+    page.locator(f"textarea[name=text-{index}]").fill("Sam's own wording.")
+    page.get_by_label("Accept").check()
+    page.locator("textarea[name=note]").fill("Sam's wording is warmer.")
+    page.get_by_role("button", name="Settle it").click()
+    expect(page.locator(".messages")).to_contain_text("accepted")
+    settled = dialogue.turns.get(index=index)
+    assert settled.final_text == "Sam's own wording." and "Rita" not in settled.text
+    for p in (rita, sam, page):
+        p.context.close()
 
 
 def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
@@ -309,7 +354,7 @@ def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
         Candidate.objects.create(turn=turn, text=text, strategy=turn.strategy)
     log_in(page, review_studio.url, "sam")
     page.goto(f"{review_studio.url}/review/")
-    page.get_by_role("link", name="Rank DRI replies").click()
+    page.get_by_role("button", name="Rank DRI replies").click()
     expect(page.get_by_role("heading", name="Which reply fits best?")).to_be_visible()
     expect(page.locator(".candidate")).to_have_count(4)
     shot(page, "rank")
