@@ -249,6 +249,13 @@ class Dialogue(models.Model):
     def is_settled(self) -> bool:
         return self.settled_at is not None
 
+    def settle(self) -> str:
+        """Its last required review landed: store the final state, or send it to a lead
+        (`curation.settlement`). Returns the new status."""
+        from curation import settlement
+
+        return settlement.settle(self)
+
     def flag_crisis(self, annotator: Any, notes: str) -> None:
         """An annotator's crisis flag: to the leads' safety queue, even when a lead had cleared
         it before (a new flag is a new concern). Each flag is counted on the dashboard."""

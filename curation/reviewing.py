@@ -22,7 +22,6 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.formats import time_format
 
-from curation import settlement
 from curation.models import (
     Assignment,
     Dialogue,
@@ -291,6 +290,6 @@ def submit(review: Review, decision: str, reasons: list[str], flags: list[str], 
         if Review.Flag.CRISIS in flags:
             dialogue.flag_crisis(user, notes)
         if dialogue.reviews_done >= settings.REVIEWS_PER_DIALOGUE:
-            settlement.settle(dialogue)
+            dialogue.settle()
     review.refresh_from_db()
     return True
