@@ -7,6 +7,7 @@ and turns on the secure-cookie/HTTPS settings that `manage.py check --deploy` as
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -67,6 +68,8 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "template_partials",
+    "axes",
+    "csp",
     "curation",
     "generation",
     "training",
@@ -81,6 +84,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -132,6 +138,34 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "curation-dialogue-list"
 LOGOUT_REDIRECT_URL = "login"
 
+# Sign-in throttling (django-axes), on the studio's login and the admin's alike: after
+# EXTES_LOGIN_FAILURE_LIMIT failed passwords an account is locked out, even with the right
+# password, until EXTES_LOGIN_COOLOFF_MINUTES pass without an attempt on it; a success resets its
+# count. `manage.py axes_reset_username NAME` unlocks an account early.
+# The count belongs to the account, from whatever address: keyed by username and address
+# together, a guesser with many addresses (one IPv6 /64 is plenty) would get a fresh count on each;
+# keyed by username or address, anyone's successful login would wipe their address's count, and
+# behind a reverse proxy (every request from the proxy's address) five typos anywhere would lock
+# everyone out. The price: whoever knows a username can keep that account locked.
+# axes.W006 asks for the address in the key against rotating user agents or cookies, which a
+# username key does not count by anyway.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("EXTES_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("EXTES_LOGIN_COOLOFF_MINUTES", 15))
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() < 60:
+    raise ImproperlyConfigured(
+        "EXTES_LOGIN_FAILURE_LIMIT and EXTES_LOGIN_COOLOFF_MINUTES must be at least 1"
+    )
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/login.html"  # with the lockout message, as HTTP 429
+AXES_DISABLE_ACCESS_LOG = True  # keep failed attempts only, not a record of every login
+AXES_VERBOSE = False  # no banner at every start-up, no line per reset: lockouts still log
+
 LANGUAGE_CODE = "en"
 TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = False
@@ -180,6 +214,9 @@ TRAINING_EVAL_MAX_NEW_TOKENS = envint("EXTES_EVAL_MAX_NEW_TOKENS", 64)
 # The worker writes progress at most this often; a job silent for a lease is taken as abandoned.
 TRAINING_PROGRESS_SECONDS = float(envstr("EXTES_TRAINING_PROGRESS_SECONDS", "2"))
 TRAINING_LEASE_SECONDS = envint("EXTES_TRAINING_LEASE_SECONDS", 900)
+RELEASE_LEASE_SECONDS = envint(
+    "EXTES_RELEASE_LEASE_SECONDS", 120
+)  # a silent release build's worker counts as dead
 
 # Review queue: how many annotators review each dialogue, and how long a claimed one stays theirs.
 REVIEWS_PER_DIALOGUE = envint("EXTES_REVIEWS_PER_DIALOGUE", 2)
@@ -188,12 +225,42 @@ REVIEW_LEASE_MINUTES = envint("EXTES_REVIEW_LEASE_MINUTES", 30)
 # annotator per day; 0 keeps them away from annotators altogether.
 CRISIS_DAILY_CAP = envint("EXTES_CRISIS_DAILY_CAP", 3)
 
+# Import and generation reject a dialogue with more turns than this (ESConv's longest has 87).
+MAX_UTTERANCES = envint("EXTES_MAX_UTTERANCES", 100)
+
 # Dialogue list: rows per page; counts above this are shown as "N+" to keep the page fast.
 DIALOGUES_PER_PAGE = envint("EXTES_DIALOGUES_PER_PAGE", 50)
 DIALOGUE_COUNT_CAP = envint("EXTES_DIALOGUE_COUNT_CAP", 100_000)
 
 SESSION_COOKIE_AGE = envint("SESSION_COOKIE_AGE", 60 * 60 * 12)
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): only files from this origin run or style the pages: no
+# inline scripts, handlers or styles (templates use static/js and static/css). Two fixed inline
+# styles are allowed by their hashes: the standalone 500 page's body (a style attribute, hence
+# 'unsafe-hashes') and the evaluation report's <style> (training/evaluate.py's report_html);
+# tests/test_login_security.py names the hash to put here when either changes. img-src allows
+# data: for the empty favicon. Production enforces it; development only reports (in the browser
+# console) what it would refuse.
+csp_policy = {
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "script-src": ["'self'"],
+        "style-src": [
+            "'self'",
+            "'unsafe-hashes'",
+            "'sha256-8tLFodv/dQP5eHRrgXn4lm8nPVhK2+w94c5W1QuvOAU='",  # 500.html
+            "'sha256-f7tRfyDpbUyIC6WJspFRdwnBJ+KPT602aotmL3NEuNc='",  # evaluation report
+        ],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+    }
+}
+CONTENT_SECURITY_POLICY = None if DEBUG else csp_policy
+CONTENT_SECURITY_POLICY_REPORT_ONLY = csp_policy if DEBUG else None
 
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

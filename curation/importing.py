@@ -1,20 +1,39 @@
-"""Import ExTES and ESConv files into the database: idempotent, atomic per file, fully reported."""
+"""Import ExTES and ESConv files into the database: idempotent, atomic per file, fully reported.
+
+Also the two pieces generation shares with import: `load_reference` (the vocabulary as the database
+holds it) and `create_dialogues` (parsed dialogues to Dialogue and Turn rows).
+
+A file is refused as a whole (ImportFileError, nothing saved) when it cannot be read: not JSON,
+nested too deeply for Python's json module to read (a JSON array with one such record included),
+not an array of records, or a source name longer than Dialogue.source_file holds. Everything else
+is judged per record: a JSON Lines row that is not JSON or is nested too deeply, and whatever
+`parse_record` or `_check_lengths` refuses, goes to the rejects file and the rest imports.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 
 from curation.models import Dialogue, Scenario, Strategy, Turn
-from curation.parsing import Format, ParsedDialogue, Rejected, Vocabulary, parse_record
+from curation.parsing import (
+    Format,
+    NumberText,
+    ParsedDialogue,
+    Rejected,
+    Vocabulary,
+    parse_record,
+    read_json,
+)
+from curation.vocabulary import normalize
 
 BATCH_SIZE = 500
 
@@ -25,10 +44,73 @@ class ImportFileError(Exception):
 
 @dataclass
 class _Invalid:
-    """A JSON Lines row that is not JSON."""
+    """A JSON Lines row that is not JSON, or nested too deeply to read."""
 
     text: str
+    kind: str
     error: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Strategies and scenarios as the database holds them, read by `load_reference`."""
+
+    vocab: Vocabulary  # what `parse_record` matches names against
+    strategy_ids: dict[tuple[str, str], int]  # (taxonomy, name) -> pk
+    definitions: list[tuple[str, str]]  # ExTES strategies as (name, definition), in pk order
+
+
+def load_reference() -> Reference:
+    """The one reader of the vocabulary tables, for import and generation alike."""
+    strategies = list(
+        Strategy.objects.values_list("pk", "taxonomy", "name", "aliases", "definition")
+    )
+    return Reference(
+        vocab=Vocabulary.build(
+            ((taxonomy, name, aliases) for _, taxonomy, name, aliases, _ in strategies),
+            Scenario.objects.values_list("name", "aliases", "is_official"),
+        ),
+        strategy_ids={(taxonomy, name): pk for pk, taxonomy, name, _, _ in strategies},
+        definitions=[
+            (name, definition)
+            for _, taxonomy, name, _, definition in sorted(strategies)
+            if taxonomy == "extes"
+        ],
+    )
+
+
+def create_dialogues(
+    items: Sequence[tuple[ParsedDialogue, dict[str, Any]]],
+    strategy_ids: Mapping[tuple[str, str], int],
+) -> list[Dialogue]:
+    """Save parsed dialogues as Dialogue rows and their Turn rows, in two bulk inserts.
+
+    The one way a `ParsedDialogue` becomes rows. Its description, content hash, repairs and turns
+    come from it; each item's dict gives the rest of the Dialogue's fields: scenario, origin,
+    source_file, source_record, source_format and raw, and where they apply provenance and the
+    safety fields. A turn's final text and strategy stay empty until its dialogue settles.
+    """
+    dialogues = Dialogue.objects.bulk_create(
+        Dialogue(
+            description=parsed.description,
+            content_hash=parsed.content_hash(),
+            repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
+            **fields,
+        )
+        for parsed, fields in items
+    )
+    Turn.objects.bulk_create(
+        Turn(
+            dialogue_id=dialogue.pk,
+            index=index,
+            role=turn.role,
+            text=turn.text,
+            strategy_id=strategy_ids[(parsed.taxonomy, turn.strategy)] if turn.strategy else None,
+        )
+        for dialogue, (parsed, _) in zip(dialogues, items, strict=True)
+        for index, turn in enumerate(parsed.turns)
+    )
+    return dialogues
 
 
 @dataclass
@@ -79,7 +161,12 @@ def read_records(path: Path, fmt: Format) -> tuple[str, Iterator[tuple[int, Any]
         raise ImportFileError(f"{path}: cannot be read ({exc})") from None
 
     try:
-        whole = json.loads(text)
+        whole = read_json(text)
+    except RecursionError:
+        # ESConv JSON Lines whose first row is the deep one: that row alone is rejected.
+        if fmt == "extes" or text.lstrip().startswith("["):
+            raise ImportFileError(f"{path}: JSON nested too deeply to read") from None
+        return _json_lines(path, text)
     except json.JSONDecodeError as exc:
         if fmt == "extes":
             raise ImportFileError(f"{path}: not JSON ({exc})") from None
@@ -88,9 +175,8 @@ def read_records(path: Path, fmt: Format) -> tuple[str, Iterator[tuple[int, Any]
     if isinstance(whole, dict):
         whole = [whole]
     if not isinstance(whole, list):
-        raise ImportFileError(
-            f"{path}: expected a JSON array of dialogues, got {type(whole).__name__}"
-        )
+        got = "a number" if isinstance(whole, NumberText) else type(whole).__name__
+        raise ImportFileError(f"{path}: expected a JSON array of dialogues, got {got}")
     objects = [r for r in whole if isinstance(r, dict)]
     if fmt == "extes" and objects and all("dialog" in r and "content" not in r for r in objects):
         raise ImportFileError(
@@ -111,12 +197,19 @@ def _json_lines(path: Path, text: str) -> tuple[str, Iterator[tuple[int, Any]]]:
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            rows.append((number, read_json(line)))
             parsed += 1
         except json.JSONDecodeError as exc:
-            rows.append((number, _Invalid(line, str(exc))))
+            rows.append((number, _Invalid(line, "invalid_json", str(exc))))
+        except RecursionError:
+            rows.append((number, _Invalid(line, "too_deep", "nested too deeply to read")))
     if not parsed:
-        raise ImportFileError(f"{path}: not JSON and not JSON Lines")
+        deep = any(isinstance(raw, _Invalid) and raw.kind == "too_deep" for _, raw in rows)
+        raise ImportFileError(
+            f"{path}: JSON nested too deeply to read"
+            if deep
+            else f"{path}: not JSON and not JSON Lines"
+        )
     return "JSON Lines", iter(rows)
 
 
@@ -130,21 +223,28 @@ def import_file(
     source_name: str | None = None,
 ) -> ImportReport:
     path = Path(path)
+    source = source_name or str(path)
+    try:
+        _check_lengths(Dialogue, source_file=source, source_format=fmt, origin=origin)
+    except Rejected as exc:
+        raise ImportFileError(f"{path}: {exc.detail}") from None
     layout, records = read_records(path, fmt)
     report = ImportReport(path=str(path), format=fmt, layout=layout, dry_run=dry_run)
     rejects: list[dict[str, Any]] = []
 
     with transaction.atomic():
-        vocab = _vocabulary_from_db()
+        reference = load_reference()
+        vocab = reference.vocab
         parsed: list[tuple[int, Any, ParsedDialogue, str]] = []
         seen: set[str] = set()
         for number, raw in records:
             report.records += 1
             if isinstance(raw, _Invalid):
-                _reject(report, rejects, number, "invalid_json", raw.error, raw.text)
+                _reject(report, rejects, number, raw.kind, raw.error, raw.text)
                 continue
             try:
                 dialogue = parse_record(raw, fmt, vocab)
+                _check_lengths(Scenario, name=dialogue.scene, key=normalize(dialogue.scene))
             except Rejected as exc:
                 _reject(report, rejects, number, exc.kind, exc.detail, raw)
                 continue
@@ -167,11 +267,14 @@ def import_file(
             report.repaired += bool(kinds)
 
         scenario_ids = _scenario_ids({d.scene for _, _, d, _ in fresh}, report)
-        strategy_ids = {(s.taxonomy, s.name): s.pk for s in Strategy.objects.all()}
-        source = source_name or str(path)
         for start in range(0, len(fresh), BATCH_SIZE):
             _insert_batch(
-                fresh[start : start + BATCH_SIZE], fmt, origin, source, scenario_ids, strategy_ids
+                fresh[start : start + BATCH_SIZE],
+                fmt,
+                origin,
+                source,
+                scenario_ids,
+                reference.strategy_ids,
             )
         report.imported = len(fresh)
         if dry_run:
@@ -182,11 +285,19 @@ def import_file(
     return report
 
 
-def _vocabulary_from_db() -> Vocabulary:
-    return Vocabulary.build(
-        Strategy.objects.values_list("taxonomy", "name", "aliases"),
-        Scenario.objects.values_list("name", "aliases", "is_official"),
-    )
+def _check_lengths(model: type[models.Model], **values: str) -> None:
+    """Refuse values longer than their CharField holds: PostgreSQL would fail the whole file,
+    SQLite would store them anyway."""
+    for name, value in values.items():
+        field = model._meta.get_field(name)
+        assert isinstance(field, models.CharField)
+        limit = field.max_length
+        if limit is not None and len(value) > limit:
+            raise Rejected(
+                "field_too_long",
+                f"{model.__name__}.{name} would be {len(value)} characters, "
+                f"more than the {limit} it holds",
+            )
 
 
 def _existing_hashes(digests: list[str]) -> set[str]:
@@ -213,32 +324,24 @@ def _insert_batch(
     origin: str,
     source: str,
     scenario_ids: dict[str, int],
-    strategy_ids: dict[tuple[str, str], int],
+    strategy_ids: Mapping[tuple[str, str], int],
 ) -> None:
-    dialogues = Dialogue.objects.bulk_create(
-        Dialogue(
-            scenario_id=scenario_ids[parsed.scene],
-            description=parsed.description,
-            origin=origin,
-            source_file=source,
-            source_record=number,
-            source_format=fmt,
-            content_hash=digest,
-            raw=raw,
-            repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
-        )
-        for number, raw, parsed, digest in batch
-    )
-    Turn.objects.bulk_create(
-        Turn(
-            dialogue_id=dialogue.pk,
-            index=index,
-            role=turn.role,
-            text=turn.text,
-            strategy_id=strategy_ids[(parsed.taxonomy, turn.strategy)] if turn.strategy else None,
-        )
-        for dialogue, (_, _, parsed, _) in zip(dialogues, batch, strict=True)
-        for index, turn in enumerate(parsed.turns)
+    create_dialogues(
+        [
+            (
+                parsed,
+                {
+                    "scenario_id": scenario_ids[parsed.scene],
+                    "origin": origin,
+                    "source_file": source,
+                    "source_record": number,
+                    "source_format": fmt,
+                    "raw": raw,
+                },
+            )
+            for number, raw, parsed, _digest in batch
+        ],
+        strategy_ids,
     )
 
 
@@ -260,7 +363,10 @@ def _write_rejects(source: Path, rejects: list[dict[str, Any]], target: Path | s
         target = Path(settings.REJECTS_DIR) / f"{source.stem}-{stamp}.rejects.jsonl"
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as out:
+    # Strict JSON on every line: numbers JSON cannot hold were read as text (NumberText) and are
+    # written as strings; an unpaired surrogate, which only a string can hold, becomes its \\u
+    # escape (backslashreplace), which reads back as the same character.
+    with target.open("w", encoding="utf-8", errors="backslashreplace") as out:
         for row in rejects:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
     return target

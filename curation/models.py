@@ -777,6 +777,18 @@ class Release(models.Model):
         building.filter(worker=worker).update(heartbeat_at=None)
         return list(building.filter(cls._claimable()).values_list("pk", flat=True))
 
+    @classmethod
+    def leases_left(cls) -> dict[int, float]:
+        """The builds live workers hold: seconds until each one's lease would run out."""
+        held = cls.objects.filter(status=cls.Status.BUILDING).exclude(cls._claimable())
+        lease = timedelta(seconds=settings.RELEASE_LEASE_SECONDS)
+        now = timezone.now()
+        return {
+            pk: max(0.0, (beat + lease - now).total_seconds())
+            for pk, beat in held.values_list("pk", "heartbeat_at")
+            if beat is not None
+        }
+
 
 class ReleaseDialogue(models.Model):
     """One dialogue as it was when the release was made: text, final labels, candidates, provenance."""

@@ -2,7 +2,11 @@
 
 Every drift kind named in DOMAIN.md is repaired here and recorded as a `Repair`; what cannot be
 repaired raises `Rejected` with a kind and a reason. Nothing here touches the database: names are
-matched against a `Vocabulary`, which the importer builds from the database rows.
+matched against a `Vocabulary`, which `curation.importing.load_reference` builds from its rows.
+
+Hostile input is refused here too, per record: nesting deeper than `MAX_DEPTH`, numbers no strict
+JSON holds (see `read_json`), text no database column takes (NUL, unpaired surrogates), and more
+turns than `settings.MAX_UTTERANCES`.
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.vocabulary import SCENARIOS, STRATEGIES, normalize
@@ -25,12 +33,46 @@ Format = Literal["extes", "esconv"]
 _TEXT_KEYS = ("text", "response", "content", "utterance", "message")
 _EXTES_TOP_KEYS = {"scene", "description", "content"}
 
+# Containers nested deeper than this are rejected. A record needs four levels (record, content,
+# utterance, text object); thousands would run Python's recursion out in json, pydantic or the ORM.
+MAX_DEPTH = 100
+# PostgreSQL refuses NUL in text and JSON; no UTF-8 encoder (SQLite's included) takes a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 class Rejected(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class NumberText(str):
+    """A number in the input that strict JSON cannot hold: NaN, Infinity, -Infinity, one beyond
+    float range (1e999999), or an integer with more digits than Python converts (4,300 unless
+    sys.set_int_max_str_digits says otherwise). `read_json` keeps it as the text it was written in:
+    its record is rejected, and the rejects file shows it as that text, a JSON string."""
+
+
+def read_json(text: str) -> Any:
+    """`json.loads`, except that the numbers `NumberText` describes come back as `NumberText`.
+
+    Raises json.JSONDecodeError for what is not JSON, RecursionError for nesting deeper than
+    Python's json module reads (about a thousand levels).
+    """
+    return json.loads(text, parse_constant=NumberText, parse_float=_float, parse_int=_int)
+
+
+def _float(text: str) -> float | NumberText:
+    value = float(text)
+    return value if math.isfinite(value) else NumberText(text)
+
+
+def _int(text: str) -> int | NumberText:
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text.lstrip("-")) > limit:
+        return NumberText(text)
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -205,6 +247,7 @@ def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
     repairs: list[Repair] = []
     if not isinstance(raw, dict):
         raise Rejected("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+    _check_storable(raw)
     if fmt == "extes":
         scene, description, utterances = _read_extes(raw, repairs)
     else:
@@ -215,6 +258,12 @@ def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
         repairs.append(Repair(scene_repair, scene))
 
     turns = _normalise_turns(utterances, fmt, vocab, repairs)
+    if len(turns) > settings.MAX_UTTERANCES:
+        raise Rejected(
+            "too_long",
+            f"{len(turns)} utterances, more than the {settings.MAX_UTTERANCES} allowed "
+            "(EXTES_MAX_UTTERANCES)",
+        )
     try:
         return ParsedDialogue(
             scene=scene_name,
@@ -227,6 +276,37 @@ def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
         message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         kind, _, detail = message.partition(": ")
         raise Rejected(kind if detail else "schema", detail or message) from None
+
+
+def _check_storable(raw: dict[str, Any]) -> None:
+    """Reject a record that cannot be stored as read. Walked without recursion, so that depth
+    itself cannot break the walk; plain ASCII text without NUL, nearly all of it, costs one test."""
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise Rejected("too_deep", f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(container, dict):
+            for key in container:
+                _check_text(str(key))
+            container = container.values()
+        for item in container:
+            if isinstance(item, str):
+                _check_text(item)
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise Rejected("bad_number", f"{item} is not a number JSON can hold")
+
+
+def _check_text(text: str) -> None:
+    if "\x00" not in text and text.isascii() and not isinstance(text, NumberText):
+        return
+    if isinstance(text, NumberText):
+        shown = text if len(text) <= 40 else f"{text[:12]}… ({len(text)} characters)"
+        raise Rejected("bad_number", f"{shown} is not a number JSON can hold")
+    if found := _UNSTORABLE.search(text):
+        raise Rejected("bad_text", f"text holds {found.group()!r}, which no database can store")
 
 
 def _read_extes(raw: dict[str, Any], repairs: list[Repair]) -> tuple[str, str, list[_Utterance]]:

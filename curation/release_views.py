@@ -1,4 +1,4 @@
-"""Release pages, for leads: list, new, progress and contents, downloads."""
+"""Release pages, for leads: list, new, progress and contents, retry, downloads."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from django.contrib import messages
 from django.db import IntegrityError, transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.models import Dialogue, Release, Scenario
 from curation.releases import FileOptions, Filters, new_release
 from curation.roles import lead_required
-from curation.tasks import build_release, release_folder
+from curation.tasks import build_release
 from curation.views import HtmxHttpRequest
 
 
@@ -110,6 +111,9 @@ def release_new(request: HttpRequest) -> HttpResponse:
             form.add_error(
                 "name", "A release with this name exists already; releases never change."
             )
+        except BrokerUnreachable:
+            release.delete()  # committed a moment ago, and no worker would ever build it
+            messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
         else:
             messages.success(request, f"Release {release.name} is being built.")
             return redirect("curation-release", release.name)
@@ -120,22 +124,41 @@ def release_new(request: HttpRequest) -> HttpResponse:
 @lead_required
 def release_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     release = get_object_or_404(Release, name=name)
-    folder = release_folder(release)
+    folder = release.folder
     manifest = stats = None
     if release.status == Release.Status.READY and (folder / "manifest.json").exists():
         manifest = json.loads((folder / "manifest.json").read_text())
-        stats = json.loads((folder / "stats.json").read_text())
+        if (folder / "stats.json").exists():
+            stats = json.loads((folder / "stats.json").read_text())
     context = {"release": release, "manifest": manifest, "stats": stats}
     if request.htmx and request.htmx.target == "release-progress":
         return render(request, "curation/release_detail.html#progress", context)
     return render(request, "curation/release_detail.html", context)
 
 
+@require_POST
+@lead_required
+def release_retry(request: HttpRequest, name: str) -> HttpResponse:
+    release = get_object_or_404(Release, name=name)
+    error = release.error
+    if not release.retry():
+        messages.info(request, f"Release {release.name} has not failed: nothing to retry.")
+        return redirect("curation-release", release.name)
+    try:
+        build_release.delay_on_commit(release.pk)
+    except BrokerUnreachable:
+        release.fail(error)  # as it was: no worker would ever build it
+        messages.error(request, f"{QUEUE_UNREACHABLE} Retry once it is back.")
+    else:
+        messages.success(request, f"Release {release.name} is being built again.")
+    return redirect("curation-release", release.name)
+
+
 @require_GET
 @lead_required
 def release_download(request: HttpRequest, name: str, path: str) -> FileResponse:
     release = get_object_or_404(Release, name=name, status=Release.Status.READY)
-    folder = release_folder(release)
+    folder = release.folder
     listed = {"manifest.json"}
     if (folder / "manifest.json").exists():
         listed |= {f["path"] for f in json.loads((folder / "manifest.json").read_text())["files"]}

@@ -3,56 +3,40 @@
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
+from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
+from curation import releases
 from curation.models import Release
-from curation.releases import ReleaseWriter, freeze, write_files
 
 logger = logging.getLogger(__name__)
 
 
-def release_folder(release: Release) -> Path:
-    return Path(settings.MEDIA_ROOT) / "releases" / release.name
-
-
-@shared_task(name="curation.build_release", acks_late=True, reject_on_worker_lost=True)
-def build_release(release_id: int) -> None:
-    # Claim: only the first delivery of the task builds (progress moves off 0).
-    claimed = Release.objects.filter(
-        pk=release_id, status=Release.Status.BUILDING, progress=0
-    ).update(progress=1)
-    if not claimed:
+@shared_task(name="curation.build_release", bind=True, acks_late=True, reject_on_worker_lost=True)
+def build_release(self: Any, release_id: int) -> None:
+    release = Release.objects.filter(pk=release_id).first()
+    if release is None or not release.claim(self.request.hostname or "unknown-worker"):
         logger.info("release %s is built or being built elsewhere", release_id)
         return
-    release = Release.objects.get(pk=release_id)
-    folder = release_folder(release)
+    releases.build(release)
 
-    def progress(percent: int) -> None:
-        Release.objects.filter(pk=release_id).update(progress=max(2, percent))
 
-    try:
-        if folder.exists():
-            shutil.rmtree(folder)
-        # One pass: each snapshot goes to the database and to the files as it is made.
-        writer = ReleaseWriter(release, folder, progress=progress)
-        try:
-            frozen_now = freeze(release, sink=writer, progress=progress)
-        except BaseException:
-            writer.abort()
-            raise
-        if frozen_now:
-            writer.finish()
-        else:  # frozen by an earlier attempt: the files come from the stored snapshots
-            writer.abort()
-            write_files(release, folder, progress=progress)
-    except Exception as exc:
-        logger.exception("release %s failed", release_id)
-        Release.objects.filter(pk=release_id).update(
-            status=Release.Status.FAILED, error=f"{type(exc).__name__}: {exc}"
-        )
+@worker_ready.connect
+def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
+    """A worker that starts queues again the builds a killed one left, and any whose message was
+    lost (each is claimed once, however often it is queued)."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    if settings.CELERY_TASK_DEFAULT_QUEUE not in queues:
         return
-    Release.objects.filter(pk=release_id).update(status=Release.Status.READY, progress=100)
+    release_ids = Release.recover(sender.hostname)
+    for release_id in release_ids:
+        build_release.delay(release_id)
+    if release_ids:
+        logger.info("queued %d release builds again: %s", len(release_ids), release_ids)
+    # Builds other workers hold are looked at again when their lease would run out: one whose
+    # worker died as this one started (a restart under a new name) is then taken, not left.
+    for release_id, seconds in Release.leases_left().items():
+        build_release.apply_async((release_id,), countdown=seconds + 1)

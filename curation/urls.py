@@ -24,6 +24,7 @@ urlpatterns = [
     path("releases/", release_views.release_list, name="curation-release-list"),
     path("releases/new/", release_views.release_new, name="curation-release-new"),
     path("releases/<str:name>/", release_views.release_detail, name="curation-release"),
+    path("releases/<str:name>/retry/", release_views.release_retry, name="curation-release-retry"),
     path(
         "releases/<str:name>/files/<path:path>",
         release_views.release_download,

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.roles import is_lead, lead_required
 from curation.views import HtmxHttpRequest
 from generation.forms import JobForm
@@ -50,6 +51,10 @@ def job_new(request: HttpRequest) -> HttpResponse:
                     start_job.delay_on_commit(job.pk)
             except IntegrityError:
                 job = get_object_or_404(GenerationJob, request_token=token)
+            except BrokerUnreachable:
+                job.delete()  # committed a moment ago, and no worker would ever start it
+                messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
+                return render(request, "generation/job_new.html", {"form": form})
             messages.success(request, f"{job} queued.")
             return redirect("generation-job-detail", job.pk)
     else:

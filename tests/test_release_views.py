@@ -139,15 +139,13 @@ def test_file_options_chosen_in_the_form_are_kept_by_the_release(client, lead, b
 
     from django.core.management import call_command
 
-    from curation.tasks import release_folder
-
     Dialogue.objects.update(status="accepted")
     client.force_login(lead)
     client.post(reverse("curation-release-new"), form(name="tagged", strategy_tags="on"))
     release = Release.objects.get(name="tagged")
     assert release.file_options["strategy_tags"] is True
     build_release(built.pop())
-    folder = release_folder(release)
+    folder = release.folder
     first = json.loads((folder / "sft" / "train.jsonl").read_text().splitlines()[0])
     replies = [m["content"] for m in first["messages"] if m["role"] == "assistant"]
     assert replies and all(r.startswith("[") for r in replies)

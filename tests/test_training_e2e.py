@@ -159,14 +159,13 @@ def training_studio(live_server, vocabulary_db, seeds, redis_url, settings, monk
 
     from curation.models import Dialogue
     from curation.releases import create_release, write_files
-    from curation.tasks import release_folder
     from training import admin as training_admin
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.TRAINING_DIR = tmp_path / "training"
     Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
     release = create_release("r-browser")
-    write_files(release, release_folder(release))  # as a release built from the web has them
+    write_files(release, release.folder)  # as a release built from the web has them
     User.objects.create_superuser("ada", password="ada-pass-123")
     queue = f"training-browser-{uuid.uuid4().hex[:8]}"
 

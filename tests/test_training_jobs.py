@@ -20,7 +20,6 @@ from django.utils import timezone
 
 from curation.models import Dialogue, Release
 from curation.releases import create_release, new_release
-from curation.tasks import release_folder
 from tests import test_training_sft
 from tests.conftest import ROOT
 from training import jobs
@@ -71,7 +70,7 @@ def make_job(release: Release, base: Path | str, **hyperparameters) -> TrainingJ
 
 def test_a_job_trains_scores_both_models_and_writes_its_card(release, tiny_base):
     job = make_job(release, tiny_base)
-    assert not release_folder(release).exists()
+    assert not release.folder.exists()
 
     jobs.run(job.pk, "training@test")
 
@@ -80,7 +79,7 @@ def test_a_job_trains_scores_both_models_and_writes_its_card(release, tiny_base)
     assert (job.step, job.total_steps, job.attempts) == (6, 6, 1)
     assert [step for step, _ in job.losses] == [1, 2, 3, 4, 5, 6]
     assert job.loss == pytest.approx(job.losses[-1][1], abs=1e-4)
-    assert (release_folder(release) / "manifest.json").is_file()
+    assert (release.folder / "manifest.json").is_file()
     adapter = Path(job.adapter_dir)
     assert (adapter / "adapter_model.safetensors").is_file()
     assert job.resolved_config["max_length"] == 192

@@ -13,7 +13,6 @@ from django.urls import reverse
 
 from curation.models import Dialogue, Release
 from curation.releases import create_release, new_release, write_files
-from curation.tasks import release_folder
 from tests import test_training_sft
 from training import jobs
 from training.models import TrainingJob
@@ -99,7 +98,7 @@ def test_the_release_action_leads_to_a_form_with_defaults_and_the_suggested_leng
     client, superuser, release, smollm2_folder, settings
 ):
     settings.MODELS_DIR = smollm2_folder.parent  # the local model's tokenizer counts the tokens
-    write_files(release, release_folder(release))
+    write_files(release, release.folder)
     client.force_login(superuser)
     response = client.post(RELEASES, {"action": "train_student", "_selected_action": [release.pk]})
     assert response.status_code == 302

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,15 +28,13 @@ from django.db import connection
 from django.utils import timezone
 
 from curation.models import Release
-from curation.releases import write_files
-from curation.tasks import release_folder
+from curation.releases import ensure_files
 from training.models import LOG_LINES, TrainingJob
 
 logger = logging.getLogger(__name__)
 
 # TrainConfig fields a job sets from its own columns or its run folder, not from hyperparameters.
 OWN_FIELDS = ("data", "out", "base", "variant", "seed", "resume")
-EVAL_SPLIT_FILE = "sft/test.jsonl"
 STEP_LINE_SECONDS = 10  # the log gets a line per step at most this often (the row has them all)
 
 
@@ -53,28 +50,11 @@ def run_dir(job: TrainingJob) -> Path:
 
 
 def release_files(release: Release) -> Path:
-    """The release's folder with its files, written from the stored snapshots when missing.
-
-    Written beside the folder and renamed into place, so a reader never sees half of it and two
-    workers writing at once both end with one complete folder.
-    """
-    folder = release_folder(release)
-    if (folder / "manifest.json").is_file() and (folder / EVAL_SPLIT_FILE).is_file():
-        return folder
+    """The folder of a ready release with its files (curation's one writer of it writes them
+    from the stored snapshots when they are missing)."""
     if release.status != Release.Status.READY:
         raise ValueError(f"release {release.name} is {release.get_status_display().lower()}")
-    tmp = folder.with_name(f".{folder.name}.tmp-{time.monotonic_ns()}")
-    write_files(release, tmp)
-    try:
-        if folder.exists():  # an incomplete folder (no manifest): files from an old layout
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except OSError:
-        if not (folder / "manifest.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return ensure_files(release)
 
 
 def local_model_folder() -> Path:
@@ -131,7 +111,7 @@ def suggest_max_length(release: Release, variant: str, base_model: str) -> Lengt
     count adds a few tokens per message for the template's markers."""
     from training.data import choose_max_length, read_examples
 
-    train_file = release_folder(release) / variant / "train.jsonl"
+    train_file = release.folder / variant / "train.jsonl"
     if not train_file.is_file():
         return LengthSuggestion(None, "the release's files are not written yet")
     chats = [[m["content"] for m in example["messages"]] for example in read_examples(train_file)]

@@ -210,6 +210,18 @@ class TrainingJob(models.Model):
         self.refresh_from_db()
         return updated == 1
 
+    def unqueue(self, before: TrainingJob) -> None:
+        """Undo `requeue` (its task could not be sent): the job is again as `before`, unless a
+        worker has taken it meanwhile."""
+        TrainingJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=before.status,
+            cancel_requested=before.cancel_requested,
+            finished_at=before.finished_at,
+            error=before.error,
+            phase=before.phase,
+        )
+        self.refresh_from_db()
+
     @classmethod
     def orphans_of(cls, worker: str) -> list[int]:
         """At worker start: jobs this worker name held before it restarted (it died holding

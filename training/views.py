@@ -3,6 +3,7 @@ curve and the log, the evaluation when done, downloads, cancel and resume."""
 
 from __future__ import annotations
 
+import copy
 import math
 import zipfile
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.views import HtmxHttpRequest
 from training.card import METRIC_NAMES
 from training.models import TrainingJob
@@ -110,11 +112,17 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def job_resume(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_rw_job_for_user(request, pk)
-    if job.requeue():
-        run_job.delay_on_commit(job.pk)
-        messages.success(request, f"{job} queued again: it continues from its last checkpoint.")
-    else:
+    before = copy.copy(job)
+    if not job.requeue():
         messages.info(request, f"{job} is {job.get_status_display().lower()}: nothing to resume.")
+        return redirect(job)
+    try:
+        run_job.delay_on_commit(job.pk)
+    except BrokerUnreachable:
+        job.unqueue(before)  # as it was: no worker would ever run it
+        messages.error(request, f"{QUEUE_UNREACHABLE} Resume it once it is back.")
+    else:
+        messages.success(request, f"{job} queued again: it continues from its last checkpoint.")
     return redirect(job)
 
 

@@ -5,16 +5,19 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 
-from curation.models import Dialogue
-from curation.releases import FileOptions, Filters, create_release
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
+from curation.models import Dialogue, Release
+from curation.releases import FileOptions, Filters, create_release, new_release
+from curation.tasks import build_release
 
 
 class Command(BaseCommand):
     help = (
         "Freeze a release: snapshot the chosen dialogues (by default every accepted one) and split "
-        "them deterministically, stratified by scenario. Write its files with export_release."
+        "them deterministically, stratified by scenario. Write its files with export_release. "
+        "With --background a worker builds it instead, files included, as from the web."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -40,6 +43,11 @@ class Command(BaseCommand):
         parser.add_argument("--split", default="80/10/10", help="train/valid/test percentages")
         parser.add_argument("--licence", default="CC BY-NC 4.0")
         parser.add_argument("--notes", default="")
+        parser.add_argument(
+            "--background",
+            action="store_true",
+            help="queue the build on a worker (which writes the files too) and return at once",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
@@ -55,8 +63,9 @@ class Command(BaseCommand):
             min_agreeing_reviews=options["min_agreeing_reviews"],
             dri=not options["no_dri"],
         )
+        make = self._queue if options["background"] else create_release
         try:
-            release = create_release(
+            release = make(
                 name,
                 filters,
                 {"train": train, "valid": valid, "test": test},
@@ -70,8 +79,24 @@ class Command(BaseCommand):
             raise CommandError(
                 f"a release called {name!r} exists already; releases never change"
             ) from None
+        if options["background"]:
+            self.stdout.write(
+                f"release #{release.pk} {release.name}: queued; a worker freezes it and writes "
+                "its files (its page shows the progress)"
+            )
+            return
         counts = release.counts
         self.stdout.write(
             f"{release.name}: {sum(counts.values())} dialogues (train {counts['train']}, "
             f"valid {counts['valid']}, test {counts['test']}), checksum {release.checksum[:16]}…"
         )
+
+    def _queue(self, name: str, *args: Any, **kwargs: Any) -> Release:
+        try:
+            with transaction.atomic():
+                release = new_release(name, *args, **kwargs)
+                build_release.delay_on_commit(release.pk)
+        except BrokerUnreachable:
+            release.delete()  # committed a moment ago, and no worker would ever build it
+            raise CommandError(f"{QUEUE_UNREACHABLE} Try again once it is back.") from None
+        return release

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from curation.models import Release
-from curation.releases import FileOptions, write_files
+from curation.releases import FileOptions, write_folder
 
 
 class Command(BaseCommand):
@@ -30,6 +30,11 @@ class Command(BaseCommand):
         release = Release.objects.filter(name=options["name"]).first()
         if release is None:
             raise CommandError(f"no release called {options['name']!r}")
+        if release.status != Release.Status.READY:
+            raise CommandError(
+                f"release {release.name} is {release.get_status_display().lower()}: "
+                "only a ready release has files"
+            )
         out: Path = options["out"]
         if out.exists() and any(out.iterdir()):
             raise CommandError(f"{out} is not empty: choose a new folder")
@@ -37,7 +42,7 @@ class Command(BaseCommand):
         for name in ("strategy_tags", "dpo_pairs", "dpo_min_margin"):
             if options[name] is not None:
                 setattr(chosen, name, options[name])
-        manifest = write_files(release, out, chosen)
+        manifest = write_folder(release, out, chosen)
         self.stdout.write(f"wrote {len(manifest['files'])} files to {out}:")
         for item in manifest["files"]:
             self.stdout.write(
