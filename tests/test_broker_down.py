@@ -164,3 +164,28 @@ def test_create_release_in_the_background_fails_and_leaves_no_release():
     with pytest.raises(CommandError, match="cannot be reached"):
         call_command("create_release", "r-cli-down", "--background", stdout=StringIO())
     assert not Release.objects.exists()
+
+
+def test_generate_from_the_command_line_with_the_queue_down_leaves_no_job():
+    with pytest.raises(CommandError, match="cannot be reached"):
+        call_command(
+            "generate", "--scenario", "Anxiety and Panic", "--count", "1", stdout=StringIO()
+        )
+    assert not GenerationJob.objects.exists()
+
+
+def test_the_admins_resume_action_with_the_queue_down_leaves_the_job_as_it_was(client):
+    user = User.objects.create_superuser("root-down", password="pw-root-123")
+    release = Release.objects.create(
+        name="r-admin", split={"train": 80, "valid": 10, "test": 10}, status="ready"
+    )
+    job = TrainingJob.objects.create(release=release, status="failed", error="killed")
+    client.force_login(user)
+    response = client.post(
+        reverse("admin:training_trainingjob_changelist"),
+        {"action": "resume_jobs", "_selected_action": [job.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200 and UNREACHABLE in response.content
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "killed")

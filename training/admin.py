@@ -18,6 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation import admin as curation_admin
 from curation.models import Release
 from training import jobs
@@ -112,7 +113,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
             form = TrainForm(request.POST)
             if form.is_valid():
                 job = _create_job(request, form)
-                return redirect(job)
+                if job is not None:
+                    return redirect(job)
         else:
             release = request.GET.get("release")
             form = TrainForm(initial={"token": uuid.uuid4().hex, "release": release})
@@ -145,9 +147,18 @@ class TrainingJobAdmin(admin.ModelAdmin):
         description="Resume the selected jobs from their last checkpoint", permissions=["change"]
     )
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        resumed = [job for job in queryset if job.requeue()]
-        for job in resumed:
-            run_job.delay_on_commit(job.pk)
+        resumed = []
+        for job in queryset:
+            before = TrainingJob.objects.get(pk=job.pk)
+            if not job.requeue():
+                continue
+            try:
+                run_job.delay_on_commit(job.pk)
+            except BrokerUnreachable:
+                job.unqueue(before)  # as it was: no worker would ever take it
+                self.message_user(request, f"{QUEUE_UNREACHABLE} Resume once it is back.", "error")
+                return
+            resumed.append(job)
         skipped = queryset.count() - len(resumed)
         note = (
             f" ({skipped} not failed, cancelled or abandoned: left as they were)" if skipped else ""
@@ -162,7 +173,8 @@ def _release_of(form: TrainForm) -> Release | None:
     return Release.objects.filter(pk=int(value), status=Release.Status.READY).first()
 
 
-def _create_job(request: HttpRequest, form: TrainForm) -> TrainingJob:
+def _create_job(request: HttpRequest, form: TrainForm) -> TrainingJob | None:
+    """The queued job; None when the queue cannot be reached (no job is left behind)."""
     token = form.cleaned_data["token"]
     existing = TrainingJob.objects.filter(request_key=token).first()
     if existing is not None:  # the same form sent twice (double click, retry)
@@ -182,5 +194,9 @@ def _create_job(request: HttpRequest, form: TrainForm) -> TrainingJob:
             run_job.delay_on_commit(job.pk)
     except IntegrityError:  # the other submit won the race
         return get_object_or_404(TrainingJob, request_key=token)
+    except BrokerUnreachable:
+        job.delete()  # committed a moment ago, and no worker would ever start it
+        messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
+        return None
     messages.success(request, f"{job} queued: training on {job.release}.")
     return job

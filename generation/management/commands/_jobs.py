@@ -6,8 +6,8 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
+from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from generation import runner
 from generation.models import GenerationJob
 from generation.teacher import Sampling, TeacherConfig
@@ -49,7 +49,13 @@ def launch(command: BaseCommand, job: GenerationJob, options: dict[str, Any]) ->
     if not options["inline"]:
         from generation.tasks import start_job
 
-        transaction.on_commit(lambda: start_job.delay(job.pk))
+        try:
+            start_job.delay(job.pk)
+        except BrokerUnreachable:
+            job.delete()  # no worker would ever start it
+            raise CommandError(
+                f"{QUEUE_UNREACHABLE} Run it with --inline, or once it is back."
+            ) from None
         command.stdout.write(f"queued; follow it at /generation/jobs/{job.pk}/")
         return
     try:
