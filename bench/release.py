@@ -63,7 +63,7 @@ def _setup(data: Path) -> None:
 def run_release(data: Path) -> None:
     _setup(data)
     from curation.models import Dialogue, Release
-    from curation.releases import (
+    from curation.releases.build import (
         ReleaseWriter,
         extes_record,
         freeze,

@@ -280,7 +280,7 @@ class Dialogue(models.Model):
         recorded. Its stored final state stands until the new decision replaces it."""
         from django.db import transaction
 
-        from curation import adjudication
+        from curation.lead import adjudication
 
         reason = reason.strip()
         if not reason:
@@ -289,7 +289,7 @@ class Dialogue(models.Model):
             locked = Dialogue.objects.select_for_update().get(pk=self.pk)
             if not locked.is_settled or locked.status == Dialogue.Status.NEEDS_ADJUDICATION:
                 raise ValueError("Only a settled dialogue can be re-opened.")
-            from curation.reviewing import next_version
+            from curation.review.reviewing import next_version
 
             next_version(self.pk, locked.version, status=Dialogue.Status.NEEDS_ADJUDICATION)
             Event.objects.create(
@@ -694,7 +694,7 @@ class Release(models.Model):
 
     @property
     def folder(self) -> Path:
-        """Where its files live; curation.releases.ensure_files is the one writer of it."""
+        """Where its files live; curation.releases.build.ensure_files is the one writer of it."""
         return Path(settings.MEDIA_ROOT) / "releases" / self.name
 
     @property

@@ -163,7 +163,7 @@ def outcome(dialogue: Dialogue) -> Outcome:
 def settle(dialogue: Dialogue) -> str:
     """Called when the dialogue's last required review lands: store its final state if the
     reviews agree, else open an adjudication. Returns the new status. Call inside a transaction."""
-    from curation import adjudication
+    from curation.lead import adjudication
 
     result = outcome(dialogue)
     reasons = result.reasons
@@ -204,7 +204,7 @@ def write_final(
     `labels` keep the text as written / the teacher's label), the status, a new version.
     With `expected_version`, StaleVersion if the dialogue moved since (a lead's stale page).
     Returns the new version. Call inside a transaction."""
-    from curation.reviewing import next_version
+    from curation.review.reviewing import next_version
 
     status = Dialogue.Status.ACCEPTED if decision == ACCEPT else Dialogue.Status.REJECTED
     now = timezone.now()

@@ -9,8 +9,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from curation import releases
 from curation.models import Release
+from curation.releases import build as releases
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
-from curation import lead_views, release_views, views
+from curation import views
+from curation.lead import views as lead_views
+from curation.releases import views as release_views
+from curation.review import views as review_views
 
 urlpatterns = [
     # /dialogues/
@@ -10,16 +13,16 @@ urlpatterns = [
     path("dialogues/<int:pk>/", views.dialogue_detail, name="curation-dialogue-detail"),
     path("dialogues/<int:pk>/reopen/", views.dialogue_reopen, name="curation-dialogue-reopen"),
     # /review/
-    path("review/", views.review_home, name="curation-review-home"),
-    path("review/next/", views.review_next, name="curation-review-next"),
-    path("review/continue/", views.review_continue, name="curation-review-next-get"),
-    path("review/<int:pk>/", views.review, name="curation-review"),
-    path("review/<int:pk>/label/", views.review_label, name="curation-review-label"),
-    path("review/<int:pk>/edit/", views.review_edit, name="curation-review-edit"),
-    path("review/<int:pk>/draft/", views.review_draft, name="curation-review-draft"),
-    path("review/<int:pk>/submit/", views.review_submit, name="curation-review-submit"),
-    path("review/<int:pk>/skip/", views.review_skip, name="curation-review-skip"),
-    path("review/<int:pk>/renew/", views.review_renew, name="curation-review-renew"),
+    path("review/", review_views.review_home, name="curation-review-home"),
+    path("review/next/", review_views.review_next, name="curation-review-next"),
+    path("review/continue/", review_views.review_continue, name="curation-review-next-get"),
+    path("review/<int:pk>/", review_views.review, name="curation-review"),
+    path("review/<int:pk>/label/", review_views.review_label, name="curation-review-label"),
+    path("review/<int:pk>/edit/", review_views.review_edit, name="curation-review-edit"),
+    path("review/<int:pk>/draft/", review_views.review_draft, name="curation-review-draft"),
+    path("review/<int:pk>/submit/", review_views.review_submit, name="curation-review-submit"),
+    path("review/<int:pk>/skip/", review_views.review_skip, name="curation-review-skip"),
+    path("review/<int:pk>/renew/", review_views.review_renew, name="curation-review-renew"),
     # /releases/
     path("releases/", release_views.release_list, name="curation-release-list"),
     path("releases/new/", release_views.release_new, name="curation-release-new"),
@@ -40,6 +43,6 @@ urlpatterns = [
     path("lead/safety/", lead_views.safety_queue, name="curation-safety"),
     path("lead/safety/<int:pk>/", lead_views.safety_decide, name="curation-safety-decide"),
     # /rank/
-    path("rank/", views.rank_next, name="curation-rank-next"),
-    path("rank/<int:pk>/", views.rank, name="curation-rank"),
+    path("rank/", review_views.rank_next, name="curation-rank-next"),
+    path("rank/<int:pk>/", review_views.rank, name="curation-rank"),
 ]

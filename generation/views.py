@@ -11,8 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
-from curation.roles import is_lead, lead_required
-from curation.views import HtmxHttpRequest
+from curation.roles import HtmxHttpRequest, is_lead, lead_required
 from generation.forms import JobForm
 from generation.models import FAILURE_CLASSES, GenerationJob, new_job
 from generation.tasks import start_job

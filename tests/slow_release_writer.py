@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from curation.releases import ReleaseWriter
+from curation.releases.build import ReleaseWriter
 
 DELAY = float(os.environ.get("EXTES_TEST_WRITE_DELAY", "0.2"))
 _add = ReleaseWriter.add

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from curation import adjudication, ranking, reviewing, safety
+from curation.lead import adjudication, safety
 from curation.models import (
     Adjudication,
     Candidate,
@@ -19,7 +19,8 @@ from curation.models import (
     Strategy,
     Turn,
 )
-from curation.releases import create_release
+from curation.releases.build import create_release
+from curation.review import ranking, reviewing
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 

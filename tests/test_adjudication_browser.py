@@ -8,8 +8,8 @@ import re
 import pytest
 from django.contrib.auth.models import Group, User
 
-from curation import reviewing
 from curation.models import Adjudication, Dialogue, Review, SafetyStatus, Strategy
+from curation.review import reviewing
 from tests.test_browser import (  # noqa: F401 (fixtures)
     SCREENSHOTS,
     _allow_sync_orm_beside_playwright,

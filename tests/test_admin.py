@@ -20,7 +20,7 @@ def test_every_model_is_in_the_admin():
 
 
 def test_event_changelist_loads(admin_client_seeded, superuser):
-    from curation import reviewing
+    from curation.review import reviewing
 
     reviewing.claim_next(superuser)
     assert Event.objects.exists()

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import spearmanr
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 
-from curation.agreement import (
+from curation.lead.agreement import (
     TEACHER,
     Confusion,
     cohen_kappa,

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from curation import insights, reviewing
+from curation.lead import insights
 from curation.models import Dialogue, Strategy, Turn
+from curation.review import reviewing
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 
@@ -140,9 +141,9 @@ def test_an_empty_studio_shows_empty_states(client, lead):
 
 
 def test_the_release_card_kappas_agree_with_the_agreement_module(reviewed, lead, tmp_path):
-    from curation import agreement
-    from curation.release_card import Tally
-    from curation.releases import Filters, create_release, snapshots, write_files
+    from curation.lead import agreement
+    from curation.releases.build import Filters, create_release, snapshots, write_files
+    from curation.releases.card import Tally
 
     release = create_release("with-kappas", Filters(statuses=["needs_adjudication"]))
     tally = Tally()

@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from curation import reviewing
 from curation.diffs import word_diff
+from curation.review import reviewing
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser]
 
 @pytest.fixture
 def release_studio(live_server, vocabulary_db, seeds, settings, tmp_path, monkeypatch):
-    from curation import release_views
+    from curation.releases import views as release_views
     from curation.tasks import build_release
 
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -19,9 +19,9 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from curation import releases
 from curation.models import Dialogue, Release
-from curation.releases import Filters, create_release, new_release
+from curation.releases import build as releases
+from curation.releases.build import Filters, create_release, new_release
 from curation.tasks import build_release
 from tests.test_generation_e2e import Site
 from tests.workers import celery_worker
@@ -41,7 +41,7 @@ def accepted(seeds) -> None:
 def queued(monkeypatch) -> list[int]:
     """Builds the views and the command queue: run here by calling the task (no broker)."""
     sent: list[int] = []
-    monkeypatch.setattr("curation.release_views.build_release.delay_on_commit", sent.append)
+    monkeypatch.setattr("curation.releases.views.build_release.delay_on_commit", sent.append)
     monkeypatch.setattr(
         "curation.management.commands.create_release.build_release.delay_on_commit", sent.append
     )
@@ -220,7 +220,7 @@ def test_a_failed_build_is_retried_from_its_page(
         raise OSError("disk full")
 
     with monkeypatch.context() as broken:
-        broken.setattr("curation.releases.write_parquet", disk_full)
+        broken.setattr("curation.releases.build.write_parquet", disk_full)
         build_release(queued.pop())
     release.refresh_from_db()
     assert (release.status, release.error) == ("failed", "OSError: disk full")

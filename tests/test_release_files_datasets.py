@@ -16,7 +16,7 @@ import pytest
 
 from curation.importing import import_file
 from curation.models import Dialogue
-from curation.releases import create_release, write_files
+from curation.releases.build import create_release, write_files
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 

@@ -20,7 +20,7 @@ def _media_in_tmp(settings, tmp_path):
 def built(monkeypatch):
     """Builds run at once, in this process, through the task's own code (no broker here)."""
     queued = []
-    monkeypatch.setattr("curation.release_views.build_release.delay_on_commit", queued.append)
+    monkeypatch.setattr("curation.releases.views.build_release.delay_on_commit", queued.append)
     return queued
 
 
@@ -44,7 +44,7 @@ def form(**changes):
 
 def test_annotators_cannot_see_or_download_releases(client, annotator, built):
     Dialogue.objects.update(status="accepted")
-    from curation.releases import create_release
+    from curation.releases.build import create_release
 
     release = create_release("r-1")
     client.force_login(annotator)
@@ -126,7 +126,7 @@ def test_a_failed_build_says_why(client, lead, built, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("curation.releases.write_parquet", broken)
+    monkeypatch.setattr("curation.releases.build.write_parquet", broken)
     build_release(release.pk)
     release.refresh_from_db()
     assert release.status == "failed" and "disk full" in release.error

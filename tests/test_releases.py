@@ -13,7 +13,13 @@ from django.core.management import CommandError, call_command
 from curation import settlement
 from curation.importing import import_file
 from curation.models import Candidate, Dialogue, Ranking, ReleaseDialogue, Turn
-from curation.releases import FileOptions, assign_splits, create_release, rank_pairs, write_files
+from curation.releases.build import (
+    FileOptions,
+    assign_splits,
+    create_release,
+    rank_pairs,
+    write_files,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 
@@ -90,7 +96,7 @@ def test_the_same_release_writes_byte_identical_files(accepted, tmp_path):
 
 
 def test_the_workers_one_pass_writes_what_export_writes(accepted, tmp_path, settings):
-    from curation.releases import new_release
+    from curation.releases.build import new_release
     from curation.tasks import build_release
 
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -238,7 +244,7 @@ def test_dri_candidates_and_rankings_and_edits_make_sft_dri_and_dpo(accepted, tm
 
 
 def test_crisis_flagged_dialogues_stay_out_until_a_lead_clears_them(accepted, lead):
-    from curation import safety
+    from curation.lead import safety
 
     flagged, excluded = accepted[0], accepted[1]
     Dialogue.objects.filter(pk__in=[flagged.pk, excluded.pk]).update(safety_status="flagged")
@@ -304,7 +310,7 @@ def test_parquet_splits_load_with_datasets_and_the_card_is_written(accepted, tmp
 
 def test_changelog_against_the_previous_release(accepted, tmp_path):
     from curation.models import Strategy
-    from curation.release_card import changelog
+    from curation.releases.card import changelog
 
     first = create_release("r-a")
     first.status = "ready"

@@ -26,7 +26,7 @@ from curation.models import (
     Strategy,
     Turn,
 )
-from curation.releases import create_release
+from curation.releases.build import create_release
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 

@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.utils import timezone
 
-from curation import reviewing
 from curation.models import Assignment, Dialogue, Event, Review, Strategy
+from curation.review import reviewing
 
 pytestmark = pytest.mark.usefixtures("seeds")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group, User
 
-from curation import reviewing, settlement
+from curation import settlement
 from curation.models import Adjudication, Dialogue, Strategy, Turn
+from curation.review import reviewing
 
 # ---- the rules as functions --------------------------------------------------------------------
 

@@ -158,7 +158,7 @@ def training_studio(live_server, vocabulary_db, seeds, redis_url, settings, monk
     from kombu import Connection
 
     from curation.models import Dialogue
-    from curation.releases import create_release, write_files
+    from curation.releases.build import create_release, write_files
     from training import admin as training_admin
 
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -19,7 +19,7 @@ import pytest
 from django.utils import timezone
 
 from curation.models import Dialogue, Release
-from curation.releases import create_release, new_release
+from curation.releases.build import create_release, new_release
 from tests import test_training_sft
 from tests.conftest import ROOT
 from training import jobs

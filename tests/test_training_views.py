@@ -12,7 +12,7 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
 from curation.models import Dialogue, Release
-from curation.releases import create_release, new_release, write_files
+from curation.releases.build import create_release, new_release, write_files
 from tests import test_training_sft
 from training import jobs
 from training.models import TrainingJob

@@ -163,7 +163,7 @@ def test_detail_shows_repairs_and_raw_record(logged_in):
 
 
 def test_annotators_see_only_dialogues_they_hold_or_reviewed(client, annotator, seeds):
-    from curation import reviewing
+    from curation.review import reviewing
 
     client.force_login(annotator)
     assert client.get(LIST).context["total"] == 0

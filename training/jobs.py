@@ -28,7 +28,7 @@ from django.db import connection
 from django.utils import timezone
 
 from curation.models import Release
-from curation.releases import ensure_files
+from curation.releases.build import ensure_files
 from training.models import LOG_LINES, TrainingJob
 
 logger = logging.getLogger(__name__)

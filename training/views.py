@@ -21,7 +21,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
-from curation.views import HtmxHttpRequest
+from curation.roles import HtmxHttpRequest
 from training.card import METRIC_NAMES
 from training.models import TrainingJob
 from training.tasks import run_job

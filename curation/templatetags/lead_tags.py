@@ -28,6 +28,6 @@ def column_title(column: str) -> str:
 
 @register.filter
 def kappa_reading(value: float | None) -> str:
-    from curation.agreement import describe_kappa
+    from curation.lead.agreement import describe_kappa
 
     return describe_kappa(value)

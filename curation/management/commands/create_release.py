@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.models import Dialogue, Release
-from curation.releases import FileOptions, Filters, create_release, new_release
+from curation.releases.build import FileOptions, Filters, create_release, new_release
 from curation.tasks import build_release
 
 

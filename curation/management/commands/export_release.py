@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from curation.models import Release
-from curation.releases import FileOptions, write_folder
+from curation.releases.build import FileOptions, write_folder
 
 
 class Command(BaseCommand):

@@ -14,10 +14,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.models import Dialogue, Release, Scenario
-from curation.releases import FileOptions, Filters, new_release
-from curation.roles import lead_required
+from curation.releases.build import FileOptions, Filters, new_release
+from curation.roles import HtmxHttpRequest, lead_required
 from curation.tasks import build_release
-from curation.views import HtmxHttpRequest
 
 
 class ReleaseForm(forms.Form):

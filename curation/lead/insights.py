@@ -22,7 +22,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from curation import agreement
+from curation.lead import agreement
 from curation.models import (
     Adjudication,
     Assignment,

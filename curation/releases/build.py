@@ -438,7 +438,7 @@ class ReleaseWriter:
         options: FileOptions | None = None,
         progress: Callable[[int], None] = lambda percent: None,
     ) -> None:
-        from curation.release_card import Tally
+        from curation.releases.card import Tally
 
         self.release = release
         self.out = out
@@ -472,7 +472,7 @@ class ReleaseWriter:
 
     def finish(self) -> dict[str, Any]:
         """Close the JSON files, then write Parquet, the card and the manifest; returns it."""
-        from curation.release_card import write_card
+        from curation.releases.card import write_card
 
         self.files["extes.json"].write(b"\n]\n" if not self.first else b"]\n")
         for split in SPLITS:  # every split file exists, even when empty

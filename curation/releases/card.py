@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from curation.agreement import FleissTally, cohen_from_pairs, describe_kappa
+from curation.lead.agreement import FleissTally, cohen_from_pairs, describe_kappa
 from curation.models import Release
 from curation.vocabulary import EXTES_STRATEGIES
 
@@ -109,7 +109,7 @@ def _rounded(value: float | None) -> float | None:
 
 
 def tally(release: Release) -> Tally:
-    from curation.releases import snapshots
+    from curation.releases.build import snapshots
 
     result = Tally()
     for _split, snap in snapshots(release):

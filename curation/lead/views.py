@@ -10,7 +10,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from curation import adjudication, agreement, charts, insights, safety, settlement
+from curation import settlement
+from curation.lead import adjudication, agreement, charts, insights, safety
 from curation.models import (
     Adjudication,
     Candidate,
@@ -21,7 +22,7 @@ from curation.models import (
     Strategy,
     Turn,
 )
-from curation.reviewing import StaleVersion
+from curation.review.reviewing import StaleVersion
 from curation.roles import lead_required
 
 # ---- dashboard ---------------------------------------------------------------------------------

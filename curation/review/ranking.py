@@ -12,7 +12,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from curation.models import SAFETY_HELD, Candidate, Event, RankHold, Ranking, Turn
-from curation.reviewing import NotAllowed, lease
+from curation.review.reviewing import NotAllowed, lease
 
 
 def rankable_for(user: Any, now: Any = None) -> QuerySet[Turn]:
@@ -162,7 +162,7 @@ def save(
             )
     except IntegrityError:
         return False
-    from curation.adjudication import after_ranking
+    from curation.lead.adjudication import after_ranking
 
     after_ranking(turn)
     return True

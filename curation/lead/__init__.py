@@ -1,0 +1,1 @@
+"""Leads' tools: dashboard, agreement statistics, adjudication, the safety queue."""

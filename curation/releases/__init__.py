@@ -1,0 +1,1 @@
+"""Releases: freezing, the files trainers read, the dataset card, their pages."""

@@ -1,0 +1,1 @@
+"""Reviewing: the queue with its holds, labels and proposed edits, ranking DRI replies."""
