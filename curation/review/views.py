@@ -48,6 +48,8 @@ def _get_review_for_user(request: HttpRequest, pk: int) -> tuple[Dialogue, Revie
     held = Assignment.objects.filter(dialogue=dialogue, annotator=user, skipped=False).exists()
     if not (held or review or is_lead(user)):
         raise Http404("No dialogue of yours here.")
+    if review is not None:  # what its writes check, without fetching them again
+        review.dialogue, review.annotator = dialogue, user
     return dialogue, review
 
 
@@ -159,8 +161,9 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "curation/review.html", _review_context(request, dialogue, existing))
 
 
-def _turn_response(request: HtmxHttpRequest, dialogue: Dialogue, turn: Turn) -> HttpResponse:
-    review = Review.objects.filter(dialogue=dialogue, annotator=cast(User, request.user)).first()
+def _turn_response(
+    request: HtmxHttpRequest, dialogue: Dialogue, review: Review, turn: Turn
+) -> HttpResponse:
     context = _review_context(request, dialogue, review)
     row = next(r for r in context["rows"] if r["turn"].pk == turn.pk)
     return render(request, "curation/review.html#turn", {**context, "row": row})
@@ -169,7 +172,7 @@ def _turn_response(request: HtmxHttpRequest, dialogue: Dialogue, turn: Turn) -> 
 @require_POST
 @login_required
 def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    dialogue, _ = _get_review_for_user(request, pk)
+    dialogue, existing = _get_review_for_user(request, pk)
     turn = get_object_or_404(
         Turn, pk=int_or_none(request.POST.get("turn")), dialogue=dialogue, role=Turn.Role.SUPPORTER
     )
@@ -178,26 +181,28 @@ def review_label(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         get_object_or_404(Strategy, pk=strategy_id, taxonomy="extes") if strategy_id else None
     )
     try:
-        reviewing.set_label(reviewing.draft_for(dialogue, request.user), turn, strategy)
+        draft = existing or reviewing.draft_for(dialogue, request.user)
+        reviewing.set_label(draft, turn, strategy)  # checks the hold
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     if request.htmx:
-        return _turn_response(request, dialogue, turn)
+        return _turn_response(request, dialogue, draft, turn)
     return redirect("curation-review", dialogue.pk)
 
 
 @require_POST
 @login_required
 def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    dialogue, _ = _get_review_for_user(request, pk)
+    dialogue, existing = _get_review_for_user(request, pk)
     turn = get_object_or_404(Turn, pk=int_or_none(request.POST.get("turn")), dialogue=dialogue)
     text = request.POST.get("text", "").strip()
     version = int_or_none(request.POST.get("version")) or 0
     if not text:
         return HttpResponse("A turn cannot be empty.", status=400)
     try:
+        draft = existing or reviewing.draft_for(dialogue, request.user)
         reviewing.propose_edit(
-            reviewing.draft_for(dialogue, request.user),
+            draft,
             turn,
             text,
             version,
@@ -222,18 +227,17 @@ def review_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return render(request, template, context, status=409)
     if not request.htmx:
         return redirect("curation-review", dialogue.pk)
-    return _turn_response(request, dialogue, turn)
+    return _turn_response(request, dialogue, draft, turn)
 
 
 @require_POST
 @login_required
 def review_draft(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Autosave of the notes while typing."""
-    dialogue, _ = _get_review_for_user(request, pk)
+    dialogue, existing = _get_review_for_user(request, pk)
     try:
-        reviewing.save_notes(
-            reviewing.draft_for(dialogue, request.user), request.POST.get("notes", "")[:5000]
-        )
+        draft = existing or reviewing.draft_for(dialogue, request.user)
+        reviewing.save_notes(draft, request.POST.get("notes", "")[:5000])
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     return HttpResponse(status=204)
@@ -270,9 +274,8 @@ def review_submit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return redirect("curation-review", dialogue.pk)
     notes = request.POST.get("notes", "")[:5000]
     try:
-        reviewing.submit(
-            reviewing.draft_for(dialogue, request.user), decision, reasons, flags, notes
-        )
+        draft = existing or reviewing.draft_for(dialogue, request.user)
+        reviewing.submit(draft, decision, reasons, flags, notes)
     except reviewing.NotAllowed as refused:
         return _refused(request, dialogue, refused)
     # Saved, not how the dialogue settled: reviews stay blind.
