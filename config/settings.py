@@ -283,6 +283,8 @@ LOGGING = {
         # One INFO line per teacher request is noise (and costs CPU at scale).
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
+        # Every successful sign-in and counter reset at INFO is noise; lockouts are warnings.
+        "axes": {"level": "WARNING"},
     },
 }
 
