@@ -27,7 +27,7 @@ def test_setup_loads_seeds_and_creates_demo_accounts(monkeypatch):
     output = setup()
     assert "Seed dialogues: 48 new" in output
     passwords = dict(re.findall(r"Created demo account '(\w+)' \(\w+\), password: (\S+)", output))
-    assert set(passwords) == {"annotator", "lead", "admin"}
+    assert set(passwords) == {"annotator", "annotator2", "lead", "admin"}
     for username, password in passwords.items():
         assert User.objects.get(username=username).check_password(password)
     assert User.objects.get(username="admin").is_superuser
@@ -75,3 +75,36 @@ def test_seed_file_is_plain_extes():
         assert all(a != b for a, b in pairwise(roles))
     descriptions = [r["description"] for r in records]
     assert len(set(descriptions)) == len(descriptions)
+
+
+def test_add_user_creates_an_account_in_a_role_and_prints_its_password(monkeypatch):
+    from django.contrib.auth.models import User
+    from django.core.management import CommandError
+
+    call_command("setup_studio", "--no-demo-users", stdout=StringIO())
+    out = StringIO()
+    call_command("add_user", "maria", "--role", "lead", stdout=out)
+    (password,) = re.findall(r"Created 'maria' \(lead\), password: (\S+)", out.getvalue())
+    maria = User.objects.get(username="maria")
+    assert maria.check_password(password) and maria.is_staff and not maria.is_superuser
+    assert list(maria.groups.values_list("name", flat=True)) == ["lead"]
+    monkeypatch.setenv("EXTES_NEW_USER_PASSWORD", "chosen-pass-word-1")
+    out = StringIO()
+    call_command("add_user", "nico", "--role", "annotator", stdout=out)
+    assert "chosen-pass-word-1" not in out.getvalue()
+    assert User.objects.get(username="nico").check_password("chosen-pass-word-1")
+    with pytest.raises(CommandError, match="already an account called 'nico'"):
+        call_command("add_user", "nico", "--role", "annotator", stdout=StringIO())
+
+
+def test_a_403_is_logged_as_one_line(client, annotator, caplog):
+    import logging
+
+    client.force_login(annotator)
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get("/lead/").status_code == 403
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    # Django attaches the traceback; the studio's console handler drops it before any output.
+    assert record.exc_info is None and record.exc_text is None
+    formatted = logging.Formatter("%(levelname)s %(message)s").format(record)
+    assert formatted == "WARNING Forbidden (Permission denied): /lead/"

@@ -32,7 +32,24 @@ ROLE_PERMISSIONS = {
     ],
     "admin": [],
 }
-DEMO_USERS = {"annotator": "annotator", "lead": "lead", "admin": "admin"}  # username -> role
+# username -> role: two annotators, as every dialogue needs two reviews by default.
+DEMO_USERS = {"annotator": "annotator", "annotator2": "annotator", "lead": "lead", "admin": "admin"}
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+def make_user(username: str, role: str, password: str) -> User:
+    """A new account in one role (leads and admins reach the Django admin; admins are
+    superusers). ValueError when the name is taken or the role unknown."""
+    if role not in ROLES:
+        raise ValueError(f"{role!r} is not a role: choose {', '.join(ROLES)}.")
+    if User.objects.filter(username=username).exists():
+        raise ValueError(f"There is already an account called {username!r}.")
+    user = User.objects.create_user(username, password=password)
+    user.groups.add(Group.objects.get(name=role))
+    user.is_staff = role in {"lead", "admin"}
+    user.is_superuser = role == "admin"
+    user.save(update_fields=["is_staff", "is_superuser"])
+    return user
 
 
 class Command(BaseCommand):
@@ -67,18 +84,13 @@ class Command(BaseCommand):
     def _demo_users(self) -> None:
         shared = os.environ.get("EXTES_DEMO_PASSWORD", "")
         for username, role in DEMO_USERS.items():
-            user, created = User.objects.get_or_create(username=username)
-            user.groups.add(Group.objects.get(name=role))
-            if not created:
+            if User.objects.filter(username=username).exists():
                 self.stdout.write(
                     f"Demo account {username!r} ({role}) exists; its password is unchanged."
                 )
                 continue
             password = shared or secrets.token_urlsafe(9)
-            user.set_password(password)
-            user.is_staff = role in {"lead", "admin"}
-            user.is_superuser = role == "admin"
-            user.save()
+            make_user(username, role, password)
             shown = "(from EXTES_DEMO_PASSWORD)" if shared else password
             self.stdout.write(
                 self.style.SUCCESS(f"Created demo account {username!r} ({role}), password: {shown}")
