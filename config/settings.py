@@ -135,7 +135,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "curation-dialogue-list"
+LOGIN_REDIRECT_URL = "home"  # annotators land on Review, leads on the dialogues
 LOGOUT_REDIRECT_URL = "login"
 
 # Sign-in throttling (django-axes), on the studio's login and the admin's alike: after

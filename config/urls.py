@@ -3,13 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
+
+from curation import views as curation_views
 
 admin.site.site_header = "ExTES Studio administration"
 admin.site.site_title = "ExTES Studio"
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="curation-dialogue-list"), name="home"),
+    path("", curation_views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

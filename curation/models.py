@@ -693,6 +693,19 @@ class Release(models.Model):
         return self.name
 
     @property
+    def selection(self) -> str:
+        """What the release holds, in words (from its stored filters)."""
+        chosen = self.filters or {}
+        statuses = " or ".join(chosen.get("statuses") or ["accepted"])
+        parts = [f"{statuses} dialogues"]
+        scenarios = chosen.get("scenarios") or []
+        parts.append(f"of {', '.join(scenarios)}" if scenarios else "of every scenario")
+        if chosen.get("min_agreeing_reviews"):
+            parts.append(f"with at least {chosen['min_agreeing_reviews']} accepting reviews")
+        dri = "with" if chosen.get("dri", True) else "without"
+        return f"{' '.join(parts)}, {dri} the DRI replies rankers found acceptable"
+
+    @property
     def folder(self) -> Path:
         """Where its files live; curation.releases.build.ensure_files is the one writer of it."""
         return Path(settings.MEDIA_ROOT) / "releases" / self.name

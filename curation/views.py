@@ -27,6 +27,15 @@ from curation.review import reviewing
 from curation.roles import HtmxHttpRequest, int_or_none, is_lead
 
 
+@require_GET
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Annotators land on what waits for them; leads on the dialogues."""
+    if is_lead(request.user):
+        return redirect("curation-dialogue-list")
+    return redirect("curation-review-home")
+
+
 def _dialogues_for_user(request: HttpRequest) -> DialogueQuerySet:
     """Leads see every dialogue; an annotator only those they hold or reviewed (reviews are blind,
     and the queue, not browsing, decides what they read next)."""
@@ -141,6 +150,7 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
         "older_cursor": rows[-1].pk if rows and has_older else None,
         "scenarios": Scenario.objects.order_by("-is_official", "name"),
         "statuses": [c for c in Dialogue.Status.choices if lead or c[0] not in _BLIND_STATUS],
+        "lead": lead,
         "origins": Dialogue.Origin.choices,
     }
     template = "curation/dialogue_list.html"

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -18,7 +17,7 @@ from generation.tasks import start_job
 
 
 @require_GET
-@login_required
+@lead_required
 def job_list(request: HttpRequest) -> HttpResponse:
     jobs = list(GenerationJob.objects.select_related("created_by")[:100])
     rows = [(job, job.progress()) for job in jobs]
@@ -63,7 +62,7 @@ def job_new(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-@login_required
+@lead_required
 def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(GenerationJob.objects.select_related("created_by"), pk=pk)
     failure_class = request.GET.get("failure", "")

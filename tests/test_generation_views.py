@@ -73,11 +73,14 @@ def test_pages_require_login(client):
         assert response.status_code == 302 and "/login/" in response.url
 
 
-def test_annotators_see_jobs_but_cannot_start_or_cancel(client, annotator):
+def test_generation_pages_are_for_leads(client, annotator):
+    """Annotators never open them: a job page lists the dialogues it made and how reviews
+    settled them, which blind review keeps from annotators."""
     job = make_job()
     client.force_login(annotator)
-    assert client.get(LIST).status_code == 200
-    assert b"New generation job" not in client.get(LIST).content
+    assert client.get(LIST).status_code == 403
+    assert client.get(reverse("generation-job-detail", args=[job.pk])).status_code == 403
+    assert b'href="/generation/' not in client.get(reverse("curation-review-home")).content
     assert client.get(NEW).status_code == 403
     assert client.post(NEW, form_data()).status_code == 403
     assert client.post(reverse("generation-job-cancel", args=[job.pk])).status_code == 403

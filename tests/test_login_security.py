@@ -29,7 +29,7 @@ from tests.test_settings import setting
 
 LOGIN = reverse("login")
 ADMIN_LOGIN = reverse("admin:login")
-HOME = reverse("curation-dialogue-list")
+HOME = reverse("home")  # which then sends each role to its landing page
 
 
 def attempts():
