@@ -31,7 +31,8 @@ def test_login_page_and_logging_in(client, annotator):
     assert client.get(reverse("login")).status_code == 200
     response = client.post(reverse("login"), {"username": "alice", "password": "pw-alice-123"})
     assert response.status_code == 302
-    assert response.url == LIST
+    assert response.url == reverse("home")  # which sends an annotator on to Review
+    assert client.get(response.url).url == reverse("curation-review-home")
 
 
 def test_wrong_password_is_told(client, annotator):
