@@ -32,13 +32,12 @@ def extes_records(dialogues: QuerySet[Dialogue]) -> Iterator[dict[str, Any]]:
                 "role",
                 "text",
                 "strategy__name",
-                "dialogue__settled_at",
                 "final_text",
                 "final_strategy__name",
             )
         )
-        for dialogue_id, role, text, strategy, settled_at, final_text, final in turns:
-            if settled_at is not None and final_text is not None:
+        for dialogue_id, role, text, strategy, final_text, final in turns:
+            if final_text is not None:  # settled: its final state (curation.settlement)
                 text, strategy = final_text, final
             if role == Turn.Role.SEEKER:
                 content[dialogue_id].append({"User": text})

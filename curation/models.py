@@ -6,8 +6,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models
-from django.db.models import F, Q
+from django.db import models, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from curation.vocabulary import normalize
@@ -106,10 +107,6 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
         Correlated subqueries rather than a GROUP BY: walking the status index in id order, the
         database stops at the first rows that qualify, however many dialogues there are.
         """
-        from django.db.models import Count, Exists, F, OuterRef, Subquery
-        from django.db.models.functions import Coalesce
-        from django.utils import timezone
-
         now = now or timezone.now()
         live_others = (
             Assignment.objects.live(now)
@@ -278,9 +275,8 @@ class Dialogue(models.Model):
     def reopen(self, lead: Any, reason: str) -> Adjudication:
         """A lead's only way to change a settled dialogue: back to adjudication, with a reason,
         recorded. Its stored final state stands until the new decision replaces it."""
-        from django.db import transaction
-
         from curation.lead import adjudication
+        from curation.review.reviewing import next_version
 
         reason = reason.strip()
         if not reason:
@@ -289,8 +285,6 @@ class Dialogue(models.Model):
             locked = Dialogue.objects.select_for_update().get(pk=self.pk)
             if not locked.is_settled or locked.status == Dialogue.Status.NEEDS_ADJUDICATION:
                 raise ValueError("Only a settled dialogue can be re-opened.")
-            from curation.review.reviewing import next_version
-
             next_version(self.pk, locked.version, status=Dialogue.Status.NEEDS_ADJUDICATION)
             Event.objects.create(
                 dialogue=self,
@@ -476,17 +470,17 @@ class TurnEdit(models.Model):
         return f"edit of turn {self.turn_id}"
 
 
-class AssignmentQuerySet(models.QuerySet[Any]):
-    def live(self, now: Any = None) -> AssignmentQuerySet:
-        """Leases still held: not given back, not run out."""
-        from django.utils import timezone
+class HoldQuerySet(models.QuerySet[Any]):
+    """Holds (a dialogue for review, a masked turn for ranking): `expires_at`, `released_at`."""
 
+    def live(self, now: Any = None) -> HoldQuerySet:
+        """Holds still held: not given back, not run out."""
         return self.filter(released_at__isnull=True, expires_at__gt=now or timezone.now())
 
+
+class AssignmentQuerySet(HoldQuerySet):
     def crisis_given_today(self, user: Any, now: Any = None) -> int:
         """Crisis-flagged dialogues this annotator was given since local midnight."""
-        from django.utils import timezone
-
         now = now or timezone.now()
         midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
         return (
@@ -595,7 +589,7 @@ class RankHold(models.Model):
     expires_at = models.DateTimeField()
     released_at = models.DateTimeField(null=True, blank=True)
 
-    objects = AssignmentQuerySet.as_manager()
+    objects = HoldQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -31,7 +31,16 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from curation.models import Dialogue, Event, Review, Strategy, Turn, TurnEdit, TurnLabel
+from curation.models import (
+    Adjudication,
+    Dialogue,
+    Event,
+    Review,
+    Strategy,
+    Turn,
+    TurnEdit,
+    TurnLabel,
+)
 
 ACCEPT = Review.Decision.ACCEPT.value
 REJECT = Review.Decision.REJECT.value
@@ -91,8 +100,6 @@ class Outcome:
 
     @property
     def reasons(self) -> list[str]:
-        from curation.models import Adjudication
-
         reasons = []
         if self.decision is None:
             reasons.append(Adjudication.Reason.DECISION.value)
@@ -143,8 +150,8 @@ def outcome(dialogue: Dialogue) -> Outcome:
         "review_id", "turn__index", "after"
     ):
         by_index[index].proposals[names[review_id]] = after
+    ordered = list(names.values())  # review order: the first vote is the first review's
     for turn in turns:
-        ordered = [names[r.pk] for r in reviews]
         votes = [turn.votes[a] for a in ordered if a in turn.votes]
         if turn.role == Turn.Role.SUPPORTER:
             turn.strategy, turn.label_conflict = final_label(turn.teacher, votes)

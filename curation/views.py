@@ -50,11 +50,11 @@ def _dialogues_for_user(request: HttpRequest) -> DialogueQuerySet:
 
 # What an annotator is shown of a dialogue's status: that the reviews disagreed is not theirs to
 # know (reviews are blind until the dialogue settles).
-_BLIND_STATUS = {Dialogue.Status.NEEDS_ADJUDICATION: Dialogue.Status.IN_REVIEW}
+_BLIND_STATUS: dict[str, str] = {Dialogue.Status.NEEDS_ADJUDICATION: Dialogue.Status.IN_REVIEW}
 
 
 def _shown_status(user: Any, status: str) -> str:
-    return status if is_lead(user) else _BLIND_STATUS.get(status, status)  # type: ignore[call-overload]
+    return status if is_lead(user) else _BLIND_STATUS.get(status, status)
 
 
 def _filtered(request: HttpRequest) -> tuple[QuerySet[Dialogue], dict[str, Any]]:
@@ -97,11 +97,13 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
             blind[shown] = blind.get(shown, 0) + n
         status_counts = blind
     if filters["status"]:
-        hidden = [s for s, shown in _BLIND_STATUS.items() if shown == filters["status"]]
-        if lead or filters["status"] not in _BLIND_STATUS:
-            dialogues = dialogues.filter(status__in=[filters["status"], *([] if lead else hidden)])
-        else:
-            dialogues = dialogues.none()
+        # What an annotator sees under a status: the statuses shown to them as it.
+        wanted = [
+            status
+            for status in Dialogue.Status.values
+            if _shown_status(request.user, status) == filters["status"]
+        ]
+        dialogues = dialogues.filter(status__in=wanted)
 
     # Keyset pagination on id (newest first): `before` walks to older rows, `after` back to newer.
     per_page = settings.DIALOGUES_PER_PAGE

@@ -10,6 +10,7 @@ from django.urls import reverse
 from curation.lead import adjudication, safety
 from curation.models import (
     Adjudication,
+    Assignment,
     Candidate,
     Dialogue,
     Event,
@@ -254,7 +255,7 @@ def test_annotators_see_at_most_the_daily_cap_of_cleared_crisis_dialogues(settin
         safety_status=SafetyStatus.FLAGGED
     )
     # Flagged and not cleared: never offered.
-    assert not set(reviewing.available_for(a).values_list("pk", flat=True)) & {
+    assert not set(Dialogue.objects.reviewable_by(a).values_list("pk", flat=True)) & {
         d.pk for d in flagged
     }
     for d in flagged[:3]:
@@ -266,9 +267,9 @@ def test_annotators_see_at_most_the_daily_cap_of_cleared_crisis_dialogues(settin
             shown.append(got.pk)
         reviewing.skip(got, a)  # skipping is fine, and counted apart from rejections
     assert shown == [flagged[0].pk, flagged[1].pk]  # the cap, then ordinary dialogues
-    assert reviewing.crisis_shown_today(a) == 2
+    assert Assignment.objects.crisis_given_today(a) == 2
     settings.CRISIS_DAILY_CAP = 0
-    assert not reviewing.available_for(a).exclude(safety_status=SafetyStatus.NONE).exists()
+    assert not Dialogue.objects.reviewable_by(a).exclude(safety_status=SafetyStatus.NONE).exists()
 
 
 LEAD_PAGES = [

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -95,7 +97,9 @@ def test_the_second_annotator_sees_nothing_of_the_first_review(client, first_rev
     assert "uno" not in page and "your edit" not in page
     assert "checked" not in page  # no reason or flag pre-filled
     # The turn shows the teacher's suggestion, not uno's label.
-    assert f'value="{other.pk}" title="{other.definition}" selected' not in page
+    block = page.split(f'id="turn-{turn.pk}"', 1)[1].split("</li>", 1)[0]
+    assert re.findall(r'<option value="(\d+)"[^>]*selected>', block) == [str(turn.strategy_id)]
+    assert other.pk != turn.strategy_id
     # The htmx partial of a turn after a label of due's own.
     partial = client.post(
         reverse("curation-review-label", args=[dialogue.pk]),
@@ -398,6 +402,7 @@ def settled_with_changes(client, uno, due, settings):
     assert claim(client, due) == dialogue
     first, second = supporter(dialogue, 0), supporter(dialogue, 1)
     hope = Strategy.objects.get(taxonomy="extes", name="Stress Management")
+    assert first.strategy_id != hope.pk  # so the final label differs from the teacher's
     for user in (uno, due):
         client.force_login(user)
         client.post(reverse("curation-review-label", args=[dialogue.pk]), {"turn": first.pk, "strategy": hope.pk})  # fmt: skip
@@ -454,4 +459,10 @@ def test_later_rounds_and_dri_read_the_final_state(settled_with_changes):
     runner._plan_dri(dri)
     masked = set(GenerationUnit.objects.filter(job=dri).values_list("turn_id", flat=True))
     assert first.pk in masked
-    assert first.strategy.name != "Stress Management" or len(masked) >= 1
+    # Exactly the turns whose final label is the wanted one, in this and every other dialogue.
+    wanted = Turn.objects.filter(role="supporter").filter(
+        Q(final_text__isnull=False, final_strategy__name="Stress Management")
+        | Q(final_text__isnull=True, strategy__name="Stress Management"),
+        dialogue__status=Dialogue.Status.ACCEPTED,
+    )
+    assert masked == set(wanted.values_list("pk", flat=True))

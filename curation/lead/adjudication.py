@@ -154,10 +154,12 @@ def resolve(adjudication: Adjudication, lead: Any, expected_version: int, chosen
         )
 
 
-def starting_point(dialogue: Dialogue) -> tuple[dict[int, str | None], dict[int, str]]:
+def starting_point(
+    dialogue: Dialogue, result: settlement.Outcome | None = None
+) -> tuple[dict[int, str | None], dict[int, str]]:
     """The labels and texts a lead starts from: the stored final state of a dialogue that had
-    settled (re-opened, or a ranking conflict), else what the reviews settle (a suggestion where
-    they disagree)."""
+    settled (re-opened, or a ranking conflict), else what the reviews settle (`result`, when
+    the caller has it; a suggestion where they disagree)."""
     if dialogue.is_settled:
         rows = list(dialogue.turns.select_related("final_strategy").order_by("index"))
         return (
@@ -168,7 +170,7 @@ def starting_point(dialogue: Dialogue) -> tuple[dict[int, str | None], dict[int,
             },
             {t.index: t.current_text for t in rows},
         )
-    result = settlement.outcome(dialogue)
+    result = result or settlement.outcome(dialogue)
     return (
         {t.index: t.strategy for t in result.turns if t.role == Turn.Role.SUPPORTER},
         {t.index: t.final for t in result.turns},

@@ -169,12 +169,12 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
     )
     result = settlement.outcome(dialogue)
     outcomes = {t.index: t for t in result.turns}
-    labels, texts = adjudication.starting_point(dialogue)
+    labels, texts = adjudication.starting_point(dialogue, result)
+    names = [r.annotator.get_username() for r in reviews]
     conflict_turns = {int(i) for i in adj.details.get("rankings", [])}
     rows = []
     for turn in dialogue.turns.select_related("strategy").order_by("index"):
         seen = outcomes[turn.index]
-        names = [r.annotator.get_username() for r in reviews]
         row: dict[str, Any] = {
             "turn": turn,
             "votes": [None] * len(reviews),  # one cell per review; seekers' turns have no label

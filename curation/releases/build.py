@@ -275,13 +275,12 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 "source_record",
                 "provenance",
                 "safety_status",
-                "settled_at",
             )
         )
     }
     # (pk, dialogue_id, index, role, text as written, the teacher's or importer's strategy,
-    # final text, final strategy): the final state is stored when the dialogue settles
-    # (curation.settlement); a dialogue not settled is taken as written.
+    # final text, final strategy): the final state is stored on every turn when the dialogue
+    # settles (curation.settlement; final text None before), else the turn is taken as written.
     turns: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in _rows(
         Turn.objects.filter(**_among("dialogue__pk", ids))
@@ -364,9 +363,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             source_record,
             provenance,
             safety_status,
-            settled_at,
         ) = dialogues[pk]
-        was_settled = settled_at is not None
         result[pk] = {
             "id": pk,
             "scene": scene,
@@ -380,10 +377,10 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 {
                     "index": index,
                     "role": role,
-                    "text": final_text if was_settled and final_text is not None else text,
+                    "text": text if final_text is None else final_text,
                     "strategy": None
                     if role != SUPPORTER
-                    else (final_strategy if was_settled else strategy),
+                    else (strategy if final_text is None else final_strategy),
                     "teacher_strategy": strategy,
                 }
                 for _, _, index, role, text, strategy, final_text, final_strategy in turns[pk]
@@ -393,7 +390,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
             "edits": [
                 {"turn_index": index, "before": text, "after": final_text}
                 for _, _, index, _, text, _, final_text, _ in turns[pk]
-                if was_settled and final_text is not None and final_text != text
+                if final_text is not None and final_text != text
             ],
             "label_votes": {
                 str(row[2]): {

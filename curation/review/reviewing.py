@@ -23,18 +23,16 @@ from django.utils import timezone
 from django.utils.formats import time_format
 
 from curation.models import (
+    SAFETY_HELD,
     Assignment,
     Dialogue,
     Event,
     Review,
-    SafetyStatus,
     Strategy,
     Turn,
     TurnEdit,
     TurnLabel,
 )
-
-OPEN = Dialogue.OPEN
 
 
 class StaleVersion(Exception):
@@ -60,21 +58,13 @@ def lease() -> timedelta:
     return timedelta(minutes=settings.REVIEW_LEASE_MINUTES)
 
 
-def available_for(user: Any, now: Any = None) -> Any:
-    return Dialogue.objects.reviewable_by(user, now)
-
-
-def crisis_shown_today(user: Any, now: Any = None) -> int:
-    return Assignment.objects.crisis_given_today(user, now)
-
-
 def held_by(user: Any) -> Dialogue | None:
     """The dialogue this annotator holds and has not submitted yet, if any. Reads only."""
     assignment = (
         Assignment.objects.live()
         .filter(annotator=user)
         .exclude(dialogue__reviews__annotator=user, dialogue__reviews__submitted_at__isnull=False)
-        .filter(dialogue__status__in=OPEN)
+        .filter(dialogue__status__in=Dialogue.OPEN)
         .select_related("dialogue__scenario")
         .order_by("id")
         .first()
@@ -105,7 +95,7 @@ def claim_next(user: Any) -> Dialogue | None:
                 # One row at a time: a row another claim holds is skipped, not waited for.
                 rows = rows.select_for_update(skip_locked=True)
             dialogue = rows.first()
-            if dialogue is None or dialogue.status not in OPEN:
+            if dialogue is None or dialogue.status not in Dialogue.OPEN:
                 continue
             # Checked again under the lock: another claim may have filled the last place.
             live = Assignment.objects.live(now).filter(dialogue=dialogue).exclude(annotator=user)
@@ -137,10 +127,7 @@ def writable_review(dialogue: Dialogue, user: Any) -> Review:
     if assignment is None and review is None:
         raise NotAllowed(403, "This dialogue is not one you are reviewing.")
     dialogue.refresh_from_db(fields=["status", "safety_status", "version"])
-    if dialogue.status not in OPEN or dialogue.safety_status in (
-        SafetyStatus.FLAGGED,
-        SafetyStatus.EXCLUDED,
-    ):
+    if dialogue.status not in Dialogue.OPEN or dialogue.safety_status in SAFETY_HELD:
         raise NotAllowed(403, "This dialogue is no longer open for review. Nothing was saved.")
     now = timezone.now()
     if assignment is None or assignment.released_at is not None or assignment.expires_at <= now:

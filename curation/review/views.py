@@ -92,8 +92,9 @@ def _review_context(
             }
         )
     user = cast(User, request.user)
-    holds = Assignment.objects.live().filter(dialogue=dialogue, annotator=user).exists()
-    held = Assignment.objects.filter(dialogue=dialogue, annotator=user, skipped=False).exists()
+    hold = Assignment.objects.filter(dialogue=dialogue, annotator=user, skipped=False).first()
+    held = hold is not None  # at some point
+    holds = hold is not None and hold.released_at is None and hold.expires_at > timezone.now()
     submitted = bool(review and review.is_submitted)
     return {
         "dialogue": dialogue,
