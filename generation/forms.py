@@ -1,12 +1,50 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from django import forms
+from django.db.models import Count
 
 from curation.models import Dialogue, Scenario
-from generation.models import GenerationJob
+from generation.models import GenerationJob, dri_dialogues
 from generation.teacher import LOCAL_MODEL_NAME, Sampling, TeacherConfig
+
+# The fields of each fieldset of the new-job page, in order; the options of each kind of job.
+TEACHER_FIELDS = (
+    "teacher",
+    "model",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "duplicate_threshold",
+)
+SELFCHAT_FIELDS = (
+    "per_scenario",
+    "rounds",
+    "mode",
+    "examples_per_prompt",
+    "exchanges",
+    "strategy_policy",
+)
+DRI_FIELDS = (
+    "dri_source_status",
+    "dri_dialogue_limit",
+    "dri_mask",
+    "dri_turns_per_dialogue",
+    "dri_strategies",
+    "dri_candidates",
+    "dri_right_context",
+)
+
+
+def dialogues_by_status(scenarios: Sequence[Scenario] = ()) -> str:
+    """What DRI could take, per status: "49 pending, 2 in review, …, 0 accepted, 0 rejected"."""
+    counts = dict(dri_dialogues(scenarios).values_list("status").annotate(n=Count("id")).order_by())
+    return ", ".join(
+        f"{counts.get(value, 0)} {label.lower()}" for value, label in Dialogue.Status.choices
+    )
 
 
 class JobForm(forms.Form):
@@ -84,12 +122,43 @@ class JobForm(forms.Form):
         teacher.initial = choices[0][0]
         # A 135M local model rarely writes a whole dialogue as valid JSON: turn by turn works.
         self.fields["mode"].initial = "dialogue" if configured.backend == "http" else "turns"
+        self.fields["dri_source_status"].help_text = f"Dialogues now: {dialogues_by_status()}."
+
+    @property
+    def teacher_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in TEACHER_FIELDS]
+
+    @property
+    def selfchat_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in SELFCHAT_FIELDS]
+
+    @property
+    def dri_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in DRI_FIELDS]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("kind") == GenerationJob.Kind.SELFCHAT and not data.get("scenarios"):
             self.add_error("scenarios", "Pick at least one scenario.")
+        if data.get("kind") == GenerationJob.Kind.DRI and "dri_source_status" in data:
+            self._check_dri_source(data["dri_source_status"], list(data.get("scenarios") or []))
         return data
+
+    def _check_dri_source(self, status: str, scenarios: list[Scenario]) -> None:
+        """Refuse a DRI job with no dialogue to take now, rather than have it fail on a worker."""
+        if dri_dialogues(scenarios, status).exists():
+            return
+        label = Dialogue.Status(status).label.lower()
+        which = "dialogue of the chosen scenarios" if scenarios else "dialogue"
+        if status == Dialogue.Status.NEEDS_ADJUDICATION:
+            nothing = f"No {which} needs adjudication"
+        else:
+            nothing = f"No {which} is {label} yet"
+        self.add_error(
+            "dri_source_status",
+            f"{nothing}, so DRI has nothing to fill. Dialogues by status: "
+            f"{dialogues_by_status(scenarios)}. Review some first, or pick another status.",
+        )
 
     def teacher_config(self) -> dict[str, str]:
         configured = TeacherConfig.from_env()
@@ -114,29 +183,5 @@ class JobForm(forms.Form):
         }
         if data["kind"] == GenerationJob.Kind.DRI:
             strategies = [s.strip() for s in (data["dri_strategies"] or "").split(",") if s.strip()]
-            return (
-                common
-                | {
-                    k: data[k]
-                    for k in (
-                        "dri_source_status",
-                        "dri_dialogue_limit",
-                        "dri_mask",
-                        "dri_turns_per_dialogue",
-                        "dri_candidates",
-                        "dri_right_context",
-                    )
-                }
-                | {"dri_strategies": strategies}
-            )
-        return common | {
-            k: data[k]
-            for k in (
-                "per_scenario",
-                "rounds",
-                "mode",
-                "examples_per_prompt",
-                "exchanges",
-                "strategy_policy",
-            )
-        }
+            return common | {k: data[k] for k in DRI_FIELDS} | {"dri_strategies": strategies}
+        return common | {k: data[k] for k in SELFCHAT_FIELDS}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from generation import prompts
-from generation.selfchat import Failure, _clean_turn
+from generation.selfchat import Failure, OnCall, _clean_turn, no_report
 from generation.teacher import Reply, Sampling, Teacher, TeacherError, Usage
 
 MASK = "[MASKED]"
@@ -78,7 +78,7 @@ def write_candidates(
     *,
     right_context: bool = True,
     max_attempts: int = 3,
-    heartbeat: Callable[[], None] = lambda: None,
+    on_call: OnCall = no_report,
 ) -> Candidates:
     result = Candidates()
     original = turns[masked].text
@@ -97,10 +97,10 @@ def write_candidates(
             reply = teacher.chat(messages, turn_sampling, n=n - len(result.texts))
         except TeacherError as exc:
             result.failures.append(Failure("http_error", str(exc)))
-            heartbeat()
+            on_call(Usage(), None)
             continue
         result.usage.add(reply.usage)
-        heartbeat()
+        on_call(reply.usage, None)
         fresh: list[str] = []
         for completion in reply.completions:
             try:

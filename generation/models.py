@@ -2,16 +2,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from curation.models import Dialogue, Scenario, Turn
+from generation.teacher import Usage
 
 _sqlite_writer = threading.Lock()
 
@@ -151,6 +152,7 @@ class GenerationJob(models.Model):
             failed=Count("id", filter=Q(status=GenerationUnit.Status.FAILED)),
             cancelled=Count("id", filter=Q(status=GenerationUnit.Status.CANCELLED)),
             running=Count("id", filter=Q(status=GenerationUnit.Status.RUNNING)),
+            running_turns=Sum("turns", filter=Q(status=GenerationUnit.Status.RUNNING)),
             prompt_tokens=Sum("prompt_tokens"),
             completion_tokens=Sum("completion_tokens"),
             calls=Sum("calls"),
@@ -160,13 +162,16 @@ class GenerationJob(models.Model):
         per_round = self.planned_units_per_round()
         planned = per_round * self.rounds if self.kind == self.Kind.SELFCHAT else units["total"]
         finished = units["done"] + units["failed"] + units["cancelled"]
+        # Turn by turn, a running unit counts by the share of its turns written so far.
+        expected = self.expected_turns
+        partial = (units["running_turns"] or 0) / expected if expected else 0
         failures = dict(
             self.failures.values_list("failure_class").annotate(n=Count("id")).order_by()
         )
         return {
             "planned": planned,
             "finished": finished,
-            "percent": round(100 * finished / planned) if planned else 0,
+            "percent": min(100, round(100 * (finished + partial) / planned)) if planned else 0,
             "done": units["done"],
             "failed": units["failed"],
             "running": units["running"],
@@ -181,6 +186,19 @@ class GenerationJob(models.Model):
 
     def planned_units_per_round(self) -> int:
         return self.per_scenario * self.scenarios.count()
+
+    @property
+    def expected_turns(self) -> int:
+        """Utterances a turn-by-turn unit writes (one teacher call each); 0 in other modes."""
+        if self.kind == self.Kind.SELFCHAT and self.mode == self.Mode.TURNS:
+            return 2 * self.exchanges
+        return 0
+
+    def live_units(self) -> QuerySet[GenerationUnit]:
+        """The running units, with what they did so far, for the job page."""
+        return self.units.filter(status=GenerationUnit.Status.RUNNING).select_related(
+            "scenario", "turn"
+        )
 
     def rounds_summary(self) -> list[dict[str, Any]]:
         rows = (
@@ -230,6 +248,11 @@ class GenerationUnit(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     calls = models.PositiveIntegerField(default=0)
+    # Live, while the unit runs: turns written in this attempt (turn-by-turn mode), the time of
+    # the last teacher answer, and what the worker does besides asking (e.g. loading a model).
+    turns = models.PositiveIntegerField(default=0)
+    last_call_at = models.DateTimeField(null=True, blank=True)
+    activity = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:
@@ -264,6 +287,13 @@ class GenerationUnit(models.Model):
             claimed_by=worker,
             claimed_at=now,
             heartbeat_at=now,
+            # What an earlier claim counted is not this claim's work.
+            calls=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            turns=0,
+            last_call_at=None,
+            activity="",
         )
         if updated != 1:
             return None
@@ -281,13 +311,50 @@ class GenerationUnit(models.Model):
             )
         self.heartbeat_at = now
 
-    def still_mine(self) -> bool:
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def _mine(self) -> QuerySet[GenerationUnit]:
         return GenerationUnit.objects.filter(
             pk=self.pk,
             status=self.Status.RUNNING,
             claimed_by=self.claimed_by,
             claimed_at=self.claimed_at,
-        ).exists()
+        )
+
+    def still_mine(self) -> bool:
+        return self._mine().exists()
+
+    def record_call(self, usage: Usage, turns: int | None = None) -> None:
+        """After each teacher request: add its usage to the live counts, which also beats.
+
+        A request that failed (no usage, no turn) only beats. `complete` stores the final counts.
+        """
+        if not usage.calls and turns is None:
+            self.heartbeat()
+            return
+        now = timezone.now()
+        values: dict[str, Any] = {"heartbeat_at": now}
+        if usage.calls:
+            values |= {
+                "calls": F("calls") + usage.calls,
+                "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
+                "completion_tokens": F("completion_tokens") + usage.completion_tokens,
+                "last_call_at": now,
+            }
+        if turns is not None:
+            values["turns"] = turns
+        with writing():
+            self._mine().update(**values)
+        self.heartbeat_at = now
+
+    def set_activity(self, text: str) -> None:
+        """What the worker is busy with besides teacher calls; "" when it is done with it."""
+        now = timezone.now()
+        with writing():
+            self._mine().update(activity=text[:200], heartbeat_at=now)
+        self.heartbeat_at = now
 
     @transaction.atomic
     def complete(
@@ -296,26 +363,32 @@ class GenerationUnit(models.Model):
         *,
         created: int,
         attempts: int,
-        usage: dict[str, int],
+        usage: dict[str, int] | None,
         dialogue: Dialogue | None = None,
         error: str = "",
     ) -> bool:
-        """Record the outcome, if this claim still holds; False means another worker took over."""
-        updated = GenerationUnit.objects.filter(
-            pk=self.pk,
-            status=self.Status.RUNNING,
-            claimed_by=self.claimed_by,
-            claimed_at=self.claimed_at,
-        ).update(
+        """Record the outcome, if this claim still holds; False means another worker took over.
+
+        `usage` None keeps the counts recorded call by call (a unit that crashed).
+        """
+        counts = (
+            {}
+            if usage is None
+            else {
+                "prompt_tokens": usage.get("prompt_tokens", 0),
+                "completion_tokens": usage.get("completion_tokens", 0),
+                "calls": usage.get("calls", 0),
+            }
+        )
+        updated = self._mine().update(
             status=status,
             created=created,
             attempts=attempts,
             dialogue=dialogue,
             error=error[:2000],
             finished_at=timezone.now(),
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-            calls=usage.get("calls", 0),
+            activity="",
+            **counts,
         )
         return updated == 1
 
@@ -339,6 +412,17 @@ class GenerationFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.failure_class} in job {self.job_id}"
+
+
+def dri_dialogues(scenarios: Sequence[Scenario], status: str | None = None) -> QuerySet[Dialogue]:
+    """Where a DRI job takes its dialogues, oldest first: those of `scenarios` (all when none is
+    given) with `status` (any when None). The planner and the new-job form both ask here."""
+    dialogues = Dialogue.objects.order_by("id")
+    if scenarios:
+        dialogues = dialogues.filter(scenario__in=scenarios)
+    if status is not None:
+        dialogues = dialogues.filter(status=status)
+    return dialogues
 
 
 def new_job(

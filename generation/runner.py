@@ -26,9 +26,15 @@ from curation.models import Candidate, Dialogue, SafetyStatus, Scenario, Turn
 from curation.parsing import ParsedDialogue
 from curation.vocabulary import EXTES_STRATEGIES
 from generation import inpainting, selfchat
-from generation.models import GenerationFailure, GenerationJob, GenerationUnit, writing
+from generation.models import (
+    GenerationFailure,
+    GenerationJob,
+    GenerationUnit,
+    dri_dialogues,
+    writing,
+)
 from generation.selfchat import Failure
-from generation.teacher import Sampling, TeacherConfig, Usage, get_teacher
+from generation.teacher import Sampling, Teacher, TeacherConfig, Usage, get_teacher, is_ready
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +79,9 @@ def _plan_round(job: GenerationJob, round_number: int) -> None:
 
 def _plan_dri(job: GenerationJob) -> None:
     rng = random.Random(f"dri-{job.pk}")
-    dialogues = Dialogue.objects.filter(status=job.dri_source_status)
-    if job.scenarios.exists():
-        dialogues = dialogues.filter(scenario__in=job.scenarios.all())
+    dialogues = dri_dialogues(list(job.scenarios.all()), job.dri_source_status)
     units = []
-    for dialogue in dialogues.order_by("id")[: job.dri_dialogue_limit]:
+    for dialogue in dialogues[: job.dri_dialogue_limit]:
         supporter = list(
             dialogue.turns.filter(role=Turn.Role.SUPPORTER)
             .select_related("strategy", "final_strategy")
@@ -121,17 +125,32 @@ def process_unit(unit_id: int, worker: str) -> list[int]:
                 GenerationUnit.Status.FAILED,
                 created=0,
                 attempts=unit.attempts,
-                usage={},
+                usage=None,  # what was spent until the crash, as counted call by call
                 error=f"{type(exc).__name__}: {exc}",
             )
     return advance(job.pk) + stale_units(job.pk)
+
+
+PREPARING_LOCAL_MODEL = "Preparing the local model (first use on this worker, about 20 s)…"
+
+
+def _teacher(unit: GenerationUnit) -> Teacher:
+    """The job's teacher; the job page tells while a worker loads the local model for it."""
+    config = TeacherConfig(**unit.job.teacher)
+    if config.backend != "local" or is_ready(config):
+        return get_teacher(config)
+    unit.set_activity(PREPARING_LOCAL_MODEL)
+    try:
+        return get_teacher(config)
+    finally:
+        unit.set_activity("")
 
 
 def _run_selfchat_unit(unit: GenerationUnit) -> None:
     job = unit.job
     scenario = unit.scenario
     assert scenario is not None
-    teacher = get_teacher(TeacherConfig(**job.teacher))
+    teacher = _teacher(unit)
     sampling = Sampling.from_dict(job.sampling)
     reference = _reference_data()
     vocab, strategies = reference.vocab, reference.definitions
@@ -155,7 +174,7 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
             rng,
             gates=gates,
             max_attempts=settings.GENERATION_MAX_ATTEMPTS,
-            heartbeat=unit.heartbeat,
+            on_call=unit.record_call,
         )
     else:
         examples = _examples(scenario, job, unit.round, rng)
@@ -168,7 +187,7 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
             sampling,
             gates=gates,
             max_attempts=settings.GENERATION_MAX_ATTEMPTS,
-            heartbeat=unit.heartbeat,
+            on_call=unit.record_call,
         )
 
     provenance = _provenance(job, unit, produced.attempts, produced.usage)
@@ -204,7 +223,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
     job = unit.job
     turn = unit.turn
     assert turn is not None
-    teacher = get_teacher(TeacherConfig(**job.teacher))
+    teacher = _teacher(unit)
     context = [
         inpainting.ContextTurn(t.role, t.current_text)
         for t in Turn.objects.filter(dialogue_id=turn.dialogue_id).order_by("index")
@@ -225,7 +244,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
         dedupe,
         right_context=job.dri_right_context,
         max_attempts=settings.GENERATION_MAX_ATTEMPTS,
-        heartbeat=unit.heartbeat,
+        on_call=unit.record_call,
     )
     provenance = _provenance(job, unit, result.attempts, result.usage)
     provenance["right_context"] = job.dri_right_context

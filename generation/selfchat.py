@@ -49,6 +49,14 @@ class Produced:
 # A gate runs on a parsed dialogue and raises Failure (e.g. "duplicate") to refuse it.
 Gate = Callable[[ParsedDialogue], None]
 
+# Called after every teacher request with its usage (empty when it failed) and, turn by turn,
+# the number of utterances the current attempt has so far; the runner keeps live counts with it.
+OnCall = Callable[[Usage, int | None], None]
+
+
+def no_report(usage: Usage, turns: int | None = None) -> None:
+    pass
+
 
 @dataclass(frozen=True)
 class DialogueSpec:
@@ -149,7 +157,7 @@ def write_dialogue(
     *,
     gates: Sequence[Gate] = (),
     max_attempts: int = 3,
-    heartbeat: Callable[[], None] = lambda: None,
+    on_call: OnCall = no_report,
 ) -> Produced:
     produced = Produced()
     messages = prompts.dialogue_messages(
@@ -165,10 +173,10 @@ def write_dialogue(
             reply = teacher.chat(messages, sampling)
         except TeacherError as exc:
             produced.failures.append(Failure("http_error", str(exc)))
-            heartbeat()
+            on_call(Usage(), None)
             continue
         produced.usage.add(reply.usage)
-        heartbeat()
+        on_call(reply.usage, None)
         text = reply.text
         try:
             if reply.completions and reply.completions[0].truncated:
@@ -210,7 +218,7 @@ def write_dialogue_by_turns(
     *,
     gates: Sequence[Gate] = (),
     max_attempts: int = 3,
-    heartbeat: Callable[[], None] = lambda: None,
+    on_call: OnCall = no_report,
 ) -> Produced:
     produced = Produced()
     # Short messages: a turn never needs the dialogue-sized token budget.
@@ -224,9 +232,7 @@ def write_dialogue_by_turns(
     while produced.attempts < max_attempts:
         produced.attempts += 1
         try:
-            record = _play_turns(
-                teacher, spec, definitions, turn_sampling, rng, produced, heartbeat
-            )
+            record = _play_turns(teacher, spec, definitions, turn_sampling, rng, produced, on_call)
             text = json.dumps(record, ensure_ascii=False)
             produced.dialogue = validate(
                 record,
@@ -249,22 +255,25 @@ def _play_turns(
     sampling: Sampling,
     rng: random.Random,
     produced: Produced,
-    heartbeat: Callable[[], None],
+    on_call: OnCall,
 ) -> dict[str, Any]:
-    def ask(messages: list[Message]) -> str:
+    def ask(messages: list[Message], turns: int) -> str:
+        """One message; `turns`: the utterances written once it is (0 for the situation)."""
         try:
             reply = teacher.chat(messages, sampling)
         except TeacherError as exc:
+            on_call(Usage(), None)
             raise Failure("http_error", str(exc)) from None
         produced.usage.add(reply.usage)
-        heartbeat()
+        on_call(reply.usage, turns)
         return _clean_turn(reply)
 
     description = ask(
         [
             {"role": "system", "content": prompts.SITUATION_SYSTEM},
             {"role": "user", "content": prompts.SITUATION_USER.format(scenario=spec.scenario)},
-        ]
+        ],
+        0,
     )
     content: list[dict[str, str]] = []
     seeker_view: list[Message] = []  # the seeker speaks as "assistant"
@@ -280,7 +289,8 @@ def _play_turns(
                 },
                 *opening,
                 *seeker_view,
-            ]
+            ],
+            len(content) + 1,
         )
         content.append({"User": said})
         seeker_view.append({"role": "assistant", "content": said})
@@ -297,7 +307,8 @@ def _play_turns(
             [
                 {"role": "system", "content": f"{prompts.SUPPORTER_SYSTEM}\n{guide}"},
                 *supporter_view,
-            ]
+            ],
+            len(content) + 1,
         )
         if spec.policy == "teacher":
             strategy, answer = _split_strategy(answer, names)

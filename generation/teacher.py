@@ -320,6 +320,14 @@ def get_teacher(config: TeacherConfig) -> Teacher:
         return teacher
 
 
+def is_ready(config: TeacherConfig) -> bool:
+    """Whether this process built the teacher already (the local model takes seconds to load).
+
+    Without the lock, which a thread building the teacher holds: others waiting for it ask too.
+    """
+    return config in _cache
+
+
 def _build(config: TeacherConfig) -> Teacher:
     from django.conf import settings
 

@@ -61,6 +61,9 @@ def job_new(request: HttpRequest) -> HttpResponse:
     return render(request, "generation/job_new.html", {"form": form})
 
 
+LIVE_UNITS_SHOWN = 10
+
+
 @require_GET
 @lead_required
 def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
@@ -77,6 +80,7 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "failure_class": failure_class,
         "can_cancel": is_lead(request.user) and not job.is_finished,
         "scenario_names": list(job.scenarios.values_list("name", flat=True)),
+        "live_units": list(job.live_units()[:LIVE_UNITS_SHOWN]),
         "unit_errors": job.units.filter(status="failed")
         .exclude(error="")
         .values("error")

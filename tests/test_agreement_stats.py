@@ -11,13 +11,15 @@ from scipy.stats import spearmanr
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 
 from curation.lead.agreement import (
+    KAPPA_SCALE,
+    MIN_ITEMS,
     TEACHER,
     Confusion,
     cohen_kappa,
     confusion,
     confusion_csv,
-    confusion_svg,
     describe_kappa,
+    few_items,
     fleiss_kappa,
     humans_vs_teacher,
     kendall_tau,
@@ -28,6 +30,7 @@ from curation.lead.agreement import (
     percent_agreement,
     ranking_agreement,
 )
+from curation.lead.charts import heatmap
 from curation.vocabulary import EXTES_STRATEGIES
 
 
@@ -469,34 +472,41 @@ def _sixteen_by_sixteen() -> Confusion:
     return Confusion(names, matrix, TEACHER, "humans", 0)
 
 
-def test_confusion_svg_is_xml_with_counts_and_rotated_labels():
+def _svg(table: Confusion, title: str) -> str:
+    return heatmap(table.labels, table.matrix, title, table.rows, table.columns)
+
+
+def test_the_heatmap_is_svg_with_counts_and_rotated_column_labels():
     table = _sixteen_by_sixteen()
-    svg = confusion_svg(table, "Teacher against humans")
-    root = ET.fromstring(svg)
-    groups = {g.get("id"): g for g in root.iter(f"{SVG}g")}
+    root = ET.fromstring(_svg(table, "Teacher against humans"))
+    cells = {g.get("data-cell"): g for g in root.iter(f"{SVG}g")}
     for i, row in enumerate(table.matrix):
         for j, count in enumerate(row):
-            texts = [t.text for t in groups[f"count-{i}-{j}"].iter(f"{SVG}text")]
+            texts = [t.text for t in cells[f"{i}-{j}"].iter(f"{SVG}text")]
             assert texts == [str(count)]
-    texts = [(t.text, t.get("transform", "")) for t in root.iter(f"{SVG}text")]
+    labels = [t for t in root.iter(f"{SVG}text") if t.find(f"{SVG}title") is not None]
     for name in table.labels:
-        angles = sorted(t.split()[0] for text, t in texts if text == name)
+        of_name = [t for t in labels if t.find(f"{SVG}title").text == name]
         # Once under the columns, turned 45 degrees; once beside the rows, level.
-        assert angles == ["rotate(-0", "rotate(-45"]
-    shown = {text for text, _ in texts}
-    assert {"Teacher against humans", TEACHER, "humans", "pairs of labels"} <= shown
+        turned = sorted(t.get("transform", "").startswith("rotate(-45 ") for t in of_name)
+        assert turned == [False, True]
+    shown = {t.text for t in root.iter(f"{SVG}text")}
+    assert {"Teacher against humans", TEACHER, "humans", "pairs of labels", "115"} <= shown
 
 
-def test_confusion_svg_is_deterministic():
+def test_the_heatmap_is_deterministic_and_escapes_labels():
     table = _sixteen_by_sixteen()
-    first = confusion_svg(table, "Teacher against humans")
-    assert confusion_svg(table, "Teacher against humans") == first
-    assert confusion_svg(table, "Another title") != first
+    first = _svg(table, "Teacher against humans")
+    assert _svg(table, "Teacher against humans") == first
+    assert _svg(table, "Another title") != first
+    odd = Confusion(("<b>&", "B"), [[1, 0], [0, 1]], "humans", "humans", 0)
+    svg = _svg(odd, "<script>")
+    assert "<b>" not in svg and "<script>" not in svg
+    ET.fromstring(svg)
 
 
-def test_confusion_svg_of_an_empty_table():
-    svg = confusion_svg(confusion({}), "Nothing yet")
-    texts = {t.text for t in ET.fromstring(svg).iter(f"{SVG}text")}
+def test_the_heatmap_of_an_empty_table():
+    texts = {t.text for t in ET.fromstring(_svg(confusion({}), "Nothing yet")).iter(f"{SVG}text")}
     assert {"Nothing yet", "no labelled pairs"} <= texts
 
 
@@ -505,7 +515,8 @@ def test_confusion_svg_of_an_empty_table():
     [
         (None, "undefined"),
         (float("nan"), "undefined"),
-        (-0.1, "poor"),
+        (-1.0, "worse than chance"),
+        (-0.1, "worse than chance"),
         (0.0, "slight"),
         (0.2, "slight"),
         (0.21, "fair"),
@@ -519,3 +530,26 @@ def test_confusion_svg_of_an_empty_table():
 )
 def test_describe_kappa_uses_the_landis_koch_bands(value, band):
     assert describe_kappa(value) == band
+
+
+def test_one_scale_for_every_kappa_with_a_band_below_zero():
+    assert [band.name for band in KAPPA_SCALE] == [
+        "worse than chance",
+        "slight",
+        "fair",
+        "moderate",
+        "substantial",
+        "almost perfect",
+    ]
+    assert KAPPA_SCALE[0].span == "< 0"
+    # Every band the function gives is on the scale (the legend), and every band is reachable.
+    values = [-1.0, -0.01, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+    assert {describe_kappa(v) for v in values} == {band.name for band in KAPPA_SCALE}
+
+
+def test_small_samples_are_flagged_and_rater_counts_kept():
+    assert few_items(1) and few_items(MIN_ITEMS - 1) and not few_items(MIN_ITEMS)
+    decisions = {"d1": {"ana": "accept", "ben": "reject"}, "d2": {"ana": "accept", "cy": None}}
+    assert percent_agreement(decisions).raters == 2  # d2 has one decision: not counted
+    groups = [[{"a": 1, "b": 2}, {"a": 2, "b": 1}], [{"a": 1, "b": 2}] * 3, [{"a": 1}]]
+    assert ranking_agreement(groups).raters == (2, 3)

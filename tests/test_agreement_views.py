@@ -91,7 +91,9 @@ def test_the_agreement_page_and_its_csvs(client, lead, reviewed):
         )
     )
     fleiss = next(r for r in summary if r["figure"].startswith("Fleiss"))
-    assert float(fleiss["value"]) == pytest.approx(14 / 30, abs=1e-4) and fleiss["n"] == "4"
+    assert float(fleiss["value"]) == pytest.approx(14 / 30, abs=1e-4) and fleiss["items"] == "4"
+    assert (fleiss["unit"], fleiss["raters"], fleiss["reading"]) == ("turns", "2", "moderate")
+    assert fleiss["note"].startswith("Not reliable")
     per_strategy = client.get(reverse("curation-agreement-csv", args=["per_strategy"]))
     assert per_strategy["Content-Type"].startswith("text/csv")
     assert {r["strategy"] for r in csv.DictReader(io.StringIO(per_strategy.content.decode()))} == {

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from curation.models import Release, Scenario
+from curation.models import Dialogue, Release, Scenario
 from generation.models import GenerationJob
 from training.models import TrainingJob
 
@@ -87,7 +87,9 @@ def test_the_generation_job_form_says_the_queue_is_down_and_keeps_its_values(cli
     assert not GenerationJob.objects.exists()
 
 
-def test_the_dri_form_says_the_queue_is_down_and_keeps_its_values(client, lead):
+def test_the_dri_form_says_the_queue_is_down_and_keeps_its_values(client, lead, seeds):
+    # One accepted dialogue, so the form itself has nothing to refuse.
+    Dialogue.objects.filter(pk=Dialogue.objects.order_by("id")[0].pk).update(status="accepted")
     client.force_login(lead)
     response = post(client, reverse("generation-job-new"), job_form(kind="dri", scenarios=[]))
     assert response.status_code == 200

@@ -240,7 +240,8 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
     page.keyboard.press("Control+Enter")
     expect(page.locator(f"#turn-{supporter[0].pk} .text")).to_contain_text("Take your time.")
     shot(page, "review")
-    page.keyboard.press("a")
+    page.keyboard.press("a")  # asks first (see test_accept_and_reject_ask_first)
+    page.keyboard.press("Enter")
     expect(page).not_to_have_url(first_url)
     expect(page).to_have_url(re.compile(r"/review/\d+/$"))
 
@@ -253,6 +254,7 @@ def test_an_annotator_reviews_with_the_keyboard_alone(page, review_studio):
         for _turn in range(page.locator(".turn.supporter").count()):
             page.keyboard.press("c")
         page.keyboard.press("a")
+        page.keyboard.press("a")  # a again answers the question as Enter does
         expect(page).not_to_have_url(url)
     assert (
         Review.objects.filter(annotator__username="rita", submitted_at__isnull=False).count() == 20
@@ -344,10 +346,9 @@ def test_two_annotators_and_a_lead_cannot_see_or_change_each_others_work(browser
         p.context.close()
 
 
-def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
-    from playwright.sync_api import expect
-
-    from curation.models import Candidate, Ranking
+def open_rank_page(page, review_studio) -> None:
+    """Three DRI candidates for the first dialogue's second supporter turn, and sam ranking them."""
+    from curation.models import Candidate
 
     turn = Dialogue.objects.order_by("id").first().turns.filter(role="supporter")[1]
     for text in ("What has helped you before?", "That sounds exhausting.", "I hear you."):
@@ -355,17 +356,176 @@ def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
     log_in(page, review_studio.url, "sam")
     page.goto(f"{review_studio.url}/review/")
     page.get_by_role("button", name="Rank DRI replies").click()
+
+
+def test_an_annotator_ranks_replies_with_the_keyboard(page, review_studio):
+    from playwright.sync_api import expect
+
+    from curation.models import Ranking
+
+    open_rank_page(page, review_studio)
     expect(page.get_by_role("heading", name="Which reply fits best?")).to_be_visible()
     expect(page.locator(".candidate")).to_have_count(4)
     shot(page, "rank")
-    for key in ("1", "2", "2", "3"):
-        page.keyboard.press(key)  # sets the rank and moves to the next reply (stays on the last)
+    candidates = page.locator(".candidate")
+    expect(candidates.nth(0)).to_be_focused()  # the keys are wired
+    ranks = page.locator(".candidate input[type=number]")
+    marks = page.locator(".candidate input[type=checkbox]")
+    # A number ranks the focused reply and the focus stays: "3 then x" acts on one reply.
+    page.keyboard.press("3")
     page.keyboard.press("x")
+    expect(candidates.nth(0)).to_be_focused()
+    expect(ranks.nth(0)).to_have_value("3")
+    expect(marks.nth(0)).to_be_checked()
+    expect(marks.nth(1)).not_to_be_checked()
+    expect(ranks.nth(1)).to_have_value("")
+    page.keyboard.press("9")  # more than there are replies: nothing changes
+    expect(ranks.nth(0)).to_have_value("3")
+    # Moving is explicit: j or the down arrow, k or the up arrow.
+    for move, key in (("j", "1"), ("ArrowDown", "2"), ("j", "2"), ("k", "2"), ("ArrowUp", "1")):
+        page.keyboard.press(move)
+        page.keyboard.press(key)
+    expect(candidates.nth(1)).to_be_focused()
+    expect(candidates.nth(1)).to_have_class(re.compile("current"))
+    assert [ranks.nth(i).input_value() for i in range(4)] == ["3", "1", "2", "2"]
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/review/$"))
     ranking = Ranking.objects.get(annotator__username="sam")
-    assert [len(group) for group in ranking.order] == [1, 2, 1]
-    assert ranking.unacceptable == [ranking.display_order[3]]
+    shown = ranking.display_order
+    assert ranking.order == [[shown[1]], sorted(shown[2:]), [shown[0]]]
+    assert ranking.unacceptable == [shown[0]]
+
+
+def test_a_missing_rank_keeps_everything_the_annotator_entered(page, review_studio):
+    from playwright.sync_api import expect
+
+    from curation.models import Ranking
+
+    open_rank_page(page, review_studio)
+    expect(page.locator(".candidate").first).to_be_focused()  # the keys are wired
+    ranks = page.locator(".candidate input[type=number]")
+    marks = page.locator(".candidate input[type=checkbox]")
+    # Ranks for the first, second and last reply, the first and last marked; the third has none.
+    for keys in (("1", "x"), ("j", "2"), ("j",), ("j", "3", "x")):
+        for key in keys:
+            page.keyboard.press(key)
+    page.get_by_text("Edit the best reply (optional)").click()
+    page.get_by_label("Edited best reply").fill("What has helped, even a little?")
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_role("alert")).to_contain_text("Give every reply a rank")
+    assert [ranks.nth(i).input_value() for i in range(4)] == ["1", "2", "", "3"]
+    assert [marks.nth(i).is_checked() for i in range(4)] == [True, False, False, True]
+    expect(page.get_by_label("Edited best reply")).to_be_visible()
+    expect(page.get_by_label("Edited best reply")).to_have_value("What has helped, even a little?")
+    assert not Ranking.objects.exists()
+    # Only the missing rank to add, and everything entered before is saved.
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/review/$"))
+    ranking = Ranking.objects.get(annotator__username="sam")
+    shown = ranking.display_order
+    assert ranking.order == [[shown[0]], sorted(shown[1:3]), [shown[3]]]
+    assert ranking.unacceptable == sorted([shown[0], shown[3]])
+    assert ranking.edited_best == "What has helped, even a little?"
+
+
+def test_accept_and_reject_ask_first(page, review_studio, settings):
+    from playwright.sync_api import expect
+
+    from curation.models import Review
+
+    settings.REVIEWS_PER_DIALOGUE = 1  # a submit would settle the dialogue at once
+    log_in(page, review_studio.url, "rita")
+    page.goto(f"{review_studio.url}/review/")
+    page.keyboard.press("n")
+    expect(page).to_have_url(re.compile(r"/review/\d+/$"))
+    url = page.url
+    dialogue = Dialogue.objects.get(pk=int(url.rstrip("/").split("/")[-1]))
+    first = page.locator(".turn.supporter").first
+    expect(first).to_be_focused()  # the keys are wired
+    bar = page.locator("#confirm-accept")
+
+    def still_open() -> None:
+        page.wait_for_timeout(300)  # time for a submit, had one been sent
+        assert page.url == url
+        dialogue.refresh_from_db()
+        assert dialogue.status in Dialogue.OPEN
+        assert not Review.objects.filter(dialogue=dialogue, submitted_at__isnull=False).exists()
+
+    # a alone only asks.
+    page.keyboard.press("a")
+    expect(bar).to_be_visible()
+    expect(bar).to_contain_text("Accept this dialogue?")
+    expect(bar).to_be_focused()
+    still_open()
+    # Esc goes back to the turn it came from; so do a click elsewhere and any other key.
+    page.keyboard.press("Escape")
+    expect(bar).to_be_hidden()
+    expect(first).to_be_focused()
+    page.keyboard.press("a")
+    page.locator("h1").click()
+    expect(bar).to_be_hidden()
+    page.keyboard.press("a")
+    page.keyboard.press("j")
+    expect(bar).to_be_hidden()
+    expect(page.locator(".turn.supporter").nth(1)).to_be_focused()
+
+    # r asks for a reason first; Esc keeps the ticked reason.
+    page.keyboard.press("r")
+    reject_bar = page.locator("#confirm-reject")
+    expect(reject_bar).to_be_visible()
+    first_reason = page.locator("#reject-reasons input").first
+    expect(first_reason).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(reject_bar).to_contain_text("Tick at least one reason first.")
+    still_open()
+    page.keyboard.press("Space")
+    page.keyboard.press("Escape")
+    expect(reject_bar).to_be_hidden()
+    expect(page.locator(".turn.supporter").nth(1)).to_be_focused()
+    expect(first_reason).to_be_checked()
+    still_open()
+    # Enter on a flag ticks nothing and, unlike the browser's own Enter, does not accept.
+    page.locator("input[name=flags]").first.focus()
+    page.keyboard.press("Enter")
+    still_open()
+
+    # a then Enter accepts.
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    expect(page).not_to_have_url(url)
+    review = Review.objects.get(dialogue=dialogue, annotator__username="rita")
+    assert review.decision == "accept" and review.submitted_at
+    dialogue.refresh_from_db()
+    assert dialogue.status == Dialogue.Status.ACCEPTED
+
+    # On the next one: r, Space, then r again rejects with that reason.
+    url = page.url
+    page.keyboard.press("r")
+    page.keyboard.press("Space")
+    page.keyboard.press("r")
+    expect(page).not_to_have_url(url)
+    rejected = Review.objects.get(dialogue_id=int(url.rstrip("/").split("/")[-1]))
+    assert rejected.decision == "reject" and rejected.reasons == ["unrealistic"]
+
+
+def test_without_javascript_the_buttons_still_decide(browser, review_studio):
+    from playwright.sync_api import expect
+
+    from curation.models import Review
+
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    log_in(page, review_studio.url, "rita")
+    page.goto(f"{review_studio.url}/review/")
+    page.get_by_role("button", name=re.compile("Start reviewing")).click()
+    expect(page.locator("#confirm-accept")).to_be_hidden()
+    page.locator("#accept").click()
+    expect(page.locator(".messages")).to_contain_text("is saved")
+    assert Review.objects.get(annotator__username="rita").decision == "accept"
+    context.close()
 
 
 XSS_CORPUS = [

@@ -304,3 +304,108 @@ def test_a_crashing_unit_is_recorded_and_the_job_still_ends(fake, monkeypatch):
     assert "every unit failed" in job.error
     errors = set(job.units.values_list("error", flat=True))
     assert errors == {"RuntimeError: bug in the prompt builder"}
+
+
+class Watching:
+    """The job's real teacher; before each request it notes what the job page would read."""
+
+    def __init__(self, teacher, unit_id: int) -> None:
+        self.teacher, self.unit_id = teacher, unit_id
+        self.backend, self.model = teacher.backend, teacher.model
+        self.seen: list[dict] = []
+
+    def chat(self, messages, sampling, n=1):
+        unit = GenerationUnit.objects.get(pk=self.unit_id)
+        self.seen.append(
+            {
+                "calls": unit.calls,
+                "tokens": unit.tokens,
+                "turns": unit.turns,
+                "last_call_at": unit.last_call_at,
+                "job_calls": unit.job.progress()["calls"],
+            }
+        )
+        return self.teacher.chat(messages, sampling, n)
+
+
+def test_a_running_unit_counts_calls_tokens_and_turns_as_it_goes(fake, monkeypatch):
+    job = selfchat_job(fake, per_scenario=1, mode=GenerationJob.Mode.TURNS, exchanges=2)
+    (unit_id,) = runner.start(job.pk)
+    real = runner.get_teacher
+    watching: list[Watching] = []
+
+    def get_teacher(config):
+        watching.append(Watching(real(config), unit_id))
+        return watching[-1]
+
+    monkeypatch.setattr(runner, "get_teacher", get_teacher)
+    runner.process_unit(unit_id, "w")
+    seen = watching[0].seen
+    # The situation, then two exchanges of a seeker and a supporter turn: one request each.
+    assert [s["calls"] for s in seen] == [0, 1, 2, 3, 4]
+    assert [s["job_calls"] for s in seen] == [0, 1, 2, 3, 4]
+    assert [s["turns"] for s in seen] == [0, 0, 1, 2, 3]
+    tokens = [s["tokens"] for s in seen]
+    assert tokens[0] == 0 and tokens == sorted(set(tokens))
+    answers = [s["last_call_at"] for s in seen]
+    assert answers[0] is None and None not in answers[1:] and answers[1:] == sorted(answers[1:])
+    unit = GenerationUnit.objects.get(pk=unit_id)
+    assert (unit.status, unit.calls, unit.turns) == ("done", 5, 4)
+    assert unit.tokens > tokens[-1] and unit.last_call_at > answers[-1]
+
+
+def test_a_new_claim_starts_its_live_counts_afresh(fake):
+    job = selfchat_job(fake, per_scenario=1)
+    (unit_id,) = runner.start(job.pk)
+    GenerationUnit.objects.filter(pk=unit_id).update(
+        status="running", calls=3, turns=5, last_call_at=timezone.now(), activity="busy"
+    )
+    GenerationUnit.objects.filter(pk=unit_id).update(
+        heartbeat_at=timezone.now() - timedelta(days=1)
+    )
+    unit = GenerationUnit.claim(unit_id, "worker-b")
+    assert (unit.calls, unit.turns, unit.last_call_at, unit.activity) == (0, 0, None, "")
+
+
+def test_a_crashed_unit_keeps_what_it_spent(fake, monkeypatch):
+    def crash_after_one_call(teacher, *args, on_call, **kwargs):
+        on_call(teacher.chat([{"role": "user", "content": "hello"}], Sampling()).usage, None)
+        raise RuntimeError("bug after the first call")
+
+    monkeypatch.setattr(runner.selfchat, "write_dialogue", crash_after_one_call)
+    job = runner.run_inline(selfchat_job(fake, per_scenario=1).pk)
+    unit = job.units.get()
+    assert (unit.status, unit.calls) == ("failed", 1) and unit.tokens > 0
+    assert job.progress()["calls"] == 1
+
+
+def test_the_unit_says_while_the_local_model_is_prepared(fake, monkeypatch):
+    from generation import teacher as teachers
+
+    job = new_job(
+        GenerationJob.Kind.SELFCHAT,
+        teacher=TeacherConfig("local", teachers.LOCAL_MODEL_NAME).as_dict(),
+        sampling=Sampling().as_dict(),
+        scenarios=[Scenario.objects.get(name="Anxiety and Panic")],
+        mode=GenerationJob.Mode.TURNS,
+        exchanges=2,
+        duplicate_threshold=None,
+        per_scenario=2,
+    )
+    ids = runner.start(job.pk)
+    monkeypatch.setattr(teachers, "_cache", {})  # no local model loaded in this process yet
+    during: list[str] = []
+
+    def load(config):  # stands in for loading SmolLM2: the fake HTTP teacher answers instead
+        during.append(GenerationUnit.objects.get(pk=ids[0]).activity)
+        teachers._cache[config] = teachers.HttpTeacher(fake.url, "fake-teacher")
+        return teachers._cache[config]
+
+    monkeypatch.setattr(runner, "get_teacher", load)
+    runner.process_unit(ids[0], "w")
+    assert during == [runner.PREPARING_LOCAL_MODEL]
+    assert GenerationUnit.objects.get(pk=ids[0]).activity == ""
+    monkeypatch.setattr(runner, "get_teacher", lambda config: teachers._cache[config])
+    monkeypatch.setattr(runner.GenerationUnit, "set_activity", None)  # loaded: not called again
+    runner.process_unit(ids[1], "w")
+    assert job.units.filter(status="done").count() == 2

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from curation.models import Scenario
-from generation.models import GenerationJob, new_job
+from curation.models import Dialogue, Scenario
+from generation import runner
+from generation.models import GenerationJob, GenerationUnit, new_job
 
 pytestmark = pytest.mark.django_db
 
@@ -143,7 +148,8 @@ def test_the_configured_endpoint_is_offered_and_its_key_never_shown(client, lead
     assert "sk-very-secret-key" not in page + detail + str(job.teacher) + str(job.sampling)
 
 
-def test_dri_job_from_the_form(client, lead):
+def test_dri_job_from_the_form(client, lead, seeds):
+    Dialogue.objects.filter(pk=Dialogue.objects.order_by("id")[0].pk).update(status="accepted")
     client.force_login(lead)
     client.post(
         NEW,
@@ -232,3 +238,169 @@ def test_job_page_says_why_units_failed(client, lead):
     client.force_login(lead)
     body = client.get(reverse("generation-job-detail", args=[job.pk])).content.decode()
     assert "1 unit: RuntimeError: bug in the prompt builder" in body
+
+
+# ---- the new-job form -------------------------------------------------------------------------
+
+
+def fieldset(page: str, css_class: str) -> str:
+    match = re.search(rf'<fieldset class="{css_class}">(.*?)</fieldset>', page, re.DOTALL)
+    assert match, f"no fieldset {css_class}"
+    return match.group(1)
+
+
+def test_the_form_renders_each_field_once_and_the_token_without_a_label(client, lead):
+    client.force_login(lead)
+    page = client.get(NEW).content.decode()
+    assert page.count('name="mode"') == 1
+    assert page.count('name="model"') == 1
+    assert page.count('name="token"') == 1
+    assert 'type="hidden" name="token"' in page
+    assert 'for="id_token"' not in page and "Token:" not in page
+
+
+def test_each_kind_has_its_own_fieldset(client, lead):
+    client.force_login(lead)
+    page = client.get(NEW).content.decode()
+    selfchat, dri = fieldset(page, "kind-selfchat"), fieldset(page, "kind-dri")
+    for name in ("per_scenario", "rounds", "mode", "exchanges", "strategy_policy"):
+        assert f'name="{name}"' in selfchat and f'name="{name}"' not in dri
+    for name in ("dri_source_status", "dri_candidates", "dri_mask", "dri_right_context"):
+        assert f'name="{name}"' in dri and f'name="{name}"' not in selfchat
+    for name in ("temperature", "scenarios", "teacher"):
+        assert f'name="{name}"' not in selfchat + dri
+
+
+def test_the_page_title_follows_the_kind_asked_for(client, lead):
+    client.force_login(lead)
+    assert "<title>New generation job" in client.get(NEW).content.decode()
+    dri = client.get(NEW, {"kind": "dri"}).content.decode()
+    assert "<title>New DRI job" in dri
+    assert re.search(r'value="dri"[^>]*checked', dri)
+
+
+def test_dri_is_refused_at_the_form_when_no_dialogue_has_the_status(client, lead, seeds):
+    pending = Dialogue.objects.filter(status="pending").count()
+    Dialogue.objects.filter(pk=Dialogue.objects.order_by("id")[0].pk).update(status="rejected")
+    client.force_login(lead)
+    response = client.post(NEW, form_data(kind="dri", scenarios=[]))
+    assert response.status_code == 200
+    assert GenerationJob.objects.count() == 0
+    errors = response.context["form"].errors["dri_source_status"]
+    assert errors == [
+        "No dialogue is accepted yet, so DRI has nothing to fill. Dialogues by status: "
+        f"{pending - 1} pending, 0 in review, 0 needs adjudication, 0 accepted, 1 rejected. "
+        "Review some first, or pick another status."
+    ]
+    assert "nothing to fill" in response.content.decode()
+
+
+def test_dri_refusal_counts_only_the_chosen_scenarios(client, lead, seeds):
+    anxiety = Scenario.objects.get(name="Anxiety and Panic")
+    elsewhere = Dialogue.objects.exclude(scenario=anxiety).order_by("id")[0]
+    Dialogue.objects.filter(pk=elsewhere.pk).update(status="accepted")
+    client.force_login(lead)
+    response = client.post(NEW, form_data(kind="dri", scenarios=[anxiety.pk]))
+    (error,) = response.context["form"].errors["dri_source_status"]
+    assert error.startswith("No dialogue of the chosen scenarios is accepted yet")
+    assert "0 accepted" in error
+    assert GenerationJob.objects.count() == 0
+    client.post(NEW, form_data(kind="dri", scenarios=[]))  # all scenarios: one to take
+    assert GenerationJob.objects.get().kind == "dri"
+
+
+def test_a_selfchat_job_does_not_need_dialogues_for_dri(client, lead):
+    client.force_login(lead)
+    client.post(NEW, form_data())
+    assert GenerationJob.objects.get().kind == "selfchat"
+
+
+def test_the_form_shows_the_dialogues_per_status_beside_the_dri_source(client, lead, seeds):
+    Dialogue.objects.filter(pk=Dialogue.objects.order_by("id")[0].pk).update(status="in_review")
+    pending = Dialogue.objects.filter(status="pending").count()
+    client.force_login(lead)
+    dri = fieldset(client.get(NEW).content.decode(), "kind-dri")
+    assert f"Dialogues now: {pending} pending, 1 in review, 0 needs adjudication" in dri
+
+
+# ---- live progress on the job page ------------------------------------------------------------
+
+
+def running_unit(job: GenerationJob, **fields) -> GenerationUnit:
+    now = timezone.now()
+    return GenerationUnit.objects.create(
+        job=job,
+        scenario=job.scenarios.get(),
+        slot=0,
+        status="running",
+        claimed_by="w",
+        claimed_at=now - timedelta(minutes=2),
+        heartbeat_at=now,
+        **fields,
+    )
+
+
+def test_the_job_page_shows_what_a_running_unit_did_so_far(client, lead):
+    job = make_job(mode="turns", exchanges=6)
+    GenerationJob.objects.filter(pk=job.pk).update(status="running")
+    answered = timezone.now() - timedelta(seconds=30)
+    running_unit(
+        job, calls=5, prompt_tokens=900, completion_tokens=300, turns=4, last_call_at=answered
+    )
+    client.force_login(lead)
+    url = reverse("generation-job-detail", args=[job.pk])
+    body = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"}).content
+    text = " ".join(body.decode().split())
+    assert "Anxiety and Panic, dialogue 1: 5 teacher calls, 1,200 tokens, 4 of 12 turns" in text
+    assert f'last answer <time datetime="{answered.isoformat()}" data-relative>30' in text
+    assert (
+        "<strong>1,200</strong> tokens (5 calls)" in text
+    )  # the job's totals count the running unit too
+    assert 'class="big working"' in text
+
+
+def test_a_unit_without_an_answer_yet_says_since_when_it_waits(client, lead):
+    job = make_job()
+    GenerationJob.objects.filter(pk=job.pk).update(status="running")
+    unit = running_unit(job)
+    client.force_login(lead)
+    text = " ".join(
+        client.get(reverse("generation-job-detail", args=[job.pk])).content.decode().split()
+    )
+    assert (
+        "waiting for the teacher's first answer, since "
+        f'<time datetime="{unit.claimed_at.isoformat()}" data-relative>2' in text
+    )
+
+
+def test_the_job_page_says_while_the_local_model_is_prepared(client, lead):
+    job = make_job()
+    GenerationJob.objects.filter(pk=job.pk).update(status="running")
+    unit = running_unit(job, activity=runner.PREPARING_LOCAL_MODEL)
+    client.force_login(lead)
+    url = reverse("generation-job-detail", args=[job.pk])
+    assert "Preparing the local model (first use on this worker" in client.get(url).content.decode()
+    GenerationUnit.objects.filter(pk=unit.pk).update(activity="")
+    assert "Preparing the local model" not in client.get(url).content.decode()
+
+
+def test_the_bar_counts_the_turns_of_running_units(client, lead):
+    job = make_job(mode="turns", exchanges=6, per_scenario=2)
+    GenerationJob.objects.filter(pk=job.pk).update(status="running")
+    GenerationUnit.objects.create(job=job, scenario=job.scenarios.get(), slot=1, status="done")
+    running_unit(job, turns=6)
+    assert job.progress()["percent"] == 75  # one of two done, the other half written
+    client.force_login(lead)
+    body = client.get(reverse("generation-job-detail", args=[job.pk])).content.decode()
+    assert 'value="75"' in body
+    assert "1 of 2 units finished (75%), 1 running" in body
+
+
+def test_relative_times_carry_their_datetime(client, lead):
+    job = make_job()
+    client.force_login(lead)
+    iso = job.created_at.isoformat()
+    for url in (LIST, reverse("generation-job-detail", args=[job.pk])):
+        body = client.get(url).content.decode()
+        assert f'<time datetime="{iso}" data-relative>now</time>' in body
+    assert "js/relative-time.js" in client.get(LIST).content.decode()

@@ -84,6 +84,24 @@ def test_missing_rank_is_explained_and_typed_values_kept(client, ann, masked_tur
     assert not Ranking.objects.exists()
 
 
+def test_a_missing_rank_keeps_the_edited_reply_open(client, ann, masked_turn):
+    url = reverse("curation-rank", args=[masked_turn.pk])
+    client.post(reverse("curation-rank-next"))
+    body = client.post(url, {"edited_best": "Tell me more."}).content.decode()
+    assert "<details open><summary>Edit the best reply" in body
+    assert ">Tell me more.</textarea>" in body
+    assert "<details><summary>Edit the best reply" in client.get(url).content.decode()
+
+
+def test_the_legend_names_every_key(client, ann, masked_turn):
+    url = reverse("curation-rank", args=[masked_turn.pk])
+    client.post(reverse("curation-rank-next"))
+    legend = client.get(url).content.decode().split('id="rank-keys"')[1].split("</dl>")[0]
+    for key in ("j", "k", "↓", "↑", "1", "4", "x", "Tab", "Enter"):
+        assert f"<kbd>{key}</kbd>" in legend
+    assert "the focus stays on it" in legend
+
+
 def test_turns_without_candidates_cannot_be_ranked(client, ann, masked_turn):
     other = Turn.objects.filter(role="supporter").exclude(pk=masked_turn.pk).first()
     assert client.get(reverse("curation-rank", args=[other.pk])).status_code == 404

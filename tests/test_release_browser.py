@@ -62,6 +62,9 @@ def test_a_lead_cuts_a_release_and_downloads_its_files(browser, page, release_st
     expect(page.locator("#release-progress")).to_contain_text("Ready", timeout=60_000)
     expect(page.get_by_role("link", name="sft/train.jsonl")).to_be_visible()
     expect(page.get_by_alt_text("Dialogues per scenario")).to_be_visible()
+    expect(page.get_by_role("heading", name="Dataset card")).to_be_visible()
+    expect(page.locator("#dataset-card table").first).to_be_visible()  # Markdown, rendered
+    expect(page.locator("#split-warning")).to_have_count(0)
     shot(page, "release")
 
     with page.expect_download() as info:
@@ -86,3 +89,21 @@ def test_a_lead_cuts_a_release_and_downloads_its_files(browser, page, release_st
     expect(annotator.get_by_role("link", name="Releases")).to_have_count(0)
     other.close()
     assert re.fullmatch(r"[0-9a-f]{64}", page.locator("#release-progress code").first.inner_text())
+
+
+def test_the_form_warns_of_an_empty_split_as_the_shares_change(page, release_studio):  # noqa: F811
+    from playwright.sync_api import expect
+
+    log_in(page, release_studio.url, "paula")
+    page.goto(f"{release_studio.url}/releases/new/")
+    preview = page.locator("#split-preview")
+    expect(preview).to_contain_text("38 train / 5 valid / 5 test")
+    expect(page.locator("#split-warning")).to_have_count(0)
+    page.get_by_label("Test", exact=True).fill("0")
+    page.get_by_label("Test", exact=True).blur()
+    expect(page.get_by_role("alert")).to_contain_text("The test split is empty")
+    expect(preview).to_contain_text("0 test")
+    shot(page, "release-empty-split")
+    page.get_by_label("Test", exact=True).fill("10")  # typing alone updates it too
+    expect(preview).to_contain_text("5 test")
+    expect(page.locator("#split-warning")).to_have_count(0)

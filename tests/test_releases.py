@@ -332,6 +332,6 @@ def test_changelog_against_the_previous_release(accepted, tmp_path):
     assert changes["edited"] == [edited.pk] and changes["relabelled"] == [relabelled.pk]
     write_files(second, tmp_path)
     assert (
-        "Against `r-a`: 1 added, 1 removed, 1 edited, 1 relabelled."
+        "Against r-a: 1 added, 1 removed, 1 edited, 1 relabelled."
         in (tmp_path / "README.md").read_text()
     )

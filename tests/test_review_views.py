@@ -132,6 +132,20 @@ def test_submit_is_idempotent_and_goes_to_the_next(client, ann, settings):
     assert client.get(first.url).status_code == 200
 
 
+def test_the_questions_are_hidden_and_accept_stays_the_default_button(client, ann):
+    dialogue = start(client)
+    body = client.get(reverse("curation-review", args=[dialogue.pk])).content.decode()
+    form = body[body.index('id="decision-form"') :]
+    # Without JavaScript the bars never show, and the form's first submit button (the one a
+    # browser's Enter presses) is the visible Accept button, not one inside a bar.
+    for bar in ("confirm-accept", "confirm-reject"):
+        tag = form[form.index(f'id="{bar}"') :].split(">")[0]
+        assert tag.endswith(" hidden")
+    first_button = form[form.index('type="submit"') :].split(">")[0]
+    assert 'id="accept"' in first_button
+    assert "<kbd>Enter</kbd> or <kbd>a</kbd> again: accept" in form
+
+
 def test_reject_needs_a_reason(client, ann):
     dialogue = start(client)
     response = client.post(

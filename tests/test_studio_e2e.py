@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 class Studio:
-    def __init__(self, data_dir: Path, redis_url: str) -> None:
+    def __init__(self, data_dir: Path, redis_url: str, **extra_env: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env |= {
@@ -36,7 +36,7 @@ class Studio:
             "REDIS_URL": redis_url,
             "EXTES_DEMO_PASSWORD": "e2e-demo-password",
             "PYTHONUNBUFFERED": "1",
-        }
+        } | extra_env
         self.process = subprocess.Popen(
             [sys.executable, "-m", "config.studio", "--port", str(self.port)],
             cwd=ROOT,

@@ -222,10 +222,11 @@ def test_an_admin_trains_a_student_from_the_release_admin_and_watches_it(
         page.get_by_role("heading", name=re.compile(r"Training job #\d+: r-browser"))
     ).to_be_visible()
     live = page.locator("#live")
-    expect(live).to_contain_text("Done", timeout=120_000)
+    # The log says "Done" when training ends, before the evaluation: wait for the table,
+    # which appears only when the whole job has finished.
+    expect(live.locator("table.evaluation")).to_contain_text("Unigram F1", timeout=240_000)
     expect(live).to_contain_text("8 of 8 steps")
     expect(live.locator("svg.loss-curve polyline")).to_have_count(2)
-    expect(live.locator("table.evaluation")).to_contain_text("Unigram F1")
     expect(live.locator("table.samples tbody tr")).to_have_count(2)
     expect(live.get_by_role("link", name="Adapter (zip)")).to_be_visible()
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_training_sft import (  # noqa: F401 (fixtures)
@@ -19,7 +20,8 @@ from tests.test_training_sft import (  # noqa: F401 (fixtures)
     write_jsonl,
 )
 from training.card import write_model_card
-from training.evaluate import Sample, compare, evaluate, main, score
+from training.evaluate import Sample, compare, evaluate, main, replies_to_score, score
+from training.metrics import bleu_from_statistics
 from training.sft import train
 
 # Two test dialogues, three supporter turns; one text tries to break out of the HTML report.
@@ -50,8 +52,16 @@ def test_student_against_base_writes_files_and_the_card(
         out_dir=tmp_path / "base",
         on_progress=lambda d, t: calls.append((d, t)),
     )
-    assert calls[0] == (0, 3) and calls[-1] == (3, 3)
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]  # after every reply
     assert base["metrics"]["samples"] == 3
+    # The per-reply scores add up to the corpus metrics (what training.noise resamples).
+    scores = [s["scores"] for s in base["samples"]]
+    nll, tokens = sum(s["nll"] for s in scores), sum(s["tokens"] for s in scores)
+    assert math.exp(nll / tokens) == pytest.approx(base["metrics"]["perplexity"], rel=1e-5)
+    summed = np.sum([s["bleu"] for s in scores], axis=0)
+    assert bleu_from_statistics(summed, 4)[0] == pytest.approx(base["metrics"]["bleu4"])
+    rouge = [s["rouge_l"] for s in scores]
+    assert sum(rouge) / 3 == pytest.approx(base["metrics"]["rouge_l"])
     assert "strategy_accuracy" not in base["metrics"]  # no adapter trained on tags
     assert base["model"] == {"base": str(tiny_base), "adapter": None}
 
@@ -103,6 +113,18 @@ def test_student_against_base_writes_files_and_the_card(
     loss = mean_loss(model, encoded, 2, tok.pad_token_id, "cpu")
     assert metrics["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert metrics["perplexity"] != pytest.approx(base["metrics"]["perplexity"], rel=1e-6)
+
+
+def test_an_empty_test_split_is_refused_before_any_model_loads(
+    release: Path,  # noqa: F811
+    tiny_base: Path,  # noqa: F811
+) -> None:
+    (release / "sft" / "test.jsonl").write_text("")
+    assert replies_to_score(release) == 0
+    with pytest.raises(ValueError, match="holds no test dialogues: there is nothing to evaluate"):
+        evaluate(release, base=str(tiny_base))
+    write_jsonl(release / "sft" / "test.jsonl", TEST)
+    assert replies_to_score(release) == 3
 
 
 def test_limit_keeps_the_first_turns(release: Path, tiny_base: Path) -> None:  # noqa: F811

@@ -100,6 +100,85 @@ def test_a_job_trains_scores_both_models_and_writes_its_card(release, tiny_base)
     assert "step 6/6" in job.log_tail and job.log_tail.rstrip().endswith("Done")
 
 
+def test_evaluation_reports_every_reply_on_the_row(release, tiny_base, monkeypatch):
+    job = make_job(release, tiny_base, max_steps=2)
+    report = jobs.Reporter.evaluation
+    seen = []
+
+    def watched(reporter, name, done, total):
+        report(reporter, name, done, total)
+        row = TrainingJob.objects.get(pk=job.pk)
+        seen.append((name, done, row.replies_done, row.replies_total, row.percent, row.phase))
+
+    monkeypatch.setattr(jobs.Reporter, "evaluation", watched)
+    jobs.run(job.pk, "training@test")
+    # Three test replies per model (TRAINING_EVAL_LIMIT), the base's then the student's.
+    assert [(name, done, written, total) for name, done, written, total, *_ in seen] == [
+        ("base", 0, 0, 6),
+        ("base", 1, 1, 6),
+        ("base", 2, 2, 6),
+        ("base", 3, 3, 6),
+        ("student", 0, 3, 6),
+        ("student", 1, 4, 6),
+        ("student", 2, 5, 6),
+        ("student", 3, 6, 6),
+    ]
+    assert [percent for *_, percent, _ in seen] == [0, 17, 33, 50, 50, 67, 83, 100]
+    assert seen[5][-1] == "Evaluating the student: 1 of 3 replies"
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.DONE
+    scores = job.samples[0]["student_scores"]
+    assert len(scores["bleu"]) == 10 and scores["tokens"] > 0  # what the bootstrap resamples
+
+
+def test_evaluation_progress_is_throttled_but_the_last_reply_lands(release, settings, monkeypatch):
+    settings.TRAINING_PROGRESS_SECONDS = 1
+    job = make_job(release, "")
+    assert job.claim("training@test")
+    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingJob.Status.EVALUATING)
+    clock = [100.0]
+    monkeypatch.setattr("training.jobs.time.monotonic", lambda: clock[0])
+    reporter = jobs.Reporter(job)
+
+    def stored() -> tuple[int, int]:
+        row = TrainingJob.objects.get(pk=job.pk)
+        return row.replies_done, row.replies_total
+
+    written = []
+    for done in range(6):
+        reporter.evaluation("base", done, 5)
+        written.append(stored())
+        clock[0] += 0.4
+    # 0 lands at once; 1 and 2 wait for the second; 3 lands at 1.2 s; 4 waits; 5 is the last.
+    assert written == [(0, 10), (0, 10), (0, 10), (3, 10), (3, 10), (5, 10)]
+    beat = TrainingJob.objects.get(pk=job.pk).heartbeat_at
+    assert beat is not None and timezone.now() - beat < timedelta(seconds=5)
+
+
+def test_a_release_without_test_or_valid_split_trains_and_says_why_it_was_not_scored(
+    tiny_base, monkeypatch
+):
+    Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
+    small = create_release("r1", split={"train": 100, "valid": 0, "test": 0})
+    assert small.counts["test"] == small.counts["valid"] == 0
+    job = make_job(small, tiny_base, max_steps=2)  # made without the form: evaluate is on
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("an empty test split was evaluated")
+
+    monkeypatch.setattr("training.evaluate.evaluate", no_evaluation)
+    jobs.run(job.pk, "training@test")
+    job.refresh_from_db()
+    assert (job.status, job.error, job.phase) == ("done", "", "Done, not evaluated")
+    assert (job.metrics, job.samples, job.step) == ({}, [], 2)
+    assert job.resolved_config["valid_loss"] is None
+    assert job.log_tail.rstrip().endswith("Done, not evaluated: the release has no test split")
+    card = Path(job.model_card).read_text()
+    assert "Not evaluated: the release has no test split." in card
+    assert "| valid_loss | no validation split |" in card
+    assert "python -m training.evaluate" not in card
+
+
 def test_cancel_stops_at_a_step_and_resume_continues_from_the_checkpoint(
     release, tiny_base, monkeypatch
 ):

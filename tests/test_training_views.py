@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 from curation.models import Dialogue, Release
 from curation.releases.build import create_release, new_release, write_files
 from tests import test_training_sft
 from training import jobs
+from training.evaluate import Sample, reply_scores
 from training.models import TrainingJob
 from training.views import loss_curve
 
@@ -165,6 +168,41 @@ def test_wrong_settings_are_shown_and_create_nothing(client, superuser, release,
     assert (TrainingJob.objects.count(), queued) == (0, [])
 
 
+def test_a_release_without_test_dialogues_is_trained_only_when_asked(client, superuser, queued):
+    Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
+    small = create_release("r1", split={"train": 100, "valid": 0, "test": 0})
+    count = small.counts["train"]
+    refusal = (
+        f"Release r1 has no test dialogues (split {count}/0/0): the student could be trained "
+        "but not evaluated. Cut a release with a test share, or tick &#x27;Train without "
+        "evaluation&#x27;."
+    )
+    client.force_login(superuser)
+    page = client.get(f"{NEW}?release={small.pk}").content.decode()
+    assert f'<li class="warning">{refusal}</li>' in page  # said before anything is sent
+    assert 'name="skip_evaluation"' in page
+
+    refused = client.post(NEW, form(small))
+    assert refused.status_code == 200
+    assert f'<p class="errornote">{refusal}</p>' in refused.content.decode()
+    assert (TrainingJob.objects.count(), queued) == (0, [])
+
+    started = client.post(NEW, form(small, skip_evaluation="on"))
+    job = TrainingJob.objects.get()
+    assert started.url == job.get_absolute_url()
+    assert (job.evaluate, queued) == (False, [job.pk])
+
+    evaluated = create_release("r2")
+    assert "warning" not in client.get(f"{NEW}?release={evaluated.pk}").content.decode()
+    client.post(NEW, form(evaluated, token="tok-2"))
+    assert TrainingJob.objects.get(release=evaluated).evaluate
+
+    empty = create_release("r0", split={"train": 0, "valid": 0, "test": 100})
+    response = client.post(NEW, form(empty, token="tok-3", skip_evaluation="on"))
+    assert "Release r0 has no training dialogues" in response.content.decode()
+    assert TrainingJob.objects.count() == 2
+
+
 def test_the_action_takes_one_ready_release(client, superuser, release):
     client.force_login(superuser)
     other = new_release("r-building")
@@ -199,9 +237,14 @@ def test_the_job_admin_lists_progress_and_cancels_and_resumes(client, superuser,
     running = make_job(release, status="running", worker="w", step=30, total_steps=100)
     failed = make_job(release, status="failed", error="boom")
     changelist = reverse("admin:training_trainingjob_changelist")
+    evaluating = make_job(
+        release, status="evaluating", worker="w", step=100, total_steps=100, replies_done=12
+    )
+    TrainingJob.objects.filter(pk=evaluating.pk).update(replies_total=40)
     page = client.get(changelist)
     assert page.status_code == 200
-    assert "30/100 (30%)" in page.content.decode()
+    assert "30/100 steps (30%)" in page.content.decode()
+    assert "12/40 replies (30%)" in page.content.decode()
     change = client.get(reverse("admin:training_trainingjob_change", args=[running.pk]))
     assert change.status_code == 200
     add = client.get(reverse("admin:training_trainingjob_add"))
@@ -296,20 +339,72 @@ def test_a_running_job_shows_its_progress_loss_curve_and_log(client, watcher, re
     assert "<html" not in text and "<polyline" in text
 
 
-def test_a_finished_job_compares_base_student_and_the_student_without_dri(
-    client, superuser, release, settings
-):
-    scores = {"bleu1": 0.1, "rouge_l": 0.12, "perplexity": 40.0, "samples": 20}
+def scored_rows(count: int, base: str, student: str, nll: dict | None = None) -> list[dict]:
+    """`count` rows of a job's samples, scored as the worker scores them: the base writes `base`
+    every time, the student `student` ("reference": the written reply itself);
+    each written reply has an NLL of 30 in 10 tokens under both, unless `nll` says otherwise."""
+    nll = nll or {}
+    rows = []
+    for k in range(count):
+        reference = f"I am so sorry about your job, number {k}; that sounds really hard."
+        replies = {
+            side: reference if reply == "reference" else reply
+            for side, reply in (("base", base), ("student", student))
+        }
+        row = {"id": str(k), "turn": 2, "context": [f"user: story {k}"], "reference": reference}
+        for side, reply in replies.items():
+            sample = Sample(0, 2, [], reference, reply, nll=nll.get(side, 30.0), tokens=10)
+            [scores] = reply_scores([sample])
+            row |= {side: reply, f"{side}_scores": scores}
+        rows.append(row)
+    return rows
+
+
+def test_an_evaluating_job_counts_replies_on_its_bar(client, watcher, release):
+    job = make_job(
+        release,
+        status="evaluating",
+        worker="training@box",
+        phase="Evaluating the base: 12 of 20 replies",
+        step=100,
+        total_steps=100,
+        replies_done=12,
+        replies_total=40,
+        resolved_config={"max_length": 192, "valid_loss": 1.23456},
+        updated_at=timezone.now() - timedelta(seconds=37),
+    )
+    client.force_login(watcher)
+    partial = client.get(job.get_absolute_url(), HTTP_HX_REQUEST="true", HTTP_HX_TARGET="live")
+    html = partial.content.decode()
+    assert '<progress class="big" max="100" value="30">' in html  # 12 of 40, not 100 of 100
+    assert "<strong>12</strong> of 40 replies generated" in html
+    assert "<strong>100</strong> of 100 steps" in html
+    assert "<strong>1.2346</strong> valid loss" in html
+    # The page says how long ago; a script keeps every such time current between polls.
+    updated = timezone.localtime(job.updated_at).isoformat()
+    assert f'Updated <time datetime="{updated}" data-relative>0\xa0minutes ago</time>' in html
+    assert 'hx-trigger="every 3s"' in html
+    listing = client.get(reverse("training-job-list")).content.decode()
+    assert "12/40 replies" in listing
+    created = timezone.localtime(job.created_at).isoformat()
+    assert f'<time datetime="{created}" data-relative>' in listing
+
+
+def test_few_replies_show_the_numbers_without_colours(client, superuser, release, settings):
+    scores = {"bleu1": 0.1, "rouge_l": 0.12, "perplexity": 40.0, "samples": 2}
     twin = make_job(
         release,
         variant="sft",
         status="done",
         metrics={"base": scores, "student": scores | {"bleu1": 0.15}},
+        samples=scored_rows(2, "ok", "fine"),
     )
     adapter = Path(settings.TRAINING_DIR) / "job-x" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     (adapter / "README.md").write_text("# card")
+    samples = scored_rows(2, "ok", "I am sorry, that sounds so hard.")
+    samples[0] |= {"context": ["user: I lost my job."], "reference": "That is a hard blow."}
     job = make_job(
         release,
         variant="sft_dri",
@@ -320,37 +415,93 @@ def test_a_finished_job_compares_base_student_and_the_student_without_dri(
         model_card=str(adapter / "README.md"),
         metrics={
             "base": scores,
-            "student": {"bleu1": 0.2, "rouge_l": 0.1, "perplexity": 20.0, "samples": 20},
+            "student": {"bleu1": 0.2, "rouge_l": 0.1, "perplexity": 20.0, "samples": 2},
         },
-        samples=[
-            {
-                "id": "12",
-                "turn": 2,
-                "context": ["user: I lost my job."],
-                "reference": "That is a hard blow.",
-                "base": "ok",
-                "student": "I am sorry, that sounds so hard.",
-            }
-        ],
+        samples=samples,
     )
     client.force_login(superuser)
     html = client.get(job.get_absolute_url()).content.decode()
     assert "hx-trigger" not in html  # finished: no more polling
     assert f'Student without DRI (<a href="{twin.get_absolute_url()}">#{twin.pk}</a>)' in html
     assert (
-        '<th>BLEU-1</th>\n        <td>0.1000</td><td class="better">0.2000</td><td>0.1500</td>'
+        "<th>BLEU-1</th>\n        <td>0.1000</td><td>0.2000</td><td>0.1500</td><td>+0.0500</td>"
         in html
     )
-    assert '<td class="worse">0.1000</td>' in html  # ROUGE-L went down
     assert "Perplexity (lower is better)" in html
-    assert "<th>Replies scored</th>\n        <td>20</td><td>20</td><td>20</td>" in html  # no colour
-    assert '<td class="better">20.0000</td>' in html
+    assert "<th>Replies scored</th>\n        <td>2</td><td>2</td><td>2</td><td>-</td>" in html
+    assert 'class="better"' not in html and 'class="worse"' not in html
+    assert (
+        "Differences are not coloured: 2 replies scored, at least 30 are needed to tell a "
+        "difference from noise." in html
+    )
     assert "<td>user: I lost my job.</td><td>That is a hard blow.</td><td>ok</td>" in html
     assert "I am sorry, that sounds so hard." in html
     assert "left</div>" not in html  # no time left once it is over
     assert reverse("training-job-adapter", args=[job.pk]) in html
     assert reverse("training-job-card", args=[job.pk]) in html
     assert reverse("training-job-report", args=[job.pk]) not in html  # no report file
+
+
+def test_many_replies_colour_the_differences_beyond_noise(client, superuser, release):
+    # The student writes the references themselves, the base and the student without DRI "ok";
+    # the written replies are as likely under every model (same NLL): perplexity is a tie.
+    scores = {"bleu1": 0.0, "rouge_l": 0.0, "perplexity": 20.09, "samples": 40}
+    best = {"bleu1": 1.0, "rouge_l": 1.0, "perplexity": 20.09, "samples": 40}
+    twin = make_job(
+        release,
+        variant="sft",
+        status="done",
+        metrics={"base": scores, "student": scores},
+        samples=scored_rows(40, "ok", "ok"),
+    )
+    job = make_job(
+        release,
+        variant="sft_dri",
+        status="done",
+        metrics={"base": scores, "student": best},
+        samples=scored_rows(40, "ok", "reference"),
+    )
+    client.force_login(superuser)
+    html = client.get(job.get_absolute_url()).content.decode()
+    assert (
+        '<th>BLEU-1</th>\n        <td>0.0000</td><td class="better">1.0000</td><td>0.0000</td>'
+        '<td class="better">+1.0000</td>' in html
+    )
+    assert '<td class="better">1.0000</td><td>0.0000</td><td class="better">+1.0000</td>' in html
+    assert (
+        "<th>Perplexity (lower is better)</th>\n        <td>20.0900</td><td>20.0900</td>"
+        "<td>20.0900</td><td>+0.0000</td>" in html
+    )
+    assert f"#{twin.pk}</a>)</th><th>Difference with DRI</th>" in html
+    assert "not coloured" not in html
+    assert "paired bootstrap (1000 resamples of the 40 replies) excludes 0" in html
+
+    # A student that does worse than the base, beyond noise, in the other colour.
+    TrainingJob.objects.filter(pk=job.pk).update(
+        samples=scored_rows(40, "reference", "ok", nll={"student": 60.0}),
+        metrics={"base": best, "student": scores | {"perplexity": 403.4}},
+    )
+    html = client.get(job.get_absolute_url()).content.decode()
+    assert '<th>BLEU-1</th>\n        <td>1.0000</td><td class="worse">0.0000</td>' in html
+    assert '<td class="worse">403.4000</td>' in html  # perplexity went up: worse
+
+
+def test_a_job_on_a_release_without_test_split_says_it_was_not_evaluated(
+    client, superuser, release
+):
+    release.counts = {"train": 1, "valid": 0, "test": 0}
+    release.save(update_fields=["counts"])
+    job = make_job(
+        release,
+        status="done",
+        evaluate=False,
+        resolved_config={"max_length": 192, "valid_loss": None, "data_files": {"train": {}}},
+    )
+    client.force_login(superuser)
+    html = client.get(job.get_absolute_url()).content.decode()
+    assert "Not evaluated: the release has no test split." in html
+    assert "No validation split" in html
+    assert "table" not in html.split("Not evaluated")[1].split("<h2>Log</h2>")[0]
 
 
 def test_cancel_and_resume_from_the_page(client, trainer, watcher, release, queued):

@@ -22,7 +22,7 @@ from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation import admin as curation_admin
 from curation.models import Release
 from training import jobs
-from training.forms import TrainForm
+from training.forms import TrainForm, cannot_evaluate, cannot_train
 from training.models import TrainingJob
 from training.tasks import run_job
 
@@ -87,7 +87,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def progress(self, job: TrainingJob) -> str:
         if not job.total_steps:
             return job.phase or "-"
-        return f"{job.step}/{job.total_steps} ({job.percent}%)"
+        return f"{job.progress_label} ({job.percent}%)"
 
     @admin.display(description="page")
     def page(self, job: TrainingJob) -> str:
@@ -125,6 +125,10 @@ class TrainingJobAdmin(admin.ModelAdmin):
                 variant: jobs.suggest_max_length(release_obj, variant, "")
                 for variant, _ in TrainingJob.Variant.choices
             }
+        problems = []
+        if release_obj is not None and not form.is_bound:
+            # Said before the form is sent; sent, the form refuses with the same words.
+            problems = [p for p in (cannot_train(release_obj), cannot_evaluate(release_obj)) if p]
         context = {
             **self.admin_site.each_context(request),
             "title": "Train a student",
@@ -133,6 +137,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "release": release_obj,
             "suggestions": suggestions,
             "suggestion_how": next(iter(suggestions.values())).how if suggestions else "",
+            "release_problems": problems,
             "lora_fields": form.fields_of(TrainForm.LORA),
             "optimisation_fields": form.fields_of(TrainForm.OPTIMISATION),
         }
@@ -188,6 +193,7 @@ def _create_job(request: HttpRequest, form: TrainForm) -> TrainingJob | None:
                 variant=data["variant"],
                 hyperparameters=form.hyperparameters(),
                 seed=data["seed"],
+                evaluate=not data["skip_evaluation"],
                 request_key=token,
                 created_by=cast(User, request.user),
             )

@@ -31,9 +31,10 @@ def write_model_card(
     variant: str,
     hyperparameters: dict[str, Any],
     metrics: dict[str, Any] | None,
+    not_evaluated: str = "Not evaluated yet: run `python -m training.evaluate --adapter` on it.",
 ) -> Path:
     """Write adapter_dir/README.md and return its path. `metrics` maps metric names (as in
-    evaluate's metrics.json) to values; None leaves the table out."""
+    evaluate's metrics.json) to values; None leaves the table out and says `not_evaluated`."""
     adapter_dir = Path(adapter_dir)
     lines = [
         "# ExTES Studio student adapter",
@@ -75,7 +76,7 @@ def write_model_card(
         )
         lines += [f"| {METRIC_NAMES.get(k, k)} | {_cell(metrics[k])} |" for k in ordered]
     else:
-        lines.append("Not evaluated yet: run `python -m training.evaluate --adapter` on it.")
+        lines.append(not_evaluated)
     lines += [
         "",
         "## Intended use",

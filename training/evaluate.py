@@ -10,7 +10,8 @@ ROUGE-L, Distinct-1/2, unigram F1; training/metrics.py). Perplexity is that of t
 under the model, by teacher forcing with the same mask as training. When the adapter was trained
 on tagged replies ("[Question] ..."), the share of replies that open with the right tag is
 reported too; tags are removed before the text metrics. --out gets metrics.json (metrics and
-every sample) and report.html. With --adapter, its model card is rewritten with the metrics.
+every sample, with its per-reply scores for training.noise) and report.html. With --adapter, its
+model card is rewritten with the metrics.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from training import metrics as m
-from training.common import offline, resolve_base, token_loss
-from training.data import collate, data_folder, encode_chat, read_examples, split_tag
+from training.common import HEAD_CHUNK, offline, resolve_base
+from training.data import IGNORE, collate, data_folder, encode_chat, read_examples, split_tag
 
-BATCH = 8  # contexts generated together
+BATCH = 8  # dialogues scored together by teacher forcing (replies are generated one by one)
 LOWER_IS_BETTER = {"perplexity"}
 
 
@@ -50,6 +51,8 @@ class Sample:
     context: list[dict[str, str]]
     reference: str  # as written in the file, tag included
     reply: str = ""
+    nll: float | None = None  # of the reference under the model, summed over its tokens
+    tokens: int | None = None
 
 
 def supporter_turns(examples: list[dict[str, Any]], limit: int | None = None) -> list[Sample]:
@@ -63,6 +66,19 @@ def supporter_turns(examples: list[dict[str, Any]], limit: int | None = None) ->
     return samples[:limit] if limit is not None else samples
 
 
+def _test_path(data_dir: str | Path) -> Path:
+    return data_folder(data_dir, "sft", "test") / "test.jsonl"
+
+
+def replies_to_score(data_dir: str | Path) -> int:
+    """How many supporter turns the test split holds (0 for an empty split or a missing file)."""
+    try:
+        path = _test_path(data_dir)
+    except FileNotFoundError:
+        return 0
+    return len(supporter_turns(read_examples(path)))
+
+
 def evaluate(
     data_dir: str | Path,
     base: str | None = None,
@@ -73,35 +89,41 @@ def evaluate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Generate and score; returns what metrics.json holds: {"model", "data", "metrics",
-    "samples"}. `on_progress(done, total)` is called after each batch of replies."""
+    "samples"}. `on_progress(done, total)` is called before the first reply and after each."""
     offline()
     report = on_progress or (lambda done, total: None)
-    test_file = data_folder(data_dir, "sft", "test") / "test.jsonl"
-    examples = read_examples(test_file)
+    path = _test_path(data_dir)
+    examples = read_examples(path)
+    samples = supporter_turns(examples, limit)
+    if not samples:
+        raise ValueError(f"{path} holds no test dialogues: there is nothing to evaluate on")
     trained: dict[str, Any] = {}
     if adapter is not None and (Path(adapter) / "training_config.json").is_file():
         trained = json.loads((Path(adapter) / "training_config.json").read_text(encoding="utf-8"))
     base = resolve_base(base or trained.get("base"))
     runner = _load(base, adapter)
 
-    samples = supporter_turns(examples, limit)
-    order = sorted(range(len(samples)), key=lambda j: len(str(samples[j].context)))
+    # One reply at a time: a batch of 8 writes them about twice as fast on a small CPU, but
+    # reports them only together, and a page that shows "0 of 20" for minutes looks stuck.
     report(0, len(samples))
-    for start in range(0, len(order), BATCH):
-        chunk = [samples[j] for j in order[start : start + BATCH]]
-        results = runner.generate([s.context for s in chunk], Greedy(max_new_tokens))
-        for sample, [result] in zip(chunk, results, strict=True):
-            sample.reply = result.text
-        report(min(start + BATCH, len(samples)), len(samples))
+    for done, sample in enumerate(samples, start=1):
+        [[result]] = runner.generate([sample.context], Greedy(max_new_tokens))
+        sample.reply = result.text
+        report(done, len(samples))
 
-    nll, tokens = _reference_nll(runner, examples, samples)
+    _reference_nll(runner, examples, samples)
     scored = score(samples, with_tags=bool(trained.get("strategy_tags")))
-    scored["perplexity"] = m.perplexity(nll, tokens)
+    scored["perplexity"] = m.perplexity(
+        sum(s.nll or 0.0 for s in samples), sum(s.tokens or 0 for s in samples)
+    )
     result = {
         "model": {"base": base, "adapter": str(adapter) if adapter else None},
-        "data": str(test_file),
+        "data": str(path),
         "metrics": scored,
-        "samples": [_sample_record(s, examples) for s in samples],
+        "samples": [
+            _sample_record(s, examples, scores)
+            for s, scores in zip(samples, reply_scores(samples), strict=True)
+        ],
     }
     if out_dir is not None:
         out = Path(out_dir)
@@ -126,33 +148,89 @@ def _load(base: str, adapter: str | Path | None) -> Any:
     return runner
 
 
-def _reference_nll(
-    runner: Any, examples: list[dict[str, Any]], samples: list[Sample]
-) -> tuple[float, int]:
-    """Summed NLL and token count of the sampled replies (plus their end-of-turn marker). Each
-    dialogue is encoded once, up to its last sampled turn: then the training mask selects
-    exactly the sampled replies."""
+def _reference_nll(runner: Any, examples: list[dict[str, Any]], samples: list[Sample]) -> None:
+    """Set each sample's NLL and token count of its written reply (plus the end-of-turn marker)
+    under the model. Each dialogue is encoded once, up to its last sampled turn: then the
+    training mask selects exactly the sampled replies, one run of label tokens each, in order."""
     import torch
 
-    last: dict[int, int] = {}
+    turns: dict[int, list[Sample]] = {}
     for sample in samples:
-        last[sample.example] = sample.turn
+        turns.setdefault(sample.example, []).append(sample)
     encoded = [
-        encode_chat(runner.tokenizer, examples[k]["messages"][: i + 1]) for k, i in last.items()
+        (k, encode_chat(runner.tokenizer, examples[k]["messages"][: sampled[-1].turn + 1]))
+        for k, sampled in turns.items()
     ]
-    encoded.sort(key=len)
+    encoded.sort(key=lambda pair: len(pair[1]))
     pad_id = runner.tokenizer.pad_token_id
-    total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(encoded), BATCH):
-            batch = collate(encoded[start : start + BATCH], pad_id)
-            loss, n = token_loss(
+            chunk = encoded[start : start + BATCH]
+            batch = collate([e for _, e in chunk], pad_id)
+            rows = _token_nll(
                 runner.model,
                 batch["input_ids"].to(runner.device),
                 batch["labels"].to(runner.device),
             )
-            total, count = total + float(loss), count + n
-    return total, count
+            for (k, _), (losses, keep) in zip(chunk, rows, strict=True):
+                runs = _runs(keep)
+                for sample, (begin, end) in zip(turns[k], runs, strict=True):
+                    sample.nll, sample.tokens = float(sum(losses[begin:end])), end - begin
+
+
+def _token_nll(model: Any, input_ids: Any, labels: Any) -> list[tuple[list[float], list[bool]]]:
+    """Per row: the NLL of each next token (0 where its label is IGNORE), and which count."""
+    import torch
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    # Position t predicts token t+1; the output layer runs only where that token counts.
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    kept_hidden, kept_targets = hidden[:, :-1][keep], targets[keep]
+    head = inner.get_output_embeddings()
+    parts = [
+        F.cross_entropy(
+            head(kept_hidden[at : at + HEAD_CHUNK]).float(),
+            kept_targets[at : at + HEAD_CHUNK],
+            reduction="none",
+        )
+        for at in range(0, len(kept_targets), HEAD_CHUNK)
+    ]
+    nll = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    if parts:
+        nll[keep] = torch.cat(parts)
+    return list(zip(nll.tolist(), keep.tolist(), strict=True))
+
+
+def _runs(keep: list[bool]) -> list[tuple[int, int]]:
+    """(start, end) of each run of True."""
+    runs, start = [], None
+    for position, value in enumerate([*keep, False]):
+        if value and start is None:
+            start = position
+        elif not value and start is not None:
+            runs.append((start, position))
+            start = None
+    return runs
+
+
+def reply_scores(samples: list[Sample]) -> list[dict[str, Any]]:
+    """What training.noise resamples, per reply: sacrebleu's BLEU counts, ROUGE-L, unigram F1,
+    and the reference's NLL and tokens (tags removed from the texts, as in `score`)."""
+    refs = [split_tag(s.reference)[1] for s in samples]
+    hyps = [split_tag(s.reply)[1] for s in samples]
+    return [
+        {"bleu": counts, "rouge_l": rouge, "unigram_f1": f1, "nll": s.nll, "tokens": s.tokens}
+        for s, counts, rouge, f1 in zip(
+            samples,
+            m.bleu_statistics(hyps, refs),
+            m.rouge_l_scores(hyps, refs),
+            m.unigram_f1_scores(hyps, refs),
+            strict=True,
+        )
+    ]
 
 
 def score(samples: list[Sample], with_tags: bool = False) -> dict[str, Any]:
@@ -179,13 +257,16 @@ def score(samples: list[Sample], with_tags: bool = False) -> dict[str, Any]:
     return result
 
 
-def _sample_record(sample: Sample, examples: list[dict[str, Any]]) -> dict[str, Any]:
+def _sample_record(
+    sample: Sample, examples: list[dict[str, Any]], scores: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": examples[sample.example].get("id"),
         "turn": sample.turn,
         "context": [f"{msg['role']}: {msg['content']}" for msg in sample.context[-2:]],
         "reference": sample.reference,
         "reply": sample.reply,
+        "scores": scores,
     }
 
 

@@ -34,6 +34,12 @@ class TrainForm(forms.Form):
         help_text="A model folder on the worker, or a name in its offline cache. "
         "Empty: the local SmolLM2-135M-Instruct.",
     )
+    skip_evaluation = forms.BooleanField(
+        required=False,
+        label="Train without evaluation",
+        help_text="The student is trained and its card written, but it is not scored: for a "
+        "release without test dialogues.",
+    )
 
     # LoRA
     lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, min_value=1, max_value=256, label="Rank")
@@ -96,6 +102,20 @@ class TrainForm(forms.Form):
             raise forms.ValidationError(problem)
         return value
 
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        release = data.get("release")
+        if release is None:
+            return data
+        problem = cannot_train(release)
+        if problem:
+            raise forms.ValidationError(problem)
+        problem = cannot_evaluate(release)
+        if problem and not data.get("skip_evaluation"):
+            raise forms.ValidationError(problem)
+        return data
+
     def clean_target_modules(self) -> list[str]:
         names = [n.strip() for n in str(self.cleaned_data["target_modules"]).split(",")]
         names = [n for n in names if n]
@@ -124,3 +144,27 @@ class TrainForm(forms.Form):
 
     def fields_of(self, names: tuple[str, ...]) -> list[forms.BoundField]:
         return [self[name] for name in names]
+
+
+def _split(release: Release) -> str:
+    return "/".join(str(release.counts.get(split, 0)) for split in ("train", "valid", "test"))
+
+
+def cannot_train(release: Release) -> str | None:
+    if release.counts.get("train"):
+        return None
+    return (
+        f"Release {release.name} has no training dialogues (split {_split(release)}): there is "
+        "nothing to train the student on. Cut a release with a training share."
+    )
+
+
+def cannot_evaluate(release: Release) -> str | None:
+    """Why a student trained on `release` could not be scored, or None when it could."""
+    if release.counts.get("test"):
+        return None
+    return (
+        f"Release {release.name} has no test dialogues (split {_split(release)}): the student "
+        "could be trained but not evaluated. Cut a release with a test share, or tick "
+        "'Train without evaluation'."
+    )

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # TrainConfig fields a job sets from its own columns or its run folder, not from hyperparameters.
 OWN_FIELDS = ("data", "out", "base", "variant", "seed", "resume")
 STEP_LINE_SECONDS = 10  # the log gets a line per step at most this often (the row has them all)
+EVALUATED = ("base", "student")  # scored in this order
 
 
 class Stop(Exception):
@@ -229,9 +230,17 @@ class Reporter:
         )
 
     def evaluation(self, name: str, done: int, total: int) -> None:
+        """After each reply of `name`: the models are scored one after the other on the same
+        `total` turns, so the bar counts the replies of all of them."""
         if self.should_stop():
             raise Stop(self.reason)
-        self.set(force=done == 0, phase=f"Evaluating the {name}: {done} of {total} replies")
+        before = EVALUATED.index(name) * total
+        self.set(
+            force=done in (0, total),  # the first and the last always land
+            phase=f"Evaluating the {name}: {done} of {total} replies",
+            replies_done=before + done,
+            replies_total=len(EVALUATED) * total,
+        )
 
     def should_stop(self) -> bool:
         from celery.worker import state
@@ -324,22 +333,37 @@ def _run(job: TrainingJob, reporter: Reporter) -> None:
         reporter.losses = [[step, round(loss, 5)] for step, loss in result.losses]
         reporter.set(losses=reporter.losses)
     resolved = json.loads((adapter / "training_config.json").read_text(encoding="utf-8"))
+    hyperparameters = {k: resolved[k] for k in HYPERPARAMETERS if resolved.get(k) is not None}
+    hyperparameters["valid_loss"] = valid_loss_text(resolved)
     reporter.flush()
-    job.start_evaluating(adapter, resolved)
+    from training.evaluate import replies_to_score
 
+    def card_for(**outcome: Any) -> Path:
+        return write_model_card(
+            adapter,
+            base=base,
+            release_name=job.release.name,
+            release_checksum=job.release.checksum,
+            variant=job.variant,
+            hyperparameters=hyperparameters,
+            **outcome,
+        )
+
+    if not job.evaluate or not replies_to_score(data):
+        why = not_evaluated_reason(job)
+        job.end_training(adapter, resolved, evaluating=False)
+        card = card_for(metrics=None, not_evaluated=f"Not evaluated: {why}.")
+        reporter.log(f"Done, not evaluated: {why}")
+        reporter.flush()
+        job.finish(TrainingJob.Status.DONE, phase="Done, not evaluated", model_card=str(card))
+        return
+
+    job.end_training(adapter, resolved, evaluating=True)
+    adapters = {"base": None, "student": adapter}
     reports = {
-        "base": _evaluate(job, reporter, data, base, None, "base"),
-        "student": _evaluate(job, reporter, data, base, adapter, "student"),
+        name: _evaluate(job, reporter, data, base, adapters[name], name) for name in EVALUATED
     }
-    card = write_model_card(
-        adapter,
-        base=base,
-        release_name=job.release.name,
-        release_checksum=job.release.checksum,
-        variant=job.variant,
-        hyperparameters={k: resolved[k] for k in HYPERPARAMETERS if resolved.get(k) is not None},
-        metrics=reports["student"]["metrics"],
-    )
+    card = card_for(metrics=reports["student"]["metrics"])
     reporter.log("Done")
     reporter.flush()
     job.finish(
@@ -350,6 +374,21 @@ def _run(job: TrainingJob, reporter: Reporter) -> None:
         model_card=str(card),
         report=str(run_dir(job) / "eval" / "student" / "report.html"),
     )
+
+
+def not_evaluated_reason(job: TrainingJob) -> str:
+    if not job.release.counts.get("test"):
+        return "the release has no test split"
+    return "it was started with 'train without evaluation'"
+
+
+def valid_loss_text(resolved: dict[str, Any]) -> str | float:
+    """The validation loss, or why there is none."""
+    if resolved.get("valid_loss") is not None:
+        return float(resolved["valid_loss"])
+    if not (resolved.get("data_files", {}).get("valid") or {}).get("examples"):
+        return "no validation split"
+    return "none (no validation chat within max length)"
 
 
 def _evaluate(
@@ -393,18 +432,24 @@ def finite(scores: dict[str, Any]) -> dict[str, Any]:
 
 def side_by_side(base: list[dict[str, Any]], student: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per scored turn: its context, the written reply, and both models' replies."""
-    replies = {(s["id"], s["turn"]): s["reply"] for s in base}
-    return [
-        {
-            "id": s["id"],
-            "turn": s["turn"],
-            "context": s["context"],
-            "reference": s["reference"],
-            "base": replies.get((s["id"], s["turn"]), ""),
-            "student": s["reply"],
-        }
-        for s in student
-    ]
+    by_turn = {(s["id"], s["turn"]): s for s in base}
+    rows = []
+    for s in student:
+        b = by_turn.get((s["id"], s["turn"]), {})
+        rows.append(
+            {
+                "id": s["id"],
+                "turn": s["turn"],
+                "context": s["context"],
+                "reference": s["reference"],
+                "base": b.get("reply", ""),
+                "student": s["reply"],
+                # Per-reply scores, for training.noise (absent in scores kept from old runs).
+                "base_scores": b.get("scores"),
+                "student_scores": s.get("scores"),
+            }
+        )
+    return rows
 
 
 def _stopped(job: TrainingJob, reporter: Reporter) -> None:

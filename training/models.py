@@ -48,6 +48,10 @@ class TrainingJob(models.Model):
     # TrainConfig fields other than data, out, base, variant, seed and resume (see training.sft).
     hyperparameters = models.JSONField(default=dict)
     seed = models.IntegerField(default=0)
+    evaluate = models.BooleanField(
+        default=True,
+        help_text="False: the student is trained, not scored ('train without evaluation').",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     # The new-job form's one-time token: a double-clicked submit creates one job.
     request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
@@ -67,6 +71,9 @@ class TrainingJob(models.Model):
     loss = models.FloatField(null=True, blank=True)
     tokens_per_s = models.FloatField(null=True, blank=True)
     eta_s = models.FloatField(null=True, blank=True)
+    # While evaluating: replies generated, of all the models scored (base, then student).
+    replies_done = models.PositiveIntegerField(default=0)
+    replies_total = models.PositiveIntegerField(default=0)
     resumed_from = models.PositiveIntegerField(
         null=True, blank=True, help_text="the checkpoint step the last attempt continued from"
     )
@@ -102,9 +109,19 @@ class TrainingJob(models.Model):
 
     @property
     def percent(self) -> int:
+        """Of the steps while training, of the replies while evaluating."""
         if self.status == self.Status.DONE:
             return 100
+        if self.status == self.Status.EVALUATING:
+            return round(100 * self.replies_done / self.replies_total) if self.replies_total else 0
         return round(100 * self.step / self.total_steps) if self.total_steps else 0
+
+    @property
+    def progress_label(self) -> str:
+        """What `percent` counts, e.g. "30/100 steps" or "12/40 replies"."""
+        if self.status == self.Status.EVALUATING:
+            return f"{self.replies_done}/{self.replies_total or '?'} replies"
+        return f"{self.step}/{self.total_steps or '?'} steps"
 
     @property
     def is_stale(self) -> bool:
@@ -150,11 +167,14 @@ class TrainingJob(models.Model):
             heartbeat_at=timezone.now()
         )
 
-    def start_evaluating(self, adapter_dir: Path, resolved: dict[str, Any]) -> None:
-        """Training is over: keep what it made, and score the models."""
+    def end_training(self, adapter_dir: Path, resolved: dict[str, Any], evaluating: bool) -> None:
+        """Training is over: keep what it made; then the models are scored, or (`evaluating`
+        False) the job only writes its card."""
         self.record(
-            status=self.Status.EVALUATING,
-            phase="Evaluating",
+            status=self.Status.EVALUATING if evaluating else self.Status.RUNNING,
+            phase="Evaluating" if evaluating else "Writing the model card",
+            replies_done=0,
+            replies_total=0,
             adapter_dir=str(adapter_dir),
             resolved_config=resolved,
             step=resolved.get("steps", self.step),

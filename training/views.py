@@ -22,7 +22,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.roles import HtmxHttpRequest
+from training import noise
 from training.card import METRIC_NAMES
+from training.jobs import not_evaluated_reason, valid_loss_text
 from training.models import TrainingJob
 from training.tasks import run_job
 
@@ -76,11 +78,18 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
     twin = job.without_dri_twin()
+    evaluation, notes = evaluation_rows(job, twin)
+    done = job.status == TrainingJob.Status.DONE
+    valid_loss, no_valid_loss = _valid_loss(job)
     context = {
         "job": job,
         "can_change": may_change(request.user),
         "curve": loss_curve(job.losses),
-        "evaluation": evaluation_rows(job, twin),
+        "evaluation": evaluation,
+        "evaluation_notes": notes,
+        "not_evaluated": not_evaluated_reason(job) if done and not job.metrics else "",
+        "valid_loss": valid_loss,
+        "no_valid_loss": no_valid_loss,
         "twin": twin,
         "samples": job.samples[:SAMPLES_SHOWN],
         "eta": _duration(job.eta_s),
@@ -280,36 +289,87 @@ def loss_curve(
     }
 
 
-def evaluation_rows(job: TrainingJob, twin: TrainingJob | None) -> list[dict[str, Any]]:
+def evaluation_rows(
+    job: TrainingJob, twin: TrainingJob | None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per metric: the base, the student and (for an SFT + DRI job) the student trained
-    without DRI; the student's cell says whether it beats the base."""
+    without DRI, with the difference DRI made; and the notes that say what the colours mean.
+    A cell is coloured only when its difference is beyond noise (training.noise)."""
     if not job.metrics:
-        return []
+        return [], []
     columns: list[dict[str, Any]] = [
         job.metrics.get("base") or {},
         job.metrics.get("student") or {},
     ]
     if twin is not None:
         columns.append(twin.metrics.get("student") or {})
+    versus_base = noise.compare_samples(job.samples, "base", job.samples, "student")
+    versus_twin = (
+        noise.compare_samples(twin.samples, "student", job.samples, "student")
+        if twin is not None
+        else None
+    )
     keys = [k for k in SHOWN_METRICS if any(k in c for c in columns)]
     keys += sorted({k for c in columns for k in c} - set(keys))
     rows = []
     for key in keys:
-        cells = [_cell(c.get(key)) for c in columns]
-        base, student = columns[0].get(key), columns[1].get(key)
-        better: bool | None = None
         compared = key not in ("samples", "reply_words")
-        if compared and _number(base) and _number(student) and student != base:
-            better = student < base if key in LOWER_IS_BETTER else student > base
-        rows.append(
-            {
-                "name": SHOWN_METRICS.get(key, key),
-                "lower_is_better": key in LOWER_IS_BETTER,
-                "cells": cells,
-                "better": better,
-            }
+        base, student = columns[0].get(key), columns[1].get(key)
+        row = {
+            "name": SHOWN_METRICS.get(key, key),
+            "lower_is_better": key in LOWER_IS_BETTER,
+            "cells": [_cell(c.get(key)) for c in columns],
+            "better": None,
+        }
+        if compared and _number(base) and _number(student):
+            row["better"] = _better(key, versus_base)
+        if versus_twin is not None:
+            without = columns[2].get(key)
+            row |= {"dri": "-", "dri_better": None}
+            if compared and _number(without) and _number(student):
+                row |= {"dri": f"{student - without:+.4f}", "dri_better": _better(key, versus_twin)}
+        rows.append(row)
+    return rows, _notes(versus_base, versus_twin)
+
+
+def _better(key: str, comparison: noise.Comparison) -> bool | None:
+    """Whether the second model of `comparison` does better on `key`; None within noise."""
+    direction = comparison.direction(key)
+    if direction == 0:
+        return None
+    return direction < 0 if key in LOWER_IS_BETTER else direction > 0
+
+
+def _notes(versus_base: noise.Comparison, versus_twin: noise.Comparison | None) -> list[str]:
+    least = noise.MIN_REPLIES_TO_COMPARE
+    if not versus_base.enough:
+        return [
+            f"Differences are not coloured: {_replies(versus_base.replies)} scored, at least "
+            f"{least} are needed to tell a difference from noise."
+        ]
+    notes = [
+        "A difference is coloured only when it is beyond noise: when the 95% interval of a "
+        f"paired bootstrap ({noise.RESAMPLES} resamples of the {versus_base.replies} replies) "
+        "excludes 0."
+    ]
+    if versus_twin is not None and not versus_twin.enough:
+        notes.append(
+            "The differences with the student without DRI are not coloured: "
+            f"{_replies(versus_twin.replies)} scored by both, at least {least} are needed."
         )
-    return rows
+    return notes
+
+
+def _replies(count: int) -> str:
+    return f"{count} repl{'y' if count == 1 else 'ies'}"
+
+
+def _valid_loss(job: TrainingJob) -> tuple[str, str]:
+    """Once training has ended: (the validation loss, formatted, or ""; why there is none)."""
+    if not job.resolved_config:
+        return "", ""
+    value = valid_loss_text(job.resolved_config)
+    return (f"{value:.4f}", "") if isinstance(value, float) else ("", value)
 
 
 def _number(value: Any) -> TypeGuard[float]:

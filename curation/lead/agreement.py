@@ -14,6 +14,9 @@ Choices made where the textbooks differ:
 - Category kappa (`per_category`) is Fleiss' kappa_j, which equals Fleiss' kappa of the two-category
   table "this strategy" against "any other", computed the same way as above.
 - A kappa whose chance agreement is 1 (every label in one category) is 0/0: its value is None.
+
+Reading the figures: `KAPPA_SCALE` is the one scale every kappa is read on (`describe_kappa`), and
+a figure computed on fewer than `MIN_ITEMS` items is flagged as not reliable (`few_items`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from dataclasses import dataclass
 from itertools import combinations
 
 TEACHER = "teacher"
+# Below this many items (turns, dialogues, ranked turns) a figure is shown with a warning: with so
+# few items one disagreement moves a kappa by tenths, and a kappa's confidence interval spans
+# several bands of the scale.
+MIN_ITEMS = 30
 
 Items = Mapping[Hashable, Mapping[str, str | None]]
 
@@ -73,6 +80,7 @@ class Agreement:
     pairwise: float | None  # share of agreeing pairs among all rater pairs on the same item
     n: int  # items with two or more decisions
     pairs: int
+    raters: int = 0  # raters who decided one of those items
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class RankingAgreement:
     mean_w: float | None  # mean Kendall W over groups ranked by three or more raters
     w_groups: int
     groups: int  # groups with two or more rankings
+    # The fewest and the most rankings of one of those groups (groups carry no rater names).
+    raters: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -97,16 +107,37 @@ class Confusion:
         return sum(map(sum, self.matrix))
 
 
+@dataclass(frozen=True)
+class Band:
+    upper: float  # the band holds values up to this one (the last band has no upper bound)
+    span: str  # the values it holds, in words, for the legend
+    name: str
+
+
+# Landis & Koch (1977), with their "poor" band named for what it means. The bounds belong to the
+# band below them: 0.2 is slight, 0.21 fair.
+KAPPA_SCALE = (
+    Band(0.0, "< 0", "worse than chance"),
+    Band(0.2, "0-0.20", "slight"),
+    Band(0.4, "0.21-0.40", "fair"),
+    Band(0.6, "0.41-0.60", "moderate"),
+    Band(0.8, "0.61-0.80", "substantial"),
+    Band(math.inf, "0.81-1", "almost perfect"),
+)
+
+
 def describe_kappa(value: float | None) -> str:
-    """The Landis & Koch (1977) band of a kappa."""
+    """The band of `KAPPA_SCALE` a kappa falls in; "undefined" for None or NaN."""
     if value is None or math.isnan(value):
         return "undefined"
     if value < 0:
-        return "poor"
-    for bound, name in ((0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial")):
-        if value <= bound:
-            return name
-    return "almost perfect"
+        return KAPPA_SCALE[0].name
+    return next(band.name for band in KAPPA_SCALE[1:] if value <= band.upper)
+
+
+def few_items(n: int) -> bool:
+    """Whether a figure computed on `n` items is too small a sample to be read (`MIN_ITEMS`)."""
+    return n < MIN_ITEMS
 
 
 def _chosen(items: Items, raters: Iterable[str] | None) -> list[str]:
@@ -328,11 +359,13 @@ def percent_agreement(decisions: Mapping[Hashable, Mapping[str, str]]) -> Agreem
     """Raw agreement on per-dialogue decisions (accept/reject), over dialogues with two or more
     decisions. `pairwise` pools every pair of raters of the same dialogue, each pair counted once."""
     n = unanimous = pairs = agreeing = 0
+    raters: set[str] = set()
     for given in decisions.values():
         values = [v for v in given.values() if v is not None]
         if len(values) < 2:
             continue
         n += 1
+        raters.update(r for r, v in given.items() if v is not None)
         unanimous += len(set(values)) == 1
         for x, y in combinations(values, 2):
             pairs += 1
@@ -342,6 +375,7 @@ def percent_agreement(decisions: Mapping[Hashable, Mapping[str, str]]) -> Agreem
         pairwise=agreeing / pairs if pairs else None,
         n=n,
         pairs=pairs,
+        raters=len(raters),
     )
 
 
@@ -393,10 +427,12 @@ def ranking_agreement(groups: Iterable[Sequence[Mapping[str, float]]]) -> Rankin
     taus: list[float | None] = []
     ws: list[float | None] = []
     used = 0
+    sizes: list[int] = []
     for group in groups:
         if len(group) < 2:
             continue
         used += 1
+        sizes.append(len(group))
         taus += [kendall_tau(x, y) for x, y in combinations(group, 2)]
         if len(group) >= 3:
             ws.append(kendall_w(group))
@@ -406,6 +442,7 @@ def ranking_agreement(groups: Iterable[Sequence[Mapping[str, float]]]) -> Rankin
         mean_w=_mean(ws),
         w_groups=sum(w is not None for w in ws),
         groups=used,
+        raters=(min(sizes), max(sizes)) if sizes else (0, 0),
     )
 
 
@@ -456,47 +493,4 @@ def confusion_csv(table: Confusion) -> str:
     writer.writerow([f"{table.rows} \\ {table.columns}", *table.labels])
     for label, row in zip(table.labels, table.matrix, strict=True):
         writer.writerow([label, *row])
-    return out.getvalue()
-
-
-def confusion_svg(table: Confusion, title: str) -> str:
-    """A heatmap of the table as an SVG document, the same bytes for the same table.
-
-    Text stays text (svg.fonttype none), element ids come from a fixed salt and no date is
-    written. Each count is a text in a group with id "count-<row>-<column>".
-    """
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    size = len(table.labels)
-    side = max(4.0, 2.5 + 0.45 * size)
-    with matplotlib.rc_context(
-        {"svg.fonttype": "none", "svg.hashsalt": "extes-agreement", "font.size": 9}
-    ):
-        fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.set_title(title)
-        if size == 0:
-            ax.text(0.5, 0.5, "no labelled pairs", ha="center", va="center")
-            ax.set_axis_off()
-        else:
-            top = max(max(row) for row in table.matrix) or 1
-            image = ax.imshow(table.matrix, cmap="Blues", vmin=0, vmax=top)
-            fig.colorbar(image, ax=ax, shrink=0.8, label="pairs of labels")
-            ticks = list(range(size))
-            ax.set_xticks(ticks, table.labels, rotation=45, ha="right", rotation_mode="anchor")
-            ax.set_yticks(ticks, table.labels)
-            ax.set_xlabel(table.columns)
-            ax.set_ylabel(table.rows)
-            for i, row in enumerate(table.matrix):
-                for j, count in enumerate(row):
-                    colour = (
-                        "white" if count > 0.6 * top else ("#9ca3af" if count == 0 else "black")
-                    )
-                    text = ax.text(j, i, str(count), ha="center", va="center", color=colour)
-                    text.set_gid(f"count-{i}-{j}")
-        out = io.StringIO()
-        fig.savefig(out, format="svg", metadata={"Date": None})
     return out.getvalue()

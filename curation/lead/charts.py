@@ -1,5 +1,6 @@
-"""Small horizontal bar charts as inline SVG, drawn on the server: no script, no CDN, readable
-in any browser and in a screenshot. Each chart also has its numbers in a table and a CSV."""
+"""Small charts as inline SVG (horizontal bars, a confusion heatmap), drawn on the server: no
+script, no CDN, readable in any browser and in a screenshot, and cheap enough to draw on every
+request. Each chart also has its numbers in a table and a CSV."""
 
 from __future__ import annotations
 
@@ -106,4 +107,88 @@ def paired(
             )
     return _frame(
         30 + ROW * len(rows), title, body, [(series[0], PALETTE[0]), (series[1], PALETTE[1])]
+    )
+
+
+CELL = 26  # pixels per heatmap cell
+BLUES = ["#f7fbff", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]  # light to dark, evenly spaced
+
+
+def _blue(share: float) -> str:
+    """The colour of a cell holding `share` (0..1) of the largest count, between BLUES' stops."""
+    position = min(max(share, 0.0), 1.0) * (len(BLUES) - 1)
+    low = min(int(position), len(BLUES) - 2)
+    t = position - low
+    a, b = (tuple(int(c[k : k + 2], 16) for k in (1, 3, 5)) for c in BLUES[low : low + 2])
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
+
+
+def heatmap(
+    labels: Sequence[str], matrix: Sequence[Sequence[int]], title: str, rows: str, columns: str
+) -> str:
+    """A confusion table as a heatmap: `matrix[row][column]` in `labels` order, rows named by
+    `rows`, columns by `columns`. Each cell is a group with data-cell="<row>-<column>" holding its
+    count as text; the same bytes for the same table."""
+    size = len(labels)
+    if size == 0:
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" role="img" viewBox="0 0 320 80" '
+            f'font-size="11" aria-label="{escape(title)}"><title>{escape(title)}</title>'
+            f'<text x="160" y="20" text-anchor="middle" font-weight="bold">{escape(title)}</text>'
+            f'<text x="160" y="50" text-anchor="middle" fill="#6b7280">no labelled pairs</text></svg>'
+        )
+    short = [name if len(name) <= 28 else name[:26] + "…" for name in labels]
+    reach = 6.2 * max(len(name) for name in short)  # about 6.2 px per character at 11 px
+    left, top = int(reach) + 34, 34
+    grid = CELL * size
+    bottom = top + grid + int(0.71 * reach) + 34  # column labels run down at 45 degrees
+    width, height = left + grid + 120, bottom + 8
+    largest = max((max(row) for row in matrix), default=0)
+    most = largest or 1
+    body = [
+        f'<text x="{left + grid / 2:.0f}" y="18" text-anchor="middle" font-weight="bold">'
+        f"{escape(title)}</text>",
+        f'<text x="12" y="{top + grid / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + grid / 2:.0f})">{escape(rows)}</text>',
+        f'<text x="{left + grid / 2:.0f}" y="{bottom - 4}" text-anchor="middle">'
+        f"{escape(columns)}</text>",
+    ]
+    for i, (name, shown) in enumerate(zip(labels, short, strict=True)):
+        middle = top + CELL * i + CELL / 2 + 4
+        body.append(
+            f'<text x="{left - 6}" y="{middle:.0f}" text-anchor="end">'
+            f"<title>{escape(name)}</title>{escape(shown)}</text>"
+        )
+        x, y = left + CELL * i + CELL / 2 + 4, top + grid + 8
+        body.append(
+            f'<text x="{x:.0f}" y="{y}" text-anchor="end" transform="rotate(-45 {x:.0f} {y})">'
+            f"<title>{escape(name)}</title>{escape(shown)}</text>"
+        )
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            share = count / most
+            ink = "#ffffff" if share > 0.6 else ("#9ca3af" if count == 0 else "#111827")
+            x, y = left + CELL * j, top + CELL * i
+            body.append(
+                f'<g data-cell="{i}-{j}"><rect x="{x}" y="{y}" width="{CELL}" height="{CELL}" '
+                f'fill="{_blue(share)}" stroke="#ffffff"><title>{escape(labels[i])} / '
+                f"{escape(labels[j])}: {count}</title></rect>"
+                f'<text x="{x + CELL / 2:.0f}" y="{y + CELL / 2 + 4:.0f}" text-anchor="middle" '
+                f'fill="{ink}">{count}</text></g>'
+            )
+    key_x = left + grid + 14
+    for k in range(5):  # the colour key, darkest (the largest count) on top
+        body.append(
+            f'<rect x="{key_x}" y="{top + 18 * k}" width="14" height="18" '
+            f'fill="{_blue(1 - k / 4)}"/>'
+        )
+    body += [
+        f'<text x="{key_x + 18}" y="{top + 10}">{largest}</text>',
+        f'<text x="{key_x + 18}" y="{top + 88}">0</text>',
+        f'<text x="{key_x}" y="{top + 106}" fill="#6b7280">pairs of labels</text>',
+    ]
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" role="img" '
+        f'viewBox="0 0 {width} {height}" font-size="11" aria-label="{escape(title)}">'
+        f"<title>{escape(title)}</title>{''.join(body)}</svg>"
     )

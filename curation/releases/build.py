@@ -136,6 +136,45 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _by_scenario(filters: Filters) -> dict[str, list[int]]:
+    """The ids of the dialogues `select` chooses, per scenario name: what `assign_splits` takes."""
+    by_scenario: dict[str, list[int]] = defaultdict(list)
+    for pk, scenario in select(filters).values_list("pk", "scenario__name"):
+        by_scenario[scenario].append(pk)
+    return by_scenario
+
+
+def _counted(splits: Mapping[int, str]) -> dict[str, int]:
+    return {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
+
+
+def split_counts(filters: Filters, shares: Mapping[str, int]) -> dict[str, int]:
+    """Dialogues per split that a release with these filters and shares would hold if it were
+    frozen now: the selection and split rule of `freeze`, for the new-release form's preview."""
+    return _counted(assign_splits(_by_scenario(filters), dict(shares)))
+
+
+# Why each split matters to the student trained on a release (training.sft, training.evaluate).
+SPLIT_USE = {
+    "train": "there is nothing to train a student on",
+    "valid": "training cannot report a validation loss",
+    "test": "a student trained on this release cannot be evaluated",
+}
+
+
+def split_warnings(counts: Mapping[str, int]) -> list[str]:
+    """A sentence for each split that `counts` leaves empty (none when every split has a
+    dialogue): the new-release form, the release's page and its card all say these."""
+    if not sum(counts.values()):
+        return ["No dialogue matches this selection: every split is empty. Select more dialogues."]
+    return [
+        f"The {split} split is empty: {SPLIT_USE[split]}. "
+        f"Select more dialogues or raise the {split} share."
+        for split in SPLITS
+        if not counts.get(split)
+    ]
+
+
 def new_release(
     name: str,
     filters: Filters | None = None,
@@ -174,10 +213,7 @@ def freeze(
     with transaction.atomic():
         if release.items.exists():
             return False
-        by_scenario: dict[str, list[int]] = defaultdict(list)
-        for pk, scenario in select(filters).values_list("pk", "scenario__name"):
-            by_scenario[scenario].append(pk)
-        splits = assign_splits(by_scenario, release.split)
+        splits = assign_splits(_by_scenario(filters), release.split)
         ids = sorted(splits)
         digest = hashlib.sha256()
         store = _Store(release)
@@ -195,7 +231,7 @@ def freeze(
             store.insert(rows)
             progress(min(89, 90 * (start + len(chunk)) // len(ids)))
         release.checksum = digest.hexdigest()
-        release.counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
+        release.counts = _counted(splits)
         release.stats = {
             "crisis_left_out": select(filters, safety=False)
             .filter(safety_status__in=SAFETY_HELD)

@@ -1,18 +1,55 @@
-"""The dataset card of a release (README.md), its charts, and the changelog against the previous one."""
+"""The dataset card of a release (README.md), its charts, and the changelog against the previous one.
+
+Every value in the card that came from people or data (names, notes, scenarios, provenance) goes
+through `literal`, which makes it plain Markdown text on one line; `card_html` renders the card
+for the release's page with raw HTML off. Together, nothing a user typed can add HTML or Markdown
+structure.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
+from markdown_it import MarkdownIt
 
-from curation.lead.agreement import FleissTally, cohen_from_pairs, describe_kappa
+from curation.lead.agreement import (
+    KAPPA_SCALE,
+    MIN_ITEMS,
+    FleissTally,
+    cohen_from_pairs,
+    describe_kappa,
+    few_items,
+)
 from curation.models import Release
 from curation.vocabulary import EXTES_STRATEGIES
+
+# Characters that start Markdown structure anywhere in a line (emphasis, code, links, images,
+# raw HTML and autolinks, entities, table cells, strikethrough, headings), backslash-escaped;
+# CommonMark allows a backslash before any ASCII punctuation.
+_INLINE = re.compile(r"([\\`*_\[\]<>&|~#!])")
+# What starts a block only at the start of a line: a list item ("-", "+", "1." or "1)") or a
+# setext underline ("="); ">" and "#" are escaped above.
+_BULLET = re.compile(r"^([-+=])")
+_ORDERED = re.compile(r"^(\d+)([.)])")
+
+
+def literal(value: Any) -> str:
+    """`value` as literal Markdown text on one line: runs of whitespace, newlines included, become
+    one space, and every character that could start Markdown structure is escaped."""
+    flat = _INLINE.sub(r"\\\1", " ".join(str(value).split()))
+    return _BULLET.sub(r"\\\1", _ORDERED.sub(r"\1\\\2", flat))
+
+
+def _words(counts: Mapping[str, int]) -> str:
+    """{"seed": 40, "generated": 8} as "seed 40, generated 8" (names escaped)."""
+    return ", ".join(f"{literal(name)} {n}" for name, n in counts.items())
 
 
 def _digest(value: Any) -> str:
@@ -178,7 +215,21 @@ def _charts(stats: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def _kappa(value: float | None, n: int) -> str:
+    """A kappa with its reading, and a warning when it rests on too few turns."""
+    reading = f"{_or_na(value)} ({describe_kappa(value)})"
+    if n and few_items(n):
+        return f"{reading}; not reliable: fewer than {MIN_ITEMS} turns"
+    return reading
+
+
+def _shares(split: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {split.get(name, 0)}" for name in ("train", "valid", "test"))
+
+
 def write_card(release: Release, out: Path, gathered: Tally | None = None) -> dict[str, Any]:
+    from curation.releases.build import split_warnings
+
     gathered = gathered or tally(release)
     stats = gathered.statistics()
     changes = changelog(release, gathered)
@@ -187,18 +238,19 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         json.dumps({"statistics": stats, "changelog": changes}, indent=2, ensure_ascii=False) + "\n"
     )
     lines = [
-        f"# {release.name}",
+        f"# {literal(release.name)}",
         "",
         "Emotional-support dialogues between a seeker and a supporter, every supporter turn labelled "
         "with a support strategy, curated by human annotators in ExTES Studio. Made by the method of "
         "Zheng et al. (ACL 2024): a teacher LLM writes dialogues from seed examples in rounds, and "
         "diverse replies for masked supporter turns (DRI); people accept, reject, relabel and rank them.",
         "",
-        f"- Licence: **{release.licence}**. Check the provenance below before use: imported data keeps "
+        f"- Licence: **{literal(release.licence)}**. Check the provenance below before use: imported data keeps "
         "the licence of its source (ESConv: CC BY-NC 4.0).",
         f"- Checksum (sha256 of the frozen contents): `{release.checksum}`",
-        f"- Selection: `{json.dumps(release.filters, sort_keys=True)}`",
-        f"- Split (stratified by scenario, by a hash of the dialogue id): {release.split}",
+        f"- Selection: {literal(release.selection)}.",
+        f"- Split shares (stratified by scenario, by a hash of the dialogue id): "
+        f"{_shares(release.split)}.",
         "",
         "## Counts",
         "",
@@ -206,6 +258,7 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "|---|---|",
         *[f"| {s} | {release.counts.get(s, 0)} |" for s in ("train", "valid", "test")],
         "",
+        *[f"**Warning: {warning}**\n" for warning in split_warnings(release.counts)],
         f"{stats['supporter_turns']} supporter turns; {stats['dri_candidates']} DRI candidates "
         "ranked acceptable (one extra example each in `sft_dri/`).",
         "",
@@ -228,7 +281,7 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "",
         "| scenario | dialogues |",
         "|---|---|",
-        *[f"| {name} | {n} |" for name, n in stats["scenarios"].items()],
+        *[f"| {literal(name)} | {n} |" for name, n in stats["scenarios"].items()],
         "",
         "## Strategies",
         "",
@@ -236,7 +289,7 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "",
         "| strategy | turns |",
         "|---|---|",
-        *[f"| {name} | {n} |" for name, n in stats["strategies"].items()],
+        *[f"| {literal(name)} | {n} |" for name, n in stats["strategies"].items()],
         "",
         "## Agreement",
         "",
@@ -244,17 +297,21 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         f"{stats['label_agreement'] if stats['label_agreement'] is not None else 'n/a'} "
         f"over {stats['label_agreement_turns']} turns.",
         f"- Fleiss' kappa of annotators' strategy labels (turns with 2+ labels): "
-        f"{_or_na(stats['fleiss_kappa'])} ({describe_kappa(stats['fleiss_kappa'])}).",
+        f"{_kappa(stats['fleiss_kappa'], stats['label_agreement_turns'])}, "
+        f"over {stats['label_agreement_turns']} turns.",
         f"- Teacher vs final label: {_or_na(stats['teacher_agreement'])} agreement, Cohen's kappa "
-        f"{_or_na(stats['teacher_kappa'])} ({describe_kappa(stats['teacher_kappa'])}), "
+        f"{_kappa(stats['teacher_kappa'], stats['teacher_agreement_turns'])}, "
         f"over {stats['teacher_agreement_turns']} labelled turns.",
+        "- Kappas are read on the Landis & Koch scale: "
+        + "; ".join(f"{band.span} {band.name}" for band in KAPPA_SCALE)
+        + ".",
         "",
         "## Provenance",
         "",
-        f"- Origins: {stats['origins']}",
-        f"- Teachers: {stats['teachers'] or 'none (seeds and imports only)'}",
-        f"- Prompt versions: {stats['prompt_versions'] or 'none'}",
-        f"- Generation rounds: {stats['rounds'] or 'none'}",
+        f"- Origins: {_words(stats['origins']) or 'none'}",
+        f"- Teachers: {_words(stats['teachers']) or 'none (seeds and imports only)'}",
+        f"- Prompt versions: {_words(stats['prompt_versions']) or 'none'}",
+        f"- Generation rounds: {_words(stats['rounds']) or 'none'}",
         "",
         "## Intended use, limits and safety",
         "",
@@ -273,13 +330,41 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         lines.append("This is the first release.")
     else:
         lines += [
-            f"Against `{changes['previous']}`: {len(changes['added'])} added, "
+            f"Against {literal(changes['previous'])}: {len(changes['added'])} added, "
             f"{len(changes['removed'])} removed, {len(changes['edited'])} edited, "
             f"{len(changes['relabelled'])} relabelled.",
             "",
-            *[f"- {scene}: {delta:+d}" for scene, delta in changes["scenario_shift"].items()],
+            *[
+                f"- {literal(scene)}: {delta:+d}"
+                for scene, delta in changes["scenario_shift"].items()
+            ],
         ]
     if release.notes:
-        lines += ["", "## Notes", "", release.notes]
+        lines += ["", "## Notes", "", literal(release.notes)]
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"statistics": stats, "changelog": changes}
+
+
+def card_html(markdown: str, files: Mapping[str, str]) -> str:
+    """The card as HTML for the release's page, under the page's own title: raw HTML in the text
+    stays text, the card's title is left out (the page has it), headings move one level down, and
+    images show the release's own files (`files`: path in the release -> its URL); others are
+    left out."""
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = renderer.parse(markdown)
+    if tokens and tokens[0].type == "heading_open" and tokens[0].tag == "h1":
+        tokens = tokens[3:]
+    for token in tokens:
+        if token.type in {"heading_open", "heading_close"}:
+            token.tag = f"h{min(6, int(token.tag[1]) + 1)}"
+        if token.type == "table_open":
+            token.attrSet("class", "dialogues compact")  # the page's own table style
+        for child in token.children or []:
+            if child.type == "image":
+                src = str(child.attrGet("src") or "")
+                if src in files:
+                    child.attrSet("src", files[src])
+                    child.attrSet("class", "chart")
+                else:
+                    child.type, child.content, child.children = "text", "", []
+    return renderer.renderer.render(tokens, renderer.options, {})

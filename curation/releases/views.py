@@ -10,25 +10,33 @@ from django.contrib import messages
 from django.db import IntegrityError, transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.models import Dialogue, Release, Scenario
-from curation.releases.build import FileOptions, Filters, new_release
+from curation.releases.build import (
+    DEFAULT_SPLIT,
+    SPLITS,
+    FileOptions,
+    Filters,
+    new_release,
+    split_counts,
+    split_warnings,
+)
+from curation.releases.card import card_html
 from curation.roles import HtmxHttpRequest, lead_required
 from curation.tasks import build_release
 
 
-class ReleaseForm(forms.Form):
-    name = forms.RegexField(
-        regex=r"^[a-z0-9][a-z0-9._-]*$",
-        max_length=100,
-        help_text="For example extes-curated-1.0.0: a-z, 0-9, '.', '-', '_'.",
-    )
-    licence = forms.CharField(max_length=200, initial="CC BY-NC 4.0")
-    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+class SplitForm(forms.Form):
+    """The fields that decide which dialogues a release holds and how they split; bound alone, it
+    previews the split while the lead fills in the new-release form."""
+
     statuses = forms.MultipleChoiceField(
-        choices=Dialogue.Status.choices, initial=["accepted"], widget=forms.CheckboxSelectMultiple
+        choices=Dialogue.Status.choices,
+        initial=Filters().statuses,
+        widget=forms.CheckboxSelectMultiple,
     )
     scenarios = forms.ModelMultipleChoiceField(
         queryset=Scenario.objects.order_by("name"),
@@ -36,6 +44,37 @@ class ReleaseForm(forms.Form):
         help_text="None chosen: every scenario.",
     )
     min_agreeing_reviews = forms.IntegerField(min_value=0, initial=0)
+    train = forms.IntegerField(min_value=0, max_value=100, initial=DEFAULT_SPLIT["train"])
+    valid = forms.IntegerField(min_value=0, max_value=100, initial=DEFAULT_SPLIT["valid"])
+    test = forms.IntegerField(min_value=0, max_value=100, initial=DEFAULT_SPLIT["test"])
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if sum(data.get(s) or 0 for s in SPLITS) == 0:
+            raise forms.ValidationError("The split needs a non-zero share.")
+        return data
+
+    def filters(self) -> Filters:
+        data = self.cleaned_data
+        return Filters(
+            statuses=data["statuses"],
+            scenarios=[s.name for s in data["scenarios"]],
+            min_agreeing_reviews=data["min_agreeing_reviews"],
+            dri=data.get("dri", True),
+        )
+
+    def shares(self) -> dict[str, int]:
+        return {s: self.cleaned_data[s] for s in SPLITS}
+
+
+class ReleaseForm(SplitForm):
+    name = forms.RegexField(
+        regex=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=100,
+        help_text="For example extes-curated-1.0.0: a-z, 0-9, '.', '-', '_'.",
+    )
+    licence = forms.CharField(max_length=200, initial="CC BY-NC 4.0")
+    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     dri = forms.BooleanField(
         required=False, initial=True, label="Include DRI candidates ranked acceptable"
     )
@@ -55,15 +94,6 @@ class ReleaseForm(forms.Form):
     dpo_min_margin = forms.FloatField(
         min_value=0, initial=1.0, label="Minimum rank margin (every-pair rule)"
     )
-    train = forms.IntegerField(min_value=0, max_value=100, initial=80)
-    valid = forms.IntegerField(min_value=0, max_value=100, initial=10)
-    test = forms.IntegerField(min_value=0, max_value=100, initial=10)
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        if sum(data.get(s) or 0 for s in ("train", "valid", "test")) == 0:
-            raise forms.ValidationError("The split needs a non-zero share.")
-        return data
 
 
 @require_GET
@@ -73,9 +103,22 @@ def release_list(request: HttpRequest) -> HttpResponse:
     return render(request, "curation/release_list.html", {"releases": releases})
 
 
+def _preview(form: SplitForm) -> dict[str, Any] | None:
+    """Dialogues per split if the release were frozen now, and a warning for each split left
+    empty; None while the selection or the shares are not valid."""
+    if not form.is_valid():
+        return None
+    counts = split_counts(form.filters(), form.shares())
+    return {"counts": counts, "warnings": split_warnings(counts)}
+
+
 @require_http_methods(["GET", "POST"])
 @lead_required
-def release_new(request: HttpRequest) -> HttpResponse:
+def release_new(request: HtmxHttpRequest) -> HttpResponse:
+    if request.method == "GET" and request.htmx and request.htmx.target == "split-preview":
+        # The selection and shares as they are in the form now, sent on each change.
+        preview = _preview(SplitForm(request.GET))
+        return render(request, "curation/release_new.html#split-preview", {"preview": preview})
     form = ReleaseForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -86,18 +129,12 @@ def release_new(request: HttpRequest) -> HttpResponse:
             and existing.notes == data["notes"]
         ):
             return redirect("curation-release", existing.name)  # the same form sent twice
-        filters = Filters(
-            statuses=data["statuses"],
-            scenarios=[s.name for s in data["scenarios"]],
-            min_agreeing_reviews=data["min_agreeing_reviews"],
-            dri=data["dri"],
-        )
         try:
             with transaction.atomic():
                 release = new_release(
                     data["name"],
-                    filters,
-                    {s: data[s] for s in ("train", "valid", "test")},
+                    form.filters(),
+                    form.shares(),
                     licence=data["licence"],
                     notes=data["notes"],
                     user=request.user,
@@ -115,8 +152,17 @@ def release_new(request: HttpRequest) -> HttpResponse:
             messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
         else:
             messages.success(request, f"Release {release.name} is being built.")
+            for warning in split_warnings(split_counts(form.filters(), form.shares())):
+                messages.warning(request, f"Release {release.name}: {warning}")
             return redirect("curation-release", release.name)
-    return render(request, "curation/release_new.html", {"form": form})
+    # A first visit previews the initial values; a refused form, what was sent.
+    preview = _preview(SplitForm(request.POST if request.method == "POST" else _initial(form)))
+    return render(request, "curation/release_new.html", {"form": form, "preview": preview})
+
+
+def _initial(form: forms.Form) -> dict[str, Any]:
+    """The initial values of `form`'s fields, as data to bind a form to."""
+    return {name: form.get_initial_for_field(field, name) for name, field in form.fields.items()}
 
 
 @require_GET
@@ -124,12 +170,19 @@ def release_new(request: HttpRequest) -> HttpResponse:
 def release_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     release = get_object_or_404(Release, name=name)
     folder = release.folder
-    manifest = stats = None
-    if release.status == Release.Status.READY and (folder / "manifest.json").exists():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if (folder / "stats.json").exists():
-            stats = json.loads((folder / "stats.json").read_text())
-    context = {"release": release, "manifest": manifest, "stats": stats}
+    manifest = card = None
+    warnings: list[str] = []
+    if release.status == Release.Status.READY:
+        warnings = split_warnings(release.counts)
+        if (folder / "manifest.json").exists():
+            manifest = json.loads((folder / "manifest.json").read_text())
+            if (folder / "README.md").exists():
+                files = {
+                    f["path"]: reverse("curation-release-download", args=[release.name, f["path"]])
+                    for f in manifest["files"]
+                }
+                card = card_html((folder / "README.md").read_text(encoding="utf-8"), files)
+    context = {"release": release, "manifest": manifest, "card": card, "warnings": warnings}
     if request.htmx and request.htmx.target == "release-progress":
         return render(request, "curation/release_detail.html#progress", context)
     return render(request, "curation/release_detail.html", context)

@@ -24,10 +24,3 @@ def cell(row: dict[str, Any], column: str) -> str:
 @register.filter
 def column_title(column: str) -> str:
     return column.replace("_", " ").capitalize()
-
-
-@register.filter
-def kappa_reading(value: float | None) -> str:
-    from curation.lead.agreement import describe_kappa
-
-    return describe_kappa(value)
