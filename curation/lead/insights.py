@@ -371,31 +371,70 @@ class AgreementReport:
             rows,
         )
 
-    def pair_table(self) -> Table:
-        rows = [
-            {"annotator_a": p.a, "annotator_b": p.b, "kappa": p.value, "turns": p.n}
-            for p in self.pairs
-        ]
-        return Table(
-            "pairs",
-            "Cohen's kappa per pair of annotators",
-            ["annotator_a", "annotator_b", "kappa", "turns"],
-            rows,
-        )
+    def humans_count(self) -> int:
+        """Annotators who share a labelled turn with another one: those behind the label figures."""
+        return len({name for pair in self.pairs for name in (pair.a, pair.b)})
 
     def summary_table(self) -> Table:
-        rows: list[Row] = [
-            {"figure": "Fleiss' kappa, strategy labels (all annotators)", "value": self.fleiss.value, "n": self.fleiss.n},
-            {"figure": "Mean pairwise Cohen's kappa, strategy labels", "value": self.mean_cohen, "n": len(self.pairs)},
-            {"figure": "Teacher vs human majority, Cohen's kappa", "value": self.teacher.value, "n": self.teacher.n},
-            {"figure": "Teacher vs each human, mean Cohen's kappa", "value": self.teacher.mean_per_human, "n": len(self.teacher.per_human)},
-            {"figure": "Teacher vs final label, Cohen's kappa", "value": self.teacher_final.value, "n": self.teacher_final.n},
-            {"figure": "Accept/reject: all reviewers agree", "value": self.decisions.all_agree, "n": self.decisions.n},
-            {"figure": "Accept/reject: pairwise agreement", "value": self.decisions.pairwise, "n": self.decisions.pairs},
-            {"figure": "Rankings: mean Kendall's tau-b", "value": self.rankings.mean_tau, "n": self.rankings.tau_pairs},
-            {"figure": "Rankings: mean Kendall's W (3+ rankers)", "value": self.rankings.mean_w, "n": self.rankings.w_groups},
+        """Every figure of the page with the sample it rests on (items, raters), its reading on the
+        one kappa scale (kappas only) and a note when it rests on too few items."""
+        humans = str(self.humans_count())
+        teacher = f"teacher + {len(self.teacher.per_human)}"
+        fewest, most = self.rankings.raters
+        rankers = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+        decisions = self.decisions
+        rows = [
+            _figure("Fleiss' kappa, strategy labels (all annotators)", self.fleiss.value, True, self.fleiss.n, "turns", humans),
+            _figure("Mean pairwise Cohen's kappa, strategy labels", self.mean_cohen, True, self.fleiss.n, "turns", humans),
+            _figure("Teacher vs human majority, Cohen's kappa", self.teacher.value, True, self.teacher.n, "turns", teacher),
+            _figure("Teacher vs each human, mean Cohen's kappa", self.teacher.mean_per_human, True, self.labelled_turns, "turns", teacher),
+            _figure("Teacher vs final label, Cohen's kappa", self.teacher_final.value, True, self.teacher_final.n, "turns", "teacher + final label"),
+            _figure("Accept/reject: all reviewers agree", decisions.all_agree, False, decisions.n, "dialogues", str(decisions.raters)),
+            _figure("Accept/reject: pairwise agreement", decisions.pairwise, False, decisions.n, "dialogues", str(decisions.raters)),
+            _figure("Rankings: mean Kendall's tau-b", self.rankings.mean_tau, False, self.rankings.groups, "ranked turns", f"{rankers} per turn"),
+            _figure("Rankings: mean Kendall's W (3+ rankers)", self.rankings.mean_w, False, self.rankings.w_groups, "ranked turns", "3+ per turn"),
         ]  # fmt: skip
-        return Table("summary", "Agreement", ["figure", "value", "n"], rows)
+        columns = ["figure", "value", "reading", "items", "unit", "raters", "note"]
+        return Table("summary", "Agreement", columns, rows)
+
+    def pair_table(self) -> Table:
+        rows: list[Row] = [
+            {
+                "annotator_a": p.a,
+                "annotator_b": p.b,
+                "kappa": p.value,
+                "reading": agreement.describe_kappa(p.value),
+                "turns": p.n,
+                "note": _reliability(p.value, p.n, "turns"),
+            }
+            for p in self.pairs
+        ]
+        columns = ["annotator_a", "annotator_b", "kappa", "reading", "turns", "note"]
+        return Table("pairs", "Cohen's kappa per pair of annotators", columns, rows)
+
+
+def _reliability(value: float | None, items: int, unit: str) -> str:
+    """The note beside a figure: why it is blank, or that it rests on too few items."""
+    if items == 0:
+        return f"No {unit} to compute it on yet."
+    if agreement.few_items(items):
+        return f"Not reliable: only {items} {unit} (fewer than {agreement.MIN_ITEMS})."
+    if value is None:
+        return "Undefined: every label fell in one category."
+    return ""
+
+
+def _figure(name: str, value: float | None, kappa: bool, items: int, unit: str, raters: str) -> Row:
+    return {
+        "figure": name,
+        "value": value,
+        "reading": agreement.describe_kappa(value) if kappa else "",
+        "items": items,
+        "unit": unit,
+        "raters": raters if items else "none",
+        "note": _reliability(value, items, unit),
+        "reliable": not agreement.few_items(items),
+    }
 
 
 def data_version() -> str:

@@ -95,76 +95,6 @@ def dashboard_csv(request: HttpRequest, name: str) -> HttpResponse:
 # ---- agreement ---------------------------------------------------------------------------------
 
 
-def _reliability(value: float | None, items: int, unit: str) -> str:
-    """The note beside a figure: why it is blank, or that it rests on too few items."""
-    if items == 0:
-        return f"No {unit} to compute it on yet."
-    if agreement.few_items(items):
-        return f"Not reliable: only {items} {unit} (fewer than {agreement.MIN_ITEMS})."
-    if value is None:
-        return "Undefined: every label fell in one category."
-    return ""
-
-
-def _figure(
-    name: str, value: float | None, kappa: bool, items: int, unit: str, raters: str
-) -> insights.Row:
-    return {
-        "figure": name,
-        "value": value,
-        "reading": agreement.describe_kappa(value) if kappa else "",
-        "items": items,
-        "unit": unit,
-        "raters": raters if items else "none",
-        "note": _reliability(value, items, unit),
-        "reliable": not agreement.few_items(items),
-    }
-
-
-def _humans(report: insights.AgreementReport) -> int:
-    """Annotators who share a labelled turn with another one: those behind the label figures."""
-    return len({name for pair in report.pairs for name in (pair.a, pair.b)})
-
-
-def _summary_table(report: insights.AgreementReport) -> insights.Table:
-    """Every figure of the page with the sample it rests on (items, raters), its reading on the
-    one kappa scale (kappas only) and a note when it rests on too few items."""
-    humans = str(_humans(report))
-    teacher = f"teacher + {len(report.teacher.per_human)}"
-    fewest, most = report.rankings.raters
-    rankers = f"{fewest}" if fewest == most else f"{fewest} to {most}"
-    decisions = report.decisions
-    rows = [
-        _figure("Fleiss' kappa, strategy labels (all annotators)", report.fleiss.value, True, report.fleiss.n, "turns", humans),
-        _figure("Mean pairwise Cohen's kappa, strategy labels", report.mean_cohen, True, report.fleiss.n, "turns", humans),
-        _figure("Teacher vs human majority, Cohen's kappa", report.teacher.value, True, report.teacher.n, "turns", teacher),
-        _figure("Teacher vs each human, mean Cohen's kappa", report.teacher.mean_per_human, True, report.labelled_turns, "turns", teacher),
-        _figure("Teacher vs final label, Cohen's kappa", report.teacher_final.value, True, report.teacher_final.n, "turns", "teacher + final label"),
-        _figure("Accept/reject: all reviewers agree", decisions.all_agree, False, decisions.n, "dialogues", str(decisions.raters)),
-        _figure("Accept/reject: pairwise agreement", decisions.pairwise, False, decisions.n, "dialogues", str(decisions.raters)),
-        _figure("Rankings: mean Kendall's tau-b", report.rankings.mean_tau, False, report.rankings.groups, "ranked turns", f"{rankers} per turn"),
-        _figure("Rankings: mean Kendall's W (3+ rankers)", report.rankings.mean_w, False, report.rankings.w_groups, "ranked turns", "3+ per turn"),
-    ]  # fmt: skip
-    columns = ["figure", "value", "reading", "items", "unit", "raters", "note"]
-    return insights.Table("summary", "Agreement", columns, rows)
-
-
-def _pair_table(report: insights.AgreementReport) -> insights.Table:
-    rows = [
-        {
-            "annotator_a": p.a,
-            "annotator_b": p.b,
-            "kappa": p.value,
-            "reading": agreement.describe_kappa(p.value),
-            "turns": p.n,
-            "note": _reliability(p.value, p.n, "turns"),
-        }
-        for p in report.pairs
-    ]
-    columns = ["annotator_a", "annotator_b", "kappa", "reading", "turns", "note"]
-    return insights.Table("pairs", "Cohen's kappa per pair of annotators", columns, rows)
-
-
 def _heatmap(table: agreement.Confusion, title: str) -> str:
     return charts.heatmap(table.labels, table.matrix, title, table.rows, table.columns)
 
@@ -172,7 +102,7 @@ def _heatmap(table: agreement.Confusion, title: str) -> str:
 @lead_required
 def agreement_page(request: HttpRequest) -> HttpResponse:
     report = insights.cached_agreement_report()
-    summary = _summary_table(report)
+    summary = report.summary_table()
     return render(
         request,
         "curation/lead/agreement.html",
@@ -180,12 +110,12 @@ def agreement_page(request: HttpRequest) -> HttpResponse:
             "report": report,
             "summary": summary,
             "few": [row for row in summary.rows if row["items"] and not row["reliable"]],
-            "humans": _humans(report),
+            "humans": report.humans_count(),
             "scale": agreement.KAPPA_SCALE,
             "min_items": agreement.MIN_ITEMS,
             "categories_few": agreement.few_items(report.fleiss.n),
             "categories": report.category_table(),
-            "pairs": _pair_table(report),
+            "pairs": report.pair_table(),
             "heatmap_humans": _heatmap(report.humans, "Annotator vs annotator")
             if report.humans.total
             else "",
@@ -200,9 +130,9 @@ def agreement_page(request: HttpRequest) -> HttpResponse:
 def agreement_csv(request: HttpRequest, name: str) -> HttpResponse:
     report = insights.cached_agreement_report()
     tables = {
-        "summary": lambda: _summary_table(report).csv(),
+        "summary": lambda: report.summary_table().csv(),
         "per_strategy": lambda: report.category_table().csv(),
-        "pairs": lambda: _pair_table(report).csv(),
+        "pairs": lambda: report.pair_table().csv(),
         "confusion_humans": lambda: agreement.confusion_csv(report.humans),
         "confusion_teacher": lambda: agreement.confusion_csv(report.teacher_vs_humans),
     }
