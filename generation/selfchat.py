@@ -91,6 +91,9 @@ def extract_json(text: str) -> Any:
         while start != -1:
             try:
                 value, _ = json.JSONDecoder().raw_decode(candidate[start:])
+            except RecursionError:
+                # Deeper than Python's json reads: no dialogue is, so no need to look inside.
+                raise Failure("invalid_json", "JSON nested too deeply", text) from None
             except json.JSONDecodeError as exc:
                 if outermost:
                     last_error = f"not valid JSON ({exc.msg} at character {start + exc.pos})"

@@ -72,6 +72,14 @@ def test_extract_json_failure_is_invalid_json():
     assert caught.value.failure_class == "invalid_json"
 
 
+def test_json_nested_deeper_than_python_reads_is_invalid_json_not_a_crash():
+    deep = '{"content": ' * 100_000 + "1" + "}" * 100_000
+    with pytest.raises(Failure) as caught:
+        selfchat.extract_json("Here it is: " + deep)
+    assert caught.value.failure_class == "invalid_json"
+    assert "nested too deeply" in caught.value.detail
+
+
 def test_refusal_detection():
     assert selfchat.is_refusal("I'm sorry, but I can't help with that request.")
     assert selfchat.is_refusal("As an AI, I cannot write that.")
