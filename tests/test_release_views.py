@@ -157,3 +157,17 @@ def test_file_options_chosen_in_the_form_are_kept_by_the_release(client, lead, b
     ).read_bytes()
     page = client.get(reverse("curation-release", args=["tagged"]))
     assert b"strategy tags in SFT texts" in page.content
+
+
+def test_a_ready_release_offers_training_to_those_who_may_train(client, lead, superuser, built):
+    from curation.releases.build import create_release
+
+    Dialogue.objects.update(status="accepted")
+    release = create_release("r-train")  # frozen and ready, as a finished build leaves it
+    url = reverse("curation-release", args=[release.name])
+    form_url = f"{reverse('admin:training_trainingjob_new')}?release={release.pk}"
+    client.force_login(superuser)
+    assert f'href="{form_url}"' in client.get(url).content.decode()
+    assert client.get(form_url).status_code == 200  # the link opens the training form
+    client.force_login(lead)  # a lead may not train: no button that ends in a 403
+    assert "Train a student" not in client.get(url).content.decode()
