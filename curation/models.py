@@ -652,6 +652,13 @@ class Release(models.Model):
         READY = "ready", "Ready"
         FAILED = "failed", "Failed"
 
+    class DriPolicy(models.TextChoices):
+        """Which DRI candidates become examples in sft_dri/ (curation.releases.build)."""
+
+        ACCEPTABLE = "acceptable", "Acceptable: ranked, and marked unacceptable by no one"
+        UNREJECTED = "unrejected", "Unrejected: every candidate no one marked unacceptable"
+        BEST = "best", "Best: the top-ranked reply of each masked turn, when it is a candidate"
+
     name = models.CharField(
         max_length=100,
         unique=True,
@@ -664,6 +671,9 @@ class Release(models.Model):
     stats = models.JSONField(default=dict, blank=True)
     # How its files are written (strategy tags, DPO pairing): the same files every time.
     file_options = models.JSONField(default=dict, blank=True)
+    dri_policy = models.CharField(
+        max_length=10, choices=DriPolicy.choices, default=DriPolicy.ACCEPTABLE
+    )
     split = models.JSONField(default=dict)  # {"train": 80, "valid": 10, "test": 10}
     previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     created_by = models.ForeignKey(
@@ -696,8 +706,14 @@ class Release(models.Model):
         parts.append(f"of {', '.join(scenarios)}" if scenarios else "of every scenario")
         if chosen.get("min_agreeing_reviews"):
             parts.append(f"with at least {chosen['min_agreeing_reviews']} accepting reviews")
-        dri = "with" if chosen.get("dri", True) else "without"
-        return f"{' '.join(parts)}, {dri} the DRI replies rankers found acceptable"
+        if not chosen.get("dri", True):
+            return f"{' '.join(parts)}, without DRI replies"
+        which = {
+            self.DriPolicy.ACCEPTABLE: "that rankers found acceptable",
+            self.DriPolicy.UNREJECTED: "that no annotator marked unacceptable",
+            self.DriPolicy.BEST: "ranked best for their turn",
+        }[self.DriPolicy(self.dri_policy)]
+        return f"{' '.join(parts)}, with the DRI replies {which}"
 
     @property
     def folder(self) -> Path:

@@ -1,5 +1,6 @@
 """Every file the README documents for a release opens as documented, empty splits included: a
-release with no rankings (so no DPO pairs in any split) and a test split of no dialogues.
+release with no rankings and no DRI candidates (so no DPO pairs and no DRI examples in any split)
+and a test split of no dialogues.
 
 `datasets` builds no split from zero examples (load_dataset refuses it, whatever the file), so an
 empty split is read as a stream: it must still open, with the columns of its kind, and give no
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 SPLITS = ("train", "valid", "test")
 COLUMNS = {
     "sft": ["messages", "strategies", "scenario", "id", "source"],
-    "sft_dri": ["messages", "strategies", "scenario", "id", "source"],
+    "sft_dri": ["prompt", "completion", "strategies", "scenario", "id", "source"],
     "dpo": ["prompt", "chosen", "rejected", "scenario", "id"],
 }
 
@@ -51,7 +52,7 @@ def test_every_file_opens_as_documented_empty_splits_included(folder, tmp_path):
             jsonl = folder / kind / f"{split}.jsonl"
             parquet = folder / "parquet" / kind / f"{split}.parquet"
             rows = lines(jsonl)
-            assert (rows == 0) == (kind == "dpo" or split == "test"), (kind, split)
+            assert (rows == 0) == (kind in ("dpo", "sft_dri") or split == "test"), (kind, split)
 
             stream = datasets.load_dataset(
                 "parquet", data_files=str(parquet), split="train", streaming=True

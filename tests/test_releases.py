@@ -162,14 +162,15 @@ def test_every_file_loads_with_datasets(accepted, tmp_path):
 
     release = create_release("r-ds")
     write_files(release, tmp_path)
-    for folder in ("sft", "sft_dri"):
-        loaded = datasets.load_dataset(
-            "json",
-            data_files={
-                s: str(tmp_path / folder / f"{s}.jsonl") for s in ("train", "valid", "test")
-            },
-        )
-        assert sum(len(loaded[s]) for s in loaded) >= 47
+    loaded = datasets.load_dataset(
+        "json",
+        data_files={s: str(tmp_path / "sft" / f"{s}.jsonl") for s in ("train", "valid", "test")},
+    )
+    assert sum(len(loaded[s]) for s in loaded) == 47
+    # No DRI candidates here: sft_dri/ holds the DRI examples only, so it is empty
+    # (tests/test_release_dri_policy.py loads a filled one).
+    for s in ("train", "valid", "test"):
+        assert (tmp_path / "sft_dri" / f"{s}.jsonl").read_bytes() == b""
     esconv = datasets.load_dataset("json", data_files=str(tmp_path / "esconv.jsonl"))["train"]
     assert len(esconv) == 47 and esconv[0]["dialog"][0]["speaker"] in ("usr", "sys")
 
@@ -223,9 +224,17 @@ def test_dri_candidates_and_rankings_and_edits_make_sft_dri_and_dpo(accepted, tm
         json.loads(line)
         for line in (tmp_path / "sft_dri" / f"{split}.jsonl").read_text().splitlines()
     ]
-    extra = [e for e in dri if e["source"] == "dri"]
-    assert [e["messages"][-1]["content"] for e in extra] == ["A kind, different reply."]
-    assert extra[0]["messages"][-2]["role"] == "user"
+    # Only the DRI examples, as prompt and completion: the acceptable candidate (the default
+    # policy), not the unacceptable one nor the one never ranked.
+    assert [e["source"] for e in dri] == ["dri"]
+    assert dri[0]["completion"] == [{"role": "assistant", "content": "A kind, different reply."}]
+    assert dri[0]["prompt"][-1]["role"] == "user" and "messages" not in dri[0]
+    sft = [
+        json.loads(line) for line in (tmp_path / "sft" / f"{split}.jsonl").read_text().splitlines()
+    ]
+    whole = next(e for e in sft if e["id"] == str(dialogue.pk))["messages"]
+    assert dri[0]["prompt"] == whole[: len(dri[0]["prompt"])]
+    assert whole[len(dri[0]["prompt"])]["content"] == turn.text  # the masked reply
     pairs = [
         json.loads(line) for line in (tmp_path / "dpo" / f"{split}.jsonl").read_text().splitlines()
     ]

@@ -1,7 +1,10 @@
 """Training examples: release files in, token ids with an assistant-only loss mask out.
 
-A release folder holds `sft/{train,valid,test}.jsonl` and `sft_dri/...`; each line is one chat
-(`messages` with system/user/assistant roles) plus its strategies, scenario, id and source. No
+A release folder holds `sft/{train,valid,test}.jsonl`, one whole dialogue a line (`messages` with
+system/user/assistant roles, every assistant reply trained), and `sft_dri/...`, one DRI example a
+line in TRL's prompt-completion form (`prompt`: the chat up to a masked supporter turn;
+`completion`: the one assistant reply written for it, the only tokens trained). Both carry
+strategies, scenario, id and source. SFT + DRI trains on the two together (`variant_files`). No
 Django and no torch at import time: the GPU benchmark and the Django task both import this.
 """
 
@@ -46,6 +49,19 @@ def data_folder(data_dir: str | Path, variant: str, split: str = "train") -> Pat
     )
 
 
+def variant_files(data_dir: str | Path, variant: str, split: str = "train") -> list[Path]:
+    """The files that hold `split` of `variant`: in a release folder, sft/<split>.jsonl, and for
+    `sft_dri` sft_dri/<split>.jsonl as well (the DRI completions only; curation.releases.build);
+    a folder that holds <split>.jsonl itself gives that one file for either variant."""
+    root = Path(data_dir)
+    folder = data_folder(root, "sft", split)
+    files = [folder / f"{split}.jsonl"]
+    dri = root / "sft_dri" / f"{split}.jsonl"
+    if variant == "sft_dri" and folder != root and dri.is_file():
+        files.append(dri)
+    return files
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -70,12 +86,32 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
     return examples
 
 
+def chat_of(example: dict[str, Any]) -> list[dict[str, str]]:
+    """The whole chat of an example: its `messages`, or its `prompt` then its `completion`."""
+    if "completion" in example:
+        return [*example["prompt"], *example["completion"]]
+    return example["messages"]
+
+
 def check_example(example: dict[str, Any]) -> None:
     """An optional system message first, then user and assistant turns alternating, every content
-    a string, and at least one assistant turn to learn from."""
-    messages = example.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
+    a string, and at least one assistant turn to learn from. A prompt-completion example is
+    checked as the chat of the two together, its completion being one assistant message."""
+    if "completion" in example:
+        prompt, completion = example.get("prompt"), example["completion"]
+        if not isinstance(prompt, list) or not prompt:
+            raise ValueError("'prompt' must be a non-empty list")
+        if (
+            not isinstance(completion, list)
+            or len(completion) != 1
+            or completion[0].get("role") != "assistant"
+        ):
+            raise ValueError("'completion' must be one assistant message")
+        messages: Any = [*prompt, *completion]
+    else:
+        messages = example.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list")
     for k, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
@@ -92,7 +128,7 @@ def check_example(example: dict[str, Any]) -> None:
 
 def uses_tags(examples: list[dict[str, Any]]) -> bool:
     """Whether every assistant turn starts with a strategy tag (a release built with tags)."""
-    replies = [m["content"] for e in examples for m in e["messages"] if m["role"] == "assistant"]
+    replies = [m["content"] for e in examples for m in chat_of(e) if m["role"] == "assistant"]
     return bool(replies) and all(split_tag(text)[0] is not None for text in replies)
 
 
@@ -118,9 +154,11 @@ def render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool = False)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[range]]:
-    """The rendered chat and, for each assistant turn, the character range of its reply plus the
-    end-of-turn marker right after it.
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]], first: int = 0
+) -> tuple[str, list[range]]:
+    """The rendered chat and, for each assistant turn from message `first` on, the character
+    range of its reply plus the end-of-turn marker right after it.
 
     Chat templates such as SmolLM2's carry no generation markers, so the ranges are found by
     rendering prefixes: the text before turn i is the chat up to i with the generation prompt, and
@@ -131,7 +169,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     markers = [tokenizer.eos_token, *END_OF_TURN] if tokenizer.eos_token else list(END_OF_TURN)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < first:
             continue
         before = render(tokenizer, messages[:i], prompt=True)
         through = render(tokenizer, messages[: i + 1])
@@ -153,15 +191,31 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return text, spans
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:
-    """Token ids of the rendered chat; labels keep only the assistant replies and their
-    end-of-turn marker.
+def encode_example(tokenizer: Any, example: dict[str, Any]) -> Encoded:
+    """A release line encoded: a whole chat with every assistant reply trained, or a
+    prompt-completion example with the completion alone trained."""
+    if "completion" in example:
+        return encode_completion(tokenizer, example["prompt"], example["completion"])
+    return encode_chat(tokenizer, example["messages"])
+
+
+def encode_completion(
+    tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+) -> Encoded:
+    """Token ids of the chat `prompt` + `completion`; labels keep only the completion's reply and
+    its end-of-turn marker, none of the prompt (its assistant turns included)."""
+    return encode_chat(tokenizer, [*prompt, *completion], first=len(prompt))
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], first: int = 0) -> Encoded:
+    """Token ids of the rendered chat; labels keep only the assistant replies from message
+    `first` on and their end-of-turn marker.
 
     Each piece (context, reply, context, ...) is tokenized on its own, so no token straddles a
     boundary, and a reply is cut into tokens exactly as the model produces it after the
     generation prompt.
     """
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, first)
     pieces: list[str] = []
     trained: list[bool] = []
     position = 0

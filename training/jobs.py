@@ -110,12 +110,15 @@ def suggest_max_length(release: Release, variant: str, base_model: str) -> Lengt
     """The max length the trainer would choose (95th percentile of the training chats), counted
     with the base model's tokenizer when its folder is here; no torch, no chat template, so the
     count adds a few tokens per message for the template's markers."""
-    from training.data import choose_max_length, read_examples
+    from training.data import chat_of, choose_max_length, read_examples, variant_files
 
-    train_file = release.folder / variant / "train.jsonl"
-    if not train_file.is_file():
+    if not (release.folder / "sft" / "train.jsonl").is_file():
         return LengthSuggestion(None, "the release's files are not written yet")
-    chats = [[m["content"] for m in example["messages"]] for example in read_examples(train_file)]
+    chats = [
+        [m["content"] for m in chat_of(example)]
+        for path in variant_files(release.folder, variant)
+        for example in read_examples(path)
+    ]
     folder = find_base(base_model) if base_model else local_model_folder()
     model_max = 2048
     counter = None

@@ -25,7 +25,7 @@ class TrainingJob(models.Model):
 
     class Variant(models.TextChoices):
         SFT = "sft", "SFT: whole dialogues"
-        SFT_DRI = "sft_dri", "SFT + DRI: dialogues plus the acceptable DRI replies"
+        SFT_DRI = "sft_dri", "SFT + DRI: dialogues plus the release's DRI replies"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

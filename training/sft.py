@@ -4,8 +4,10 @@
     python -m training.sft --data var/releases/r1 --out var/runs/r1-sft --resume   # after a stop
     python -m training.sft --data DIR --out DIR --variant sft_dri --epochs 2 --device cuda
 
-`--data` is a release folder (DIR/<variant>/train.jsonl is read, valid.jsonl too when present) or a
-folder that holds train.jsonl itself. The base defaults to the local SmolLM2-135M-Instruct.
+`--data` is a release folder or a folder that holds train.jsonl itself. From a release, `sft` trains
+on DIR/sft/train.jsonl (whole dialogues, every supporter reply in the loss) and `sft_dri` on that
+plus DIR/sft_dri/train.jsonl (DRI prompt-completion examples, the loss on the completion alone);
+both validate on DIR/sft/valid.jsonl when present, so their validation losses compare. The base defaults to the local SmolLM2-135M-Instruct.
 Writes OUT/adapter/ (the PEFT adapter, training_config.json with everything needed to reproduce
 the run, and a model card) and OUT/checkpoints/step-N/ every --save-every steps.
 
@@ -50,12 +52,12 @@ from training.data import (
     batch_schedule,
     choose_max_length,
     collate,
-    data_folder,
-    encode_chat,
+    encode_example,
     length_grouped_batches,
     read_examples,
     sha256_file,
     uses_tags,
+    variant_files,
 )
 
 KEEP_CHECKPOINTS = 2  # older step-N folders are deleted once a newer one is complete
@@ -81,7 +83,11 @@ class TrainConfig:
     )
     base: str | None = _unset("base model folder (default: the local SmolLM2-135M-Instruct)")
     variant: str = field(
-        default="sft", metadata={"help": "release data", "choices": ["sft", "sft_dri"]}
+        default="sft",
+        metadata={
+            "help": "release data: sft (whole dialogues) or sft_dri (those and the DRI completions)",
+            "choices": ["sft", "sft_dri"],
+        },
     )
     # ---- length of the run: --max-steps wins over --epochs
     max_steps: int | None = _unset("optimizer steps (default: --epochs over the data)")
@@ -166,13 +172,21 @@ def train(
     report = on_progress or (lambda progress: None)
     device = resolve_device(config.device)
     base = resolve_base(config.base)
-    folder = data_folder(config.data, config.variant)
-    files = {"train": folder / "train.jsonl"}
-    if (folder / "valid.jsonl").is_file():
-        files["valid"] = folder / "valid.jsonl"
-    raw = {split: read_examples(path) for split, path in files.items()}
-    if not raw["train"]:
-        raise ValueError(f"{files['train']} holds no examples")
+    # "train" is the whole dialogues (or a plain folder's file), "train_dri" the DRI completions.
+    files = dict(
+        zip(("train", "train_dri"), variant_files(config.data, config.variant), strict=False)
+    )
+    valid = files["train"].with_name("valid.jsonl")  # whole dialogues for both variants
+    if valid.is_file():
+        files["valid"] = valid
+    raw = {name: read_examples(path) for name, path in files.items()}
+    raw_sets = {"train": raw["train"] + raw.get("train_dri", [])}
+    if "valid" in raw:
+        raw_sets["valid"] = raw["valid"]
+    if not raw_sets["train"]:
+        raise ValueError(
+            f"{', '.join(str(p) for n, p in files.items() if n != 'valid')} hold no examples"
+        )
 
     report(Progress(0, 0, None, 0.0, None, 0.0, "Tokenizing"))
     from transformers import AutoTokenizer
@@ -180,8 +194,8 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = {
-        split: [encode_chat(tokenizer, e["messages"]) for e in examples]
-        for split, examples in raw.items()
+        split: [encode_example(tokenizer, e) for e in examples]
+        for split, examples in raw_sets.items()
     }
     model_max = _model_max(base)
     max_length = config.max_length or choose_max_length(
@@ -209,7 +223,7 @@ def train(
             for split, path in files.items()
         },
         "examples_kept": {split: len(examples) for split, examples in sets.items()},
-        "strategy_tags": uses_tags(raw["train"]),
+        "strategy_tags": uses_tags(raw_sets["train"]),
         "release": _release(Path(config.data)),
         "trainable_parameters": trainable,
         "parameters": total,
@@ -498,7 +512,11 @@ def _restore(
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     saved = state["config"]
     changed = [k for k in (*_RESUME_KEYS, "total_steps") if saved.get(k) != resolved.get(k)]
-    if saved["data_files"]["train"]["sha256"] != resolved["data_files"]["train"]["sha256"]:
+    if any(
+        (saved["data_files"].get(name) or {}).get("sha256")
+        != (resolved["data_files"].get(name) or {}).get("sha256")
+        for name in ("train", "train_dri")
+    ):
         changed.append("training data")
     if changed:
         raise ValueError(f"cannot resume from {folder}: changed since: {', '.join(changed)}")

@@ -1,13 +1,24 @@
 """Releases: freeze the chosen dialogues, split them, and write every file a trainer wants.
 
 A release is made in two steps. `freeze` snapshots each included dialogue as it is now (text,
-final labels, acceptable DRI candidates, rankings, edits, provenance) and assigns its split; after
+final labels, DRI candidates, rankings, edits, provenance) and assigns its split; after
 that, nothing done to the dialogues changes the release. A `ReleaseWriter` turns snapshots into
 files, streaming them in id order, so the same release always gives byte-identical files and memory
 does not grow with its size. The worker does both in one pass (`freeze(release, sink=writer)`);
 `write_files` rebuilds the same files later from the stored snapshots. `ensure_files` is the one
 writer of a release's own folder (`release.folder`): never half-written, never written twice at
 once; `build` is what a worker does with a release whose build it has claimed.
+
+SFT + DRI is `sft/` and `sft_dri/` together. `sft/` holds the whole dialogues (`messages`, every
+supporter turn trained); `sft_dri/` holds only the DRI examples, in TRL's conversational
+prompt-completion form: `prompt` is the chat up to a masked supporter turn, `completion` one
+candidate reply for it, so a trainer puts the loss on that reply alone and never trains the
+replies before the gap a second time. Each file then has one format and one Parquet schema. Which
+candidates become examples is the release's DRI policy (`Release.DriPolicy`, `dri_candidates`):
+`acceptable` (ranked by someone, marked unacceptable by no one), `unrejected` (every candidate no
+one marked unacceptable, unranked ones too: the paper's setting) or `best` (the reply with the
+strictly lowest mean rank of its turn, by `mean_ranks` as for the DPO pairs, when it is a
+candidate).
 
 Speed: a release reads every turn of every dialogue and writes it about eight times, so the hot
 paths avoid per-row ORM work (plain cursor rows, raw inserts) and encode JSON with orjson. Its
@@ -65,7 +76,7 @@ class Filters:
     statuses: list[str] = field(default_factory=lambda: [Dialogue.Status.ACCEPTED])
     scenarios: list[str] = field(default_factory=list)  # names; empty means all
     min_agreeing_reviews: int = 0  # submitted reviews whose decision matches the status
-    dri: bool = True  # include DRI candidates ranked acceptable
+    dri: bool = True  # include DRI candidates (which ones: the release's DRI policy)
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> Filters:
@@ -184,6 +195,7 @@ def new_release(
     notes: str = "",
     user: Any = None,
     file_options: FileOptions | None = None,
+    dri_policy: str = Release.DriPolicy.ACCEPTABLE,
 ) -> Release:
     """The release row, still empty (status "building"); `freeze` fills it."""
     return Release.objects.create(
@@ -192,6 +204,7 @@ def new_release(
         notes=notes,
         filters=asdict(filters or Filters()),
         file_options=asdict(file_options or FileOptions()),
+        dri_policy=Release.DriPolicy(dri_policy),
         split=split or dict(DEFAULT_SPLIT),
         previous=Release.objects.filter(status=Release.Status.READY).order_by("-id").first(),
         created_by=user,
@@ -480,7 +493,7 @@ class ReleaseWriter:
         self.esconv_names = dict(
             Strategy.objects.filter(taxonomy="extes").values_list("name", "esconv_equivalent__name")
         )
-        self.tally = Tally()
+        self.tally = Tally(release.dri_policy)
         out.mkdir(parents=True, exist_ok=True)
         self.files = _Files(out)
         self.files.open("extes.json").write(b"[")
@@ -494,10 +507,8 @@ class ReleaseWriter:
             (b"\n  " if self.first else b",\n  ") + record.replace(b"\n", b"\n  ")
         )
         self.first = False
-        base = orjson.dumps(sft_example(snap, tags), option=orjson.OPT_APPEND_NEWLINE)
-        files.open(f"sft/{split}.jsonl").write(base)
-        files.open(f"sft_dri/{split}.jsonl").write(base)  # the same example, encoded once
-        for example in dri_examples(snap, tags):
+        files.line(f"sft/{split}.jsonl", sft_example(snap, tags))
+        for example in dri_examples(snap, self.release.dri_policy, tags):
             files.line(f"sft_dri/{split}.jsonl", example)
         for pair in dpo_pairs(snap, self.options):
             files.line(f"dpo/{split}.jsonl", pair)
@@ -617,6 +628,8 @@ def _complete(release: Release, folder: Path) -> bool:
     expected |= {f"parquet/{kind}/{split}.parquet" for kind in KINDS for split in SPLITS}
     return (
         written.get("checksum") == release.checksum
+        # Folders written before the DRI policy held whole dialogues in sft_dri/: written again.
+        and written.get("dri_policy") == release.dri_policy
         and expected <= listed
         and all((folder / path).is_file() for path in listed)
     )
@@ -669,6 +682,16 @@ def _schemas() -> dict[str, Any]:
             ("source", pa.string()),
         ]
     )
+    sft_dri = pa.schema(
+        [
+            ("prompt", message),
+            ("completion", message),
+            ("strategies", pa.list_(pa.string())),
+            ("scenario", pa.string()),
+            ("id", pa.string()),
+            ("source", pa.string()),
+        ]
+    )
     dpo = pa.schema(
         [
             ("prompt", message),
@@ -678,7 +701,7 @@ def _schemas() -> dict[str, Any]:
             ("id", pa.string()),
         ]
     )
-    return {"sft": sft, "sft_dri": sft, "dpo": dpo}
+    return {"sft": sft, "sft_dri": sft_dri, "dpo": dpo}
 
 
 def write_parquet(out: Path, block_size: int = 4 << 20) -> None:
@@ -756,6 +779,7 @@ def _manifest(release: Release, out: Path) -> dict[str, Any]:
         "licence": release.licence,
         "counts": release.counts,
         "split": release.split,
+        "dri_policy": release.dri_policy,
         "files": files,
     }
 
@@ -796,21 +820,46 @@ def sft_example(snap: dict[str, Any], tags: bool = False) -> dict[str, Any]:
     }
 
 
-def dri_examples(snap: dict[str, Any], tags: bool = False) -> Iterator[dict[str, Any]]:
-    """One example per acceptable candidate: the context up to the masked turn, then the candidate."""
-    for candidate in snap["candidates"]:
-        if not candidate["acceptable"]:
-            continue
+def dri_candidates(snap: dict[str, Any], policy: str) -> list[dict[str, Any]]:
+    """The candidates of a snapshot that the DRI policy makes examples of, in snapshot order.
+
+    The rankings counted are the snapshot's (a lead's settling ranking alone where there is one).
+    `acceptable` keeps the flag `freeze` stored; `unrejected` keeps every candidate no ranking
+    marks unacceptable; `best` keeps a candidate whose mean rank (`mean_ranks`) is strictly lower
+    than that of every other reply of its turn, the original included, and that no one marked
+    unacceptable: a tie at the top, or an original ranked best, gives none.
+    """
+    if policy == Release.DriPolicy.ACCEPTABLE:
+        return [c for c in snap["candidates"] if c["acceptable"]]
+    by_turn: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ranking in snap["rankings"]:
+        by_turn[ranking["turn_index"]].append(ranking)
+    rejected = {(r["turn_index"], key) for r in snap["rankings"] for key in r["unacceptable"]}
+    fine = [c for c in snap["candidates"] if (c["turn_index"], c["key"]) not in rejected]
+    if policy == Release.DriPolicy.UNREJECTED:
+        return fine
+    if policy != Release.DriPolicy.BEST:
+        raise ValueError(f"unknown DRI policy {policy!r}")
+    best: set[tuple[int, str]] = set()
+    for index, rankings in by_turn.items():
+        mean = mean_ranks(rankings)
+        ordered = sorted(mean, key=lambda key: mean[key])
+        if ordered and (len(ordered) == 1 or mean[ordered[0]] < mean[ordered[1]]):
+            best.add((index, ordered[0]))
+    return [c for c in fine if (c["turn_index"], c["key"]) in best]
+
+
+def dri_examples(
+    snap: dict[str, Any], policy: str = Release.DriPolicy.ACCEPTABLE, tags: bool = False
+) -> Iterator[dict[str, Any]]:
+    """One prompt-completion example per candidate the policy keeps: the chat up to the masked
+    turn as `prompt`, the candidate as `completion`."""
+    for candidate in dri_candidates(snap, policy):
         context = [t for t in snap["turns"] if t["index"] < candidate["turn_index"]]
-        messages = _messages(context, tags)
-        messages.append(
-            {
-                "role": "assistant",
-                "content": _tagged(candidate["text"], candidate["strategy"], tags),
-            }
-        )
+        reply = _tagged(candidate["text"], candidate["strategy"], tags)
         yield {
-            "messages": messages,
+            "prompt": _messages(context, tags),
+            "completion": [{"role": "assistant", "content": reply}],
             "strategies": [candidate["strategy"]],
             "scenario": snap["scene"],
             "id": f"{snap['id']}-{candidate['key']}",
@@ -842,16 +891,22 @@ def dpo_pairs(snap: dict[str, Any], options: FileOptions) -> Iterator[dict[str, 
             yield _pair(prompt, edit["after"], edit["before"], snap, f"edit-{turn['index']}")
 
 
-def rank_pairs(rankings: list[dict[str, Any]], options: FileOptions) -> list[tuple[str, str]]:
-    """(better, worse) keys. Each annotator's position of an item is the index of its group;
-    unacceptable items go after every acceptable one; the mean over annotators decides."""
+def mean_ranks(rankings: list[dict[str, Any]]) -> dict[str, float]:
+    """Each ranked item's mean position over the annotators (lower is better). An annotator's
+    position of an item is the index of its group; unacceptable items go after every acceptable
+    one."""
     positions: dict[str, list[float]] = defaultdict(list)
     for ranking in rankings:
         last = len(ranking["order"])
         for place, group in enumerate(ranking["order"]):
             for key in group:
                 positions[key].append(place + (last if key in ranking["unacceptable"] else 0))
-    mean = {key: sum(p) / len(p) for key, p in positions.items()}
+    return {key: sum(p) / len(p) for key, p in positions.items()}
+
+
+def rank_pairs(rankings: list[dict[str, Any]], options: FileOptions) -> list[tuple[str, str]]:
+    """(better, worse) keys, by mean rank (`mean_ranks`)."""
+    mean = mean_ranks(rankings)
     ordered = sorted(mean, key=lambda k: (mean[k], k))
     if not ordered:
         return []

@@ -28,6 +28,7 @@ from curation.lead.agreement import (
     few_items,
 )
 from curation.models import Release
+from curation.releases.build import dri_candidates
 from curation.vocabulary import EXTES_STRATEGIES
 
 # Characters that start Markdown structure anywhere in a line (emphasis, code, links, images,
@@ -65,7 +66,9 @@ def _fingerprint(snap: dict[str, Any]) -> tuple[str, str, str]:
 class Tally:
     """What the card says about a release, gathered while its files are written (one pass)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dri_policy: str = Release.DriPolicy.ACCEPTABLE) -> None:
+        self.dri_policy = dri_policy
+        self.dri_examples = 0  # the examples of sft_dri/: candidates the policy keeps
         self.scenes: Counter[str] = Counter()
         self.strategies: Counter[str] = Counter()
         self.origins: Counter[str] = Counter()
@@ -106,6 +109,7 @@ class Tally:
                 self.teacher_same += turn["strategy"] == turn["teacher_strategy"]
                 self.teacher_pairs[(turn["teacher_strategy"] or "", turn["strategy"] or "")] += 1
         self.candidates += sum(1 for c in snap["candidates"] if c["acceptable"])
+        self.dri_examples += len(dri_candidates(snap, self.dri_policy))
         self.crisis_cleared += snap.get("safety_status") == "cleared"
 
     def fleiss_kappa(self) -> float | None:
@@ -119,6 +123,8 @@ class Tally:
             "dialogues": sum(self.scenes.values()),
             "supporter_turns": self.supporter_turns,
             "dri_candidates": self.candidates,
+            "dri_policy": self.dri_policy,
+            "dri_examples": self.dri_examples,
             "scenarios": dict(self.scenes.most_common()),
             "strategies": dict(self.strategies.most_common()),
             "origins": dict(self.origins.most_common()),
@@ -148,7 +154,7 @@ def _rounded(value: float | None) -> float | None:
 def tally(release: Release) -> Tally:
     from curation.releases.build import snapshots
 
-    result = Tally()
+    result = Tally(release.dri_policy)
     for _split, snap in snapshots(release):
         result.add(snap)
     return result
@@ -230,6 +236,8 @@ def _shares(split: Mapping[str, int]) -> str:
 def write_card(release: Release, out: Path, gathered: Tally | None = None) -> dict[str, Any]:
     from curation.releases.build import split_warnings
 
+    policy = Release.DriPolicy(release.dri_policy)
+
     gathered = gathered or tally(release)
     stats = gathered.statistics()
     changes = changelog(release, gathered)
@@ -260,17 +268,26 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "",
         *[f"**Warning: {warning}**\n" for warning in split_warnings(release.counts)],
         f"{stats['supporter_turns']} supporter turns; {stats['dri_candidates']} DRI candidates "
-        "ranked acceptable (one extra example each in `sft_dri/`).",
+        "ranked acceptable.",
+        "",
+        f"DRI policy: `{policy.value}` ({policy.label.partition(': ')[2]}); "
+        f"DRI examples in `sft_dri/`: {stats['dri_examples']}"
+        + ("" if release.filters.get("dri", True) else " (DRI candidates were left out)")
+        + ".",
         "",
         "## Files",
         "",
         "- `extes.json`: the ExTES format (`scene`, `description`, `content`).",
-        "- `sft/`, `sft_dri/`: chat `messages` for TRL and `datasets`, with `strategies` per assistant turn"
+        "- `sft/`: the whole dialogues as chat `messages` for TRL and `datasets`, with "
+        "`strategies` per assistant turn"
         + (
             "; assistant texts start with their strategy in brackets, e.g. `[Affirmation] …`."
             if release.file_options.get("strategy_tags")
             else "."
         ),
+        "- `sft_dri/`: the DRI examples only, in TRL's conversational prompt-completion form: "
+        "`prompt` is the chat up to a masked supporter turn, `completion` one reply for it (the "
+        "loss goes on the completion alone). SFT + DRI is `sft/` and `sft_dri/` together.",
         "- `dpo/`: `prompt`, `chosen`, `rejected` from rankings and edits.",
         "- `parquet/`: the same splits as Parquet; `esconv.jsonl`: the ESConv JSON Lines format.",
         "- `manifest.json`: every file with its size and sha256.",

@@ -75,8 +75,17 @@ class ReleaseForm(SplitForm):
     )
     licence = forms.CharField(max_length=200, initial="CC BY-NC 4.0")
     notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
-    dri = forms.BooleanField(
-        required=False, initial=True, label="Include DRI candidates ranked acceptable"
+    dri = forms.BooleanField(required=False, initial=True, label="Include DRI candidates")
+    # Not required: a form sent without it (an older page) cuts a release by today's rule.
+    dri_policy = forms.TypedChoiceField(
+        choices=Release.DriPolicy.choices,
+        required=False,
+        empty_value=Release.DriPolicy.ACCEPTABLE,
+        initial=Release.DriPolicy.ACCEPTABLE,
+        widget=forms.RadioSelect,
+        label="DRI candidates that become examples",
+        help_text="Unrejected is the paper's setting: the teacher's replies as they are, unless "
+        "someone marked one unacceptable.",
     )
     strategy_tags = forms.BooleanField(
         required=False,
@@ -141,6 +150,7 @@ def release_new(request: HtmxHttpRequest) -> HttpResponse:
                     file_options=FileOptions(
                         data["strategy_tags"], data["dpo_pairs"], data["dpo_min_margin"]
                     ),
+                    dri_policy=data["dri_policy"],
                 )
                 build_release.delay_on_commit(release.pk)
         except IntegrityError:

@@ -32,6 +32,14 @@ class Command(BaseCommand):
         parser.add_argument("--min-agreeing-reviews", type=int, default=0)
         parser.add_argument("--no-dri", action="store_true", help="leave DRI candidates out")
         parser.add_argument(
+            "--dri-policy",
+            choices=Release.DriPolicy.values,
+            default=Release.DriPolicy.ACCEPTABLE,
+            help="which DRI candidates become sft_dri examples: acceptable (ranked, marked "
+            "unacceptable by no one), unrejected (no one marked them unacceptable, unranked ones "
+            "too) or best (the top-ranked reply of each masked turn); default: acceptable",
+        )
+        parser.add_argument(
             "--strategy-tags",
             action="store_true",
             help="its SFT files prefix supporter texts with [Strategy]",
@@ -74,6 +82,7 @@ class Command(BaseCommand):
                 file_options=FileOptions(
                     options["strategy_tags"], options["dpo_pairs"], options["dpo_min_margin"]
                 ),
+                dri_policy=options["dri_policy"],
             )
         except IntegrityError:
             raise CommandError(
@@ -88,7 +97,8 @@ class Command(BaseCommand):
         counts = release.counts
         self.stdout.write(
             f"{release.name}: {sum(counts.values())} dialogues (train {counts['train']}, "
-            f"valid {counts['valid']}, test {counts['test']}), checksum {release.checksum[:16]}…"
+            f"valid {counts['valid']}, test {counts['test']}), DRI policy {release.dri_policy}, "
+            f"checksum {release.checksum[:16]}…"
         )
 
     def _queue(self, name: str, *args: Any, **kwargs: Any) -> Release:
