@@ -101,10 +101,15 @@ def bleu(statistics: Sequence[Sequence[int]], n: int) -> Statistic:
     return lambda weights: m.bleu_from_statistics(weights @ table, n)
 
 
-def distinct(texts: Sequence[str], n: int) -> Statistic:
+def distinct(
+    texts: Sequence[str],
+    n: int,
+    ngrams: Callable[[str, int], list[tuple[str, ...]]] = m.ngrams,
+) -> Statistic:
     """Distinct-n of the drawn replies: a reply drawn twice adds its n-grams to the count of
-    all n-grams twice, and no new distinct one."""
-    grams = [m.ngrams(text, n) for text in texts]
+    all n-grams twice, and no new distinct one. `ngrams` tokenizes (m.esconv_ngrams for the
+    ESConv convention)."""
+    grams = [ngrams(text, n) for text in texts]
     totals = np.array([len(g) for g in grams], float)
     holders: dict[tuple[str, ...], list[int]] = {}
     for reply, found in enumerate(grams):

@@ -401,7 +401,8 @@ def fit(
     if valid:
         report(Progress(step, total, final_loss, tokens_per_s, 0.0, step / per_epoch, "Validating"))
         valid_loss = mean_loss(model, valid, config.batch_size, pad_id, device)
-    resolved = resolved | {"valid_loss": valid_loss}
+    # tokens_seen: real (non-padding) tokens of the chats trained on in this session.
+    resolved = resolved | {"valid_loss": valid_loss, "tokens_seen": tokens_seen}
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
     _write_json(adapter_dir / "training_config.json", resolved)
