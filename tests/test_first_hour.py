@@ -81,7 +81,7 @@ def hour(tmp_path, redis_url, page, tiny_base):
         }
         studio = Studio(
             tmp_path / "var",
-            f"{base}/13",  # a Redis database of its own: no other test's worker takes its tasks
+            f"{base}/12",  # a Redis database of its own: no other test's worker takes its tasks
             EXTES_DEMO_PASSWORD=PASSWORD,
             **({} if REAL else fakes),
         )
