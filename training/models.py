@@ -258,14 +258,31 @@ class TrainingJob(models.Model):
         return sorted(set(ids) | set(queued.values_list("pk", flat=True)))
 
     def without_dri_twin(self) -> TrainingJob | None:
-        """For an SFT + DRI job: the latest finished SFT-only job on the same release."""
-        if self.variant != self.Variant.SFT_DRI:
+        """For an SFT + DRI job: the latest finished SFT-only job on the same release trained with
+        the same settings (base, seed, hyperparameters); any other would not be a fair match."""
+        return next((job for job in self._sft_jobs() if self.same_settings(job)), None)
+
+    def unmatched_sft_job(self) -> TrainingJob | None:
+        """For an SFT + DRI job without a twin: the latest finished SFT-only job on the release,
+        trained with other settings (the page says why it is not compared)."""
+        if self.without_dri_twin() is not None:
             return None
-        return (
+        return next(iter(self._sft_jobs()), None)
+
+    def same_settings(self, other: TrainingJob) -> bool:
+        return (self.base_model, self.seed, self.hyperparameters) == (
+            other.base_model,
+            other.seed,
+            other.hyperparameters,
+        )
+
+    def _sft_jobs(self) -> list[TrainingJob]:
+        if self.variant != self.Variant.SFT_DRI:
+            return []
+        return list(
             TrainingJob.objects.filter(
                 release_id=self.release_id, variant=self.Variant.SFT, status=self.Status.DONE
             )
             .exclude(metrics={})
-            .order_by("-finished_at")
-            .first()
+            .order_by("-finished_at")[:50]
         )

@@ -79,6 +79,13 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
     twin = job.without_dri_twin()
     evaluation, notes = evaluation_rows(job, twin)
+    other = job.unmatched_sft_job() if job.metrics else None
+    if other is not None:
+        notes.append(
+            f"The SFT-only job #{other.pk} on this release was trained with other settings "
+            "(base model, seed or hyperparameters), so it is not compared with this one: train "
+            "an SFT job with the same settings to see what DRI changed."
+        )
     done = job.status == TrainingJob.Status.DONE
     valid_loss, no_valid_loss = _valid_loss(job)
     context = {
