@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_training_completion_loss import DRI  # the prompt-completion examples
+from tests.test_training_completion_loss import release  # noqa: F401  (sft/ and sft_dri/)
 from tests.test_training_sft import (  # noqa: F401  (fixtures)
     DIALOGUES,
     smollm2_folder,
     tiny_base,
     tokenizer,
-    write_jsonl,
 )
 from training import experiment
 from training import metrics as m
@@ -73,20 +72,8 @@ def test_an_empty_test_split_is_refused():
         experiment.summarise([], {"base": [run([])]})
 
 
-@pytest.fixture
-def release(tmp_path: Path) -> Path:
-    folder = tmp_path / "release"
-    write_jsonl(folder / "sft" / "train.jsonl", DIALOGUES)
-    write_jsonl(folder / "sft" / "valid.jsonl", DIALOGUES[:2])
-    write_jsonl(folder / "sft" / "test.jsonl", DIALOGUES[1:3])
-    write_jsonl(folder / "sft_dri" / "train.jsonl", DRI)
-    write_jsonl(folder / "sft_dri" / "valid.jsonl", DRI[:1])
-    write_jsonl(folder / "sft_dri" / "test.jsonl", DRI[1:])
-    return folder
-
-
 def test_the_command_trains_every_arm_to_the_same_budget_and_writes_its_report(
-    release: Path,
+    release: Path,  # noqa: F811
     tmp_path: Path,
     tiny_base: Path,  # noqa: F811
     capsys,
@@ -120,7 +107,7 @@ def test_the_command_trains_every_arm_to_the_same_budget_and_writes_its_report(
     assert "arm sft_dri bleu-1=" in capsys.readouterr().out
 
 
-def test_the_command_refuses_an_unknown_arm(release: Path, tmp_path: Path, capsys):
+def test_the_command_refuses_an_unknown_arm(release: Path, tmp_path: Path, capsys):  # noqa: F811
     argv = ["--data", str(release), "--out", str(tmp_path / "o"), "--arms", "base,teacher2"]
     assert experiment.main(argv) == 2
     assert "unknown arm" in capsys.readouterr().err

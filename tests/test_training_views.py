@@ -594,14 +594,14 @@ def test_the_student_without_dri_is_compared_only_when_trained_the_same_way(
     done = {"status": "done", "metrics": {"base": scores, "student": scores}}
     other = make_job(release, variant="sft", seed=7, samples=scored_rows(2, "ok", "ok"), **done)
     job = make_job(release, variant="sft_dri", samples=scored_rows(2, "ok", "fine"), **done)
-    assert job.without_dri_twin() is None and job.unmatched_sft_job() == other
+    assert job.sft_counterparts() == (None, other)
     client.force_login(superuser)
     html = client.get(job.get_absolute_url()).content.decode()
     assert "Student without DRI" not in html
     assert f"The SFT-only job #{other.pk} on this release was trained with other settings" in html
 
     twin = make_job(release, variant="sft", samples=scored_rows(2, "ok", "ok"), **done)
-    assert job.without_dri_twin() == twin and job.unmatched_sft_job() is None
+    assert job.sft_counterparts() == (twin, None)
     html = client.get(job.get_absolute_url()).content.decode()
     assert f'Student without DRI (<a href="{twin.get_absolute_url()}">#{twin.pk}</a>)' in html
     assert "trained with other settings" not in html

@@ -257,32 +257,26 @@ class TrainingJob(models.Model):
         queued = cls.objects.filter(status=cls.Status.QUEUED)
         return sorted(set(ids) | set(queued.values_list("pk", flat=True)))
 
-    def without_dri_twin(self) -> TrainingJob | None:
-        """For an SFT + DRI job: the latest finished SFT-only job on the same release trained with
-        the same settings (base, seed, hyperparameters); any other would not be a fair match."""
-        return next((job for job in self._sft_jobs() if self.same_settings(job)), None)
-
-    def unmatched_sft_job(self) -> TrainingJob | None:
-        """For an SFT + DRI job without a twin: the latest finished SFT-only job on the release,
-        trained with other settings (the page says why it is not compared)."""
-        if self.without_dri_twin() is not None:
-            return None
-        return next(iter(self._sft_jobs()), None)
+    def sft_counterparts(self) -> tuple[TrainingJob | None, TrainingJob | None]:
+        """For an SFT + DRI job, (twin, other): the latest finished SFT-only job on the same
+        release trained with the same settings (base, seed, hyperparameters), which the page
+        compares with; and, when there is none, the latest one trained otherwise, which the page
+        names to say why it compares with nothing. (None, None) for an SFT job."""
+        if self.variant != self.Variant.SFT_DRI:
+            return None, None
+        finished = list(
+            TrainingJob.objects.filter(
+                release_id=self.release_id, variant=self.Variant.SFT, status=self.Status.DONE
+            )
+            .exclude(metrics={})
+            .order_by("-finished_at")[:50]
+        )
+        twin = next((job for job in finished if self.same_settings(job)), None)
+        return twin, None if twin is not None else next(iter(finished), None)
 
     def same_settings(self, other: TrainingJob) -> bool:
         return (self.base_model, self.seed, self.hyperparameters) == (
             other.base_model,
             other.seed,
             other.hyperparameters,
-        )
-
-    def _sft_jobs(self) -> list[TrainingJob]:
-        if self.variant != self.Variant.SFT_DRI:
-            return []
-        return list(
-            TrainingJob.objects.filter(
-                release_id=self.release_id, variant=self.Variant.SFT, status=self.Status.DONE
-            )
-            .exclude(metrics={})
-            .order_by("-finished_at")[:50]
         )

@@ -77,10 +77,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @staff_required
 def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
-    twin = job.without_dri_twin()
+    twin, other = job.sft_counterparts()
     evaluation, notes = evaluation_rows(job, twin)
-    other = job.unmatched_sft_job() if job.metrics else None
-    if other is not None:
+    if other is not None and job.metrics:
         notes.append(
             f"The SFT-only job #{other.pk} on this release was trained with other settings "
             "(base model, seed or hyperparameters), so it is not compared with this one: train "

@@ -22,15 +22,24 @@ def _frame(height: int, title: str, body: list[str], legend: Sequence[tuple[str,
             f'<text x="{x + 14}" y="15" class="key">{escape(name)}</text>'
         )
         x += 24 + 7 * len(name)
+    return _svg("chart", WIDTH, height, title, keys + body, 'width="100%"')
+
+
+def _svg(kind: str, width: int, height: int, title: str, body: list[str], extra: str = "") -> str:
+    """An SVG document of class `kind` with an accessible `title`."""
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
-        f'viewBox="0 0 {WIDTH} {height}" width="100%" aria-label="{escape(title)}">'
-        f"<title>{escape(title)}</title>{''.join(keys)}{''.join(body)}</svg>"
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{kind}" role="img" '
+        f'viewBox="0 0 {width} {height}" {extra} aria-label="{escape(title)}">'
+        f"<title>{escape(title)}</title>{''.join(body)}</svg>"
     )
 
 
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 2] + "…"
+
+
 def _label(y: int, text: str) -> str:
-    short = text if len(text) <= 34 else text[:32] + "…"
+    short = _short(text, 34)
     return f'<text x="{LABEL - 6}" y="{y + 14}" text-anchor="end"><title>{escape(text)}</title>{escape(short)}</text>'
 
 
@@ -131,13 +140,12 @@ def heatmap(
     count as text; the same bytes for the same table."""
     size = len(labels)
     if size == 0:
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" role="img" viewBox="0 0 320 80" '
-            f'font-size="11" aria-label="{escape(title)}"><title>{escape(title)}</title>'
-            f'<text x="160" y="20" text-anchor="middle" font-weight="bold">{escape(title)}</text>'
-            f'<text x="160" y="50" text-anchor="middle" fill="#6b7280">no labelled pairs</text></svg>'
-        )
-    short = [name if len(name) <= 28 else name[:26] + "…" for name in labels]
+        empty = [
+            f'<text x="160" y="20" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+            '<text x="160" y="50" text-anchor="middle" fill="#6b7280">no labelled pairs</text>',
+        ]
+        return _svg("heatmap", 320, 80, title, empty, 'font-size="11"')
+    short = [_short(name, 28) for name in labels]
     reach = 6.2 * max(len(name) for name in short)  # about 6.2 px per character at 11 px
     left, top = int(reach) + 34, 34
     grid = CELL * size
@@ -187,8 +195,4 @@ def heatmap(
         f'<text x="{key_x + 18}" y="{top + 88}">0</text>',
         f'<text x="{key_x}" y="{top + 106}" fill="#6b7280">pairs of labels</text>',
     ]
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" role="img" '
-        f'viewBox="0 0 {width} {height}" font-size="11" aria-label="{escape(title)}">'
-        f"<title>{escape(title)}</title>{''.join(body)}</svg>"
-    )
+    return _svg("heatmap", width, height, title, body, 'font-size="11"')

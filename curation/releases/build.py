@@ -831,15 +831,15 @@ def dri_candidates(snap: dict[str, Any], policy: str) -> list[dict[str, Any]]:
     """
     if policy == Release.DriPolicy.ACCEPTABLE:
         return [c for c in snap["candidates"] if c["acceptable"]]
-    by_turn: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ranking in snap["rankings"]:
-        by_turn[ranking["turn_index"]].append(ranking)
     rejected = {(r["turn_index"], key) for r in snap["rankings"] for key in r["unacceptable"]}
     fine = [c for c in snap["candidates"] if (c["turn_index"], c["key"]) not in rejected]
     if policy == Release.DriPolicy.UNREJECTED:
         return fine
     if policy != Release.DriPolicy.BEST:
         raise ValueError(f"unknown DRI policy {policy!r}")
+    by_turn: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ranking in snap["rankings"]:
+        by_turn[ranking["turn_index"]].append(ranking)
     best: set[tuple[int, str]] = set()
     for index, rankings in by_turn.items():
         mean = mean_ranks(rankings)
