@@ -208,9 +208,15 @@ CELERY_TASK_ROUTES = {
     "training.*": {"queue": TRAINING_QUEUE},
 }
 TRAINING_DIR = DATA_DIR / "training"  # one run folder per training job: checkpoints, adapter
-# Replies scored per model when a job evaluates the base and the student on the test split.
-TRAINING_EVAL_LIMIT = envint("EXTES_EVAL_LIMIT", 20)
+# Replies scored per model when a job evaluates the base and the student on the test split:
+# "all" (every supporter turn, so that intervals are as narrow as the split allows) or a number.
+TRAINING_EVAL_LIMIT = (
+    None
+    if envstr("EXTES_EVAL_LIMIT", "all").strip().lower() == "all"
+    else envint("EXTES_EVAL_LIMIT", 0)
+)
 TRAINING_EVAL_MAX_NEW_TOKENS = envint("EXTES_EVAL_MAX_NEW_TOKENS", 64)
+TRAINING_EVAL_BATCH = envint("EXTES_EVAL_BATCH", 8)  # replies written together
 # The worker writes progress at most this often; a job silent for a lease is taken as abandoned.
 TRAINING_PROGRESS_SECONDS = float(envstr("EXTES_TRAINING_PROGRESS_SECONDS", "2"))
 TRAINING_LEASE_SECONDS = envint("EXTES_TRAINING_LEASE_SECONDS", 900)

@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from curation.models import Dialogue, Release, Scenario
 from generation.models import GenerationJob
-from training.models import TrainingJob
+from training.models import Experiment, TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,3 +191,30 @@ def test_the_admins_resume_action_with_the_queue_down_leaves_the_job_as_it_was(c
     assert response.status_code == 200 and UNREACHABLE in response.content
     job.refresh_from_db()
     assert (job.status, job.error) == ("failed", "killed")
+
+
+def test_the_experiment_form_says_the_queue_is_down_and_keeps_its_values(client, superuser):
+    release = Release.objects.create(
+        name="r-exp-down",
+        split={"train": 80, "valid": 10, "test": 10},
+        counts={"train": 8, "valid": 1, "test": 1},
+        status="ready",
+    )
+    client.force_login(superuser)
+    data = {
+        "token": "tok-exp-down",
+        "release": release.pk,
+        "arms": ["base", "sft"],
+        "seeds": 3,
+        "epochs": 1.0,
+        "decoding": "greedy",
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "decoding_seed": 0,
+        "max_new_tokens": 64,
+    }
+    response = post(client, reverse("training-experiment-new"), data)
+    assert response.status_code == 200
+    assert UNREACHABLE in response.content
+    assert b'name="seeds" value="3"' in response.content
+    assert not Experiment.objects.exists()

@@ -3,6 +3,7 @@ the whole command on the tiny model with every arm trained to the same budget.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_the_command_trains_every_arm_to_the_same_budget_and_writes_its_report(
         budget = report["arms"][arm]["budget"]
         assert [b["seed"] for b in budget] == [0, 1]
         assert all(b["steps"] == steps and b["tokens_seen"] > 0 for b in budget)
-    for found in report["arms"].values():
+    for found in report["arms"].values():  # its references are tagged: strategy accuracy too
         assert set(found["metrics"]) == set(experiment.METRICS)
         assert all(len(found["ci"][key]) == 2 for key in experiment.METRICS)
     assert set(report["arms"]["sft"]["versus"]) == {"base"}
@@ -102,7 +103,7 @@ def test_the_command_trains_every_arm_to_the_same_budget_and_writes_its_report(
 
     lines = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
     assert len(lines) == turns
-    assert {"id", "turn", "reference", "base", "sft", "sft_dri"} <= set(lines[0])
+    assert {"id", "turn", "context", "reference", "base", "sft", "sft_dri"} <= set(lines[0])
     assert "<table>" in (out / "report.html").read_text()
     assert "arm sft_dri bleu-1=" in capsys.readouterr().out
 
@@ -111,3 +112,83 @@ def test_the_command_refuses_an_unknown_arm(release: Path, tmp_path: Path, capsy
     argv = ["--data", str(release), "--out", str(tmp_path / "o"), "--arms", "base,teacher2"]
     assert experiment.main(argv) == 2
     assert "unknown arm" in capsys.readouterr().err
+
+
+def test_the_teacher_answers_the_same_turns_through_the_teacher_seam(
+    release: Path,  # noqa: F811
+    tmp_path: Path,
+    tiny_base: Path,  # noqa: F811
+):
+    from generation.teacher import HttpTeacher
+    from tests.fake_teacher import FakeTeacher
+
+    with FakeTeacher() as fake:
+        teacher = HttpTeacher(fake.url, "fake-teacher", api_key="sk-test")
+        report = experiment.run_experiment(
+            release, tmp_path / "out", arms=["base", "teacher"], base=str(tiny_base),
+            teacher=teacher, max_new_tokens=4, log=lambda line: None,
+        )  # fmt: skip
+        asked = [body["messages"] for body in fake.requests]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "replies.jsonl").read_text().splitlines()]
+    assert len(asked) == report["replies_scored"] == len(lines)
+    # Every request is a scored turn's context as the student sees it, greedy, capped.
+    contexts = [msgs[-1]["content"] for msgs in asked]
+    assert sorted(contexts) == sorted(line["context"][-1].split(": ", 1)[1] for line in lines)
+    assert all(body["temperature"] == 0 and body["max_tokens"] == 4 for body in fake.requests)
+    assert all(line["teacher"] and line["teacher"] != line["base"] for line in lines)
+    found = report["arms"]["teacher"]
+    assert found["metrics"]["perplexity"] is None and found["ci"]["perplexity"] == [None, None]
+    assert found["metrics"]["rouge-l"] > 0 and "perplexity" not in found["versus"]["base"]
+    assert report["teacher"] == {"backend": "http", "model": "fake-teacher"}
+
+
+def test_the_teacher_arm_needs_a_teacher(release: Path, tmp_path: Path, capsys):  # noqa: F811
+    argv = ["--data", str(release), "--out", str(tmp_path / "o"), "--arms", "base,teacher"]
+    assert experiment.main(argv) == 2
+    assert "--teacher-url" in capsys.readouterr().err
+
+
+def test_progress_walks_every_stage_and_a_stop_ends_the_run(
+    release: Path,  # noqa: F811
+    tmp_path: Path,
+    tiny_base: Path,  # noqa: F811
+):
+    seen: list[experiment.Progress] = []
+    experiment.run_experiment(
+        release, tmp_path / "a", arms=["base", "sft"], base=str(tiny_base), max_steps=2,
+        max_new_tokens=2, batch_size=2, on_progress=seen.append, log=lambda line: None,
+    )  # fmt: skip
+    labels = list(dict.fromkeys(p.label for p in seen))
+    assert labels == ["base: replies", "sft seed 0: training", "sft seed 0: replies"]
+    assert all(p.stages == 3 for p in seen)
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    replies = [p.done for p in seen if p.label == "base: replies" and p.total]
+    assert replies[0] == 0 and all(0 < b - a <= 2 for a, b in itertools.pairwise(replies))  # by 2s
+    assert replies[-1] == max(p.total for p in seen if p.label == "base: replies")
+
+    calls = []
+
+    def stop_after_training_starts() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(experiment.Stopped):
+        experiment.run_experiment(
+            release, tmp_path / "b", arms=["sft"], base=str(tiny_base), max_steps=50,
+            should_stop=stop_after_training_starts, log=lambda line: None,
+        )  # fmt: skip
+    assert not (tmp_path / "b" / "report.json").exists()
+
+
+def test_strategy_accuracy_is_scored_when_every_reference_is_tagged():
+    tagged = [f"[Question] {ref}" for ref in REFERENCES]
+    half = [f"[{'Question' if i % 2 else 'Affirmation'}] {r}" for i, r in enumerate(REFERENCES)]
+    summary = experiment.summarise(tagged, {"base": [run(half)], "sft": [run(tagged)]})
+    assert summary["base"]["metrics"]["strategy-accuracy"] == 50.0
+    assert summary["sft"]["metrics"]["strategy-accuracy"] == 100.0
+    assert summary["sft"]["metrics"]["rouge-l"] == pytest.approx(100.0)  # tags are not text
+    assert (
+        "strategy-accuracy"
+        not in experiment.summarise(REFERENCES, {"base": [run(REFERENCES)]})["base"]["metrics"]
+    )

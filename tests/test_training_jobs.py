@@ -87,8 +87,16 @@ def test_a_job_trains_scores_both_models_and_writes_its_card(release, tiny_base)
     for name in ("base", "student"):
         scored = job.metrics[name]
         assert scored["samples"] == 3
-        for key in ("bleu1", "bleu2", "bleu4", "rouge_l", "distinct1", "distinct2", "unigram_f1"):
-            assert 0.0 <= scored[key] <= 1.0, (name, key)
+        for key in (
+            "bleu-1",
+            "bleu-2",
+            "bleu-4",
+            "rouge-l",
+            "distinct-1",
+            "distinct-3",
+            "unigram-f1",
+        ):
+            assert 0.0 <= scored[key] <= 100.0, (name, key)
         assert scored["perplexity"] > 1
     # A random model is very unsure of the real replies; the adapter changed its guesses.
     assert job.metrics["student"]["perplexity"] != job.metrics["base"]["perplexity"]
@@ -100,7 +108,10 @@ def test_a_job_trains_scores_both_models_and_writes_its_card(release, tiny_base)
     assert "step 6/6" in job.log_tail and job.log_tail.rstrip().endswith("Done")
 
 
-def test_evaluation_reports_every_reply_on_the_row(release, tiny_base, monkeypatch):
+def test_evaluation_reports_every_batch_of_replies_on_the_row(
+    release, tiny_base, monkeypatch, settings
+):
+    settings.TRAINING_EVAL_BATCH = 2
     job = make_job(release, tiny_base, max_steps=2)
     report = jobs.Reporter.evaluation
     seen = []
@@ -112,19 +123,18 @@ def test_evaluation_reports_every_reply_on_the_row(release, tiny_base, monkeypat
 
     monkeypatch.setattr(jobs.Reporter, "evaluation", watched)
     jobs.run(job.pk, "training@test")
-    # Three test replies per model (TRAINING_EVAL_LIMIT), the base's then the student's.
+    # Three test replies per model (TRAINING_EVAL_LIMIT), the base's then the student's, written
+    # two at a time.
     assert [(name, done, written, total) for name, done, written, total, *_ in seen] == [
         ("base", 0, 0, 6),
-        ("base", 1, 1, 6),
         ("base", 2, 2, 6),
         ("base", 3, 3, 6),
         ("student", 0, 3, 6),
-        ("student", 1, 4, 6),
         ("student", 2, 5, 6),
         ("student", 3, 6, 6),
     ]
-    assert [percent for *_, percent, _ in seen] == [0, 17, 33, 50, 50, 67, 83, 100]
-    assert seen[5][-1] == "Evaluating the student: 1 of 3 replies"
+    assert [percent for *_, percent, _ in seen] == [0, 33, 50, 50, 83, 100]
+    assert seen[4][-1] == "Evaluating the student: 2 of 3 replies"
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.DONE
     scores = job.samples[0]["student_scores"]

@@ -70,9 +70,9 @@ def test_each_statistic_recomputes_its_metric_on_a_draw() -> None:
     refs = ["the cat sat on the mat", "how did that feel for you", "you did well today"]
     hyps = ["the cat is on the mat", "how did you feel", "well done"]
     once = np.ones((1, 3))  # every reply drawn once: the metric of the whole set
-    stats = m.bleu_statistics(hyps, refs)
-    for n in (1, 2, 4):
-        assert noise.bleu(stats, n)(once)[0] == pytest.approx(m.bleu(hyps, refs, n))
+    stats = noise.esconv_statistics(refs, hyps)
+    for key, value in m.esconv_scores(hyps, refs).items():
+        assert stats[key](once)[0] == pytest.approx(value), key
     for n in (1, 2):
         assert noise.distinct(hyps, n)(once)[0] == pytest.approx(m.distinct_n(hyps, n))
     assert noise.mean(m.rouge_l_scores(hyps, refs))(once)[0] == pytest.approx(m.rouge_l(hyps, refs))
@@ -80,8 +80,8 @@ def test_each_statistic_recomputes_its_metric_on_a_draw() -> None:
 
     # Drawn twice, the first reply counts twice in BLEU's sums and adds no new distinct word.
     twice = np.array([[2.0, 1.0, 0.0]])
-    assert noise.bleu(stats, 1)(twice)[0] == pytest.approx(
-        m.bleu([hyps[0], hyps[0], hyps[1]], [refs[0], refs[0], refs[1]], 1)
+    assert stats["bleu-1"](twice)[0] == pytest.approx(
+        m.esconv_scores([hyps[0], hyps[0], hyps[1]], [refs[0], refs[0], refs[1]])["bleu-1"]
     )
     assert noise.distinct(hyps, 1)(twice)[0] == pytest.approx(
         m.distinct_n([hyps[0], hyps[0], hyps[1]], 1)
@@ -105,8 +105,10 @@ def test_stored_samples_are_compared_pair_by_pair_from_the_minimum() -> None:
     assert (few.replies, few.intervals, few.enough) == (29, {}, False)
     many = rows(30, "[Question] How did that feel, {k}?")
     enough = noise.compare_samples(many, "base", many, "student")
-    assert enough.enough and enough.direction("strategy_accuracy") == 1
-    assert enough.direction("distinct2") == 1  # the base says "ok" thirty times
-    assert "bleu1" not in enough.intervals  # no per-reply BLEU counts stored with these rows
+    assert enough.enough and enough.direction("strategy-accuracy") == 1
+    assert enough.direction("distinct-2") == 1  # the base says "ok" thirty times
+    # Without stored per-reply scores (rows from before the ESConv convention) they are
+    # computed from the texts.
+    assert enough.direction("bleu-1") == 1 and enough.direction("perplexity") == 0
     other = [row | {"id": f"x{k}"} for k, row in enumerate(many)]
     assert noise.compare_samples(many, "base", other, "student").replies == 0

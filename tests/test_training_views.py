@@ -391,12 +391,12 @@ def test_an_evaluating_job_counts_replies_on_its_bar(client, watcher, release):
 
 
 def test_few_replies_show_the_numbers_without_colours(client, superuser, release, settings):
-    scores = {"bleu1": 0.1, "rouge_l": 0.12, "perplexity": 40.0, "samples": 2}
+    scores = {"bleu-1": 10.0, "rouge-l": 12.0, "perplexity": 40.0, "samples": 2}
     twin = make_job(
         release,
         variant="sft",
         status="done",
-        metrics={"base": scores, "student": scores | {"bleu1": 0.15}},
+        metrics={"base": scores, "student": scores | {"bleu-1": 15.0}},
         samples=scored_rows(2, "ok", "fine"),
     )
     adapter = Path(settings.TRAINING_DIR) / "job-x" / "adapter"
@@ -415,7 +415,7 @@ def test_few_replies_show_the_numbers_without_colours(client, superuser, release
         model_card=str(adapter / "README.md"),
         metrics={
             "base": scores,
-            "student": {"bleu1": 0.2, "rouge_l": 0.1, "perplexity": 20.0, "samples": 2},
+            "student": {"bleu-1": 20.0, "rouge-l": 10.0, "perplexity": 20.0, "samples": 2},
         },
         samples=samples,
     )
@@ -423,12 +423,16 @@ def test_few_replies_show_the_numbers_without_colours(client, superuser, release
     html = client.get(job.get_absolute_url()).content.decode()
     assert "hx-trigger" not in html  # finished: no more polling
     assert f'Student without DRI (<a href="{twin.get_absolute_url()}">#{twin.pk}</a>)' in html
+    # Two replies: differences without intervals, and no colours.
     assert (
-        "<th>BLEU-1</th>\n        <td>0.1000</td><td>0.2000</td><td>0.1500</td><td>+0.0500</td>"
-        in html
+        "<th>BLEU-1</th>\n        <td>10.00</td><td>20.00</td><td>+10.00</td><td>15.00</td>"
+        "<td>+5.00</td>" in html
     )
     assert "Perplexity (lower is better)" in html
-    assert "<th>Replies scored</th>\n        <td>2</td><td>2</td><td>2</td><td>-</td>" in html
+    assert (
+        "<th>Replies scored</th>\n        <td>2</td><td>2</td><td>-</td><td>2</td><td>-</td>"
+        in html
+    )
     assert 'class="better"' not in html and 'class="worse"' not in html
     assert (
         "Differences are not coloured: 2 replies scored, at least 30 are needed to tell a "
@@ -445,8 +449,8 @@ def test_few_replies_show_the_numbers_without_colours(client, superuser, release
 def test_many_replies_colour_the_differences_beyond_noise(client, superuser, release):
     # The student writes the references themselves, the base and the student without DRI "ok";
     # the written replies are as likely under every model (same NLL): perplexity is a tie.
-    scores = {"bleu1": 0.0, "rouge_l": 0.0, "perplexity": 20.09, "samples": 40}
-    best = {"bleu1": 1.0, "rouge_l": 1.0, "perplexity": 20.09, "samples": 40}
+    scores = {"bleu-1": 0.0, "rouge-l": 0.0, "perplexity": 20.09, "samples": 40}
+    best = {"bleu-1": 100.0, "rouge-l": 100.0, "perplexity": 20.09, "samples": 40}
     twin = make_job(
         release,
         variant="sft",
@@ -463,16 +467,17 @@ def test_many_replies_colour_the_differences_beyond_noise(client, superuser, rel
     )
     client.force_login(superuser)
     html = client.get(job.get_absolute_url()).content.decode()
+    # The student writes every reference: +100 with an interval of one point, beyond noise.
     assert (
-        '<th>BLEU-1</th>\n        <td>0.0000</td><td class="better">1.0000</td><td>0.0000</td>'
-        '<td class="better">+1.0000</td>' in html
+        '<th>BLEU-1</th>\n        <td>0.00</td><td class="better">100.00</td>'
+        '<td class="better">+100.00 [100.00, 100.00]</td><td>0.00</td>'
+        '<td class="better">+100.00 [100.00, 100.00]</td>' in html
     )
-    assert '<td class="better">1.0000</td><td>0.0000</td><td class="better">+1.0000</td>' in html
     assert (
-        "<th>Perplexity (lower is better)</th>\n        <td>20.0900</td><td>20.0900</td>"
-        "<td>20.0900</td><td>+0.0000</td>" in html
+        "<th>Perplexity (lower is better)</th>\n        <td>20.09</td><td>20.09</td>"
+        "<td>+0.00 [0.00, 0.00]</td><td>20.09</td><td>+0.00 [0.00, 0.00]</td>" in html
     )
-    assert f"#{twin.pk}</a>)</th><th>Difference with DRI</th>" in html
+    assert f"#{twin.pk}</a>)</th><th>Difference with DRI [95% interval]</th>" in html
     assert "not coloured" not in html
     assert "paired bootstrap (1000 resamples of the 40 replies) excludes 0" in html
 
@@ -482,8 +487,8 @@ def test_many_replies_colour_the_differences_beyond_noise(client, superuser, rel
         metrics={"base": best, "student": scores | {"perplexity": 403.4}},
     )
     html = client.get(job.get_absolute_url()).content.decode()
-    assert '<th>BLEU-1</th>\n        <td>1.0000</td><td class="worse">0.0000</td>' in html
-    assert '<td class="worse">403.4000</td>' in html  # perplexity went up: worse
+    assert '<th>BLEU-1</th>\n        <td>100.00</td><td class="worse">0.00</td>' in html
+    assert '<td class="worse">403.40</td>' in html  # perplexity went up: worse
 
 
 def test_a_job_on_a_release_without_test_split_says_it_was_not_evaluated(

@@ -1,6 +1,7 @@
 """Training in the admin: the Release admin gets "Train a student on this release", which leads to
 a form (admin/training/trainingjob/new/); training jobs are listed with their progress and can be
-cancelled or resumed. A job's live page is training/jobs/<id>/ (training/views.py)."""
+cancelled or resumed. A job's live page is training/jobs/<id>/ (training/views.py). Experiments
+are listed read-only; they are started and watched at training/experiments/."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from curation import admin as curation_admin
 from curation.models import Release
 from training import jobs
 from training.forms import TrainForm, cannot_evaluate, cannot_train
-from training.models import TrainingJob
+from training.models import Experiment, TrainingJob
 from training.tasks import run_job
 
 
@@ -169,6 +170,34 @@ class TrainingJobAdmin(admin.ModelAdmin):
             f" ({skipped} not failed, cancelled or abandoned: left as they were)" if skipped else ""
         )
         self.message_user(request, f"Queued {len(resumed)} job(s) again{note}.")
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ["id", "release", "arms", "seeds", "status", "progress", "created_at", "page"]
+    list_filter = ["status", "release"]
+    search_fields = ["release__name", "base_model", "error"]
+    list_select_related = ["release", "created_by"]
+    actions = ["cancel_experiments"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in Experiment._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the studio's form starts them: training/experiments/new/
+
+    @admin.display(description="progress")
+    def progress(self, experiment: Experiment) -> str:
+        return f"{experiment.progress_label} ({experiment.percent}%)"
+
+    @admin.display(description="page")
+    def page(self, experiment: Experiment) -> str:
+        return format_html('<a href="{}">open</a>', experiment.get_absolute_url())
+
+    @admin.action(description="Cancel the selected experiments", permissions=["change"])
+    def cancel_experiments(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        cancelled = sum(experiment.request_cancel() for experiment in queryset)
+        self.message_user(request, f"Cancel asked of {cancelled} experiment(s).")
 
 
 def _release_of(form: TrainForm) -> Release | None:

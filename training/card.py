@@ -6,18 +6,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Shown in this order when present; other metrics follow.
+# Shown in this order when present; other metrics follow. ESConv's convention, 0-100 (see
+# training.metrics); the last block names the keys of evaluations stored before it.
 METRIC_NAMES = {
-    "bleu1": "BLEU-1",
-    "bleu2": "BLEU-2",
-    "bleu4": "BLEU-4",
-    "rouge_l": "ROUGE-L (F1)",
-    "distinct1": "Distinct-1",
-    "distinct2": "Distinct-2",
-    "unigram_f1": "Unigram F1",
+    "bleu-1": "BLEU-1",
+    "bleu-2": "BLEU-2",
+    "bleu-3": "BLEU-3",
+    "bleu-4": "BLEU-4",
+    "rouge-l": "ROUGE-L",
+    "distinct-1": "Distinct-1",
+    "distinct-2": "Distinct-2",
+    "distinct-3": "Distinct-3",
+    "unigram-f1": "Unigram F1",
+    "length": "Tokens per reply",
     "perplexity": "Perplexity",
-    "strategy_accuracy": "Strategy accuracy",
+    "strategy-accuracy": "Strategy accuracy (%)",
     "samples": "Replies scored",
+    "bleu1": "BLEU-1 (sacreBLEU, 0-1)",
+    "bleu2": "BLEU-2 (sacreBLEU, 0-1)",
+    "bleu4": "BLEU-4 (sacreBLEU, 0-1)",
+    "rouge_l": "ROUGE-L (F1, 0-1)",
+    "distinct1": "Distinct-1 (0-1)",
+    "distinct2": "Distinct-2 (0-1)",
+    "unigram_f1": "Unigram F1 (0-1)",
+    "strategy_accuracy": "Strategy accuracy (0-1)",
     "reply_words": "Words per reply",
 }
 

@@ -4,9 +4,10 @@
     python -m training.evaluate --data var/releases/r1 --adapter var/runs/r1-sft/adapter \\
         --out var/eval/student --compare base=var/eval/base/metrics.json
 
-For every supporter turn of DIR/sft/test.jsonl (or DIR/test.jsonl), the model writes one greedy
-reply from the real context, which is scored against the reply in the file (BLEU-1/2/4,
-ROUGE-L, Distinct-1/2, unigram F1; training/metrics.py). Perplexity is that of the file's replies
+For every supporter turn of DIR/sft/test.jsonl (or DIR/test.jsonl), the model writes a reply from
+the real context (greedy unless told; in batches), which is scored against the reply in the file
+in the ESConv convention (BLEU-1..4, ROUGE-L, Distinct-1..3, unigram F1, length; 0-100;
+training/metrics.py). Perplexity is that of the file's replies
 under the model, by teacher forcing with the same mask as training. When the adapter was trained
 on tagged replies ("[Question] ..."), the share of replies that open with the right tag is
 reported too; tags are removed before the text metrics. --out gets metrics.json (metrics and
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from training import metrics as m
+from training import noise
 from training.common import HEAD_CHUNK, offline, resolve_base
 from training.data import IGNORE, collate, data_folder, encode_chat, read_examples, split_tag
 
-BATCH = 8  # dialogues scored together by teacher forcing (replies are generated one by one)
+BATCH = 8  # dialogues scored together by teacher forcing
+REPLY_BATCH = 8  # replies generated together (about twice as fast as one by one on 2 CPU cores)
 LOWER_IS_BETTER = {"perplexity"}
 
 
@@ -42,6 +45,42 @@ class Greedy:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How replies are written, as recorded in a report: greedy (the default) or sampling with
+    a seed. A batch's seed is `seed` plus the batch's index, so a run repeats exactly."""
+
+    kind: str = "greedy"  # "greedy" | "sampling"
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("greedy", "sampling"):
+            raise ValueError(f"decoding: greedy or sampling, not {self.kind!r}")
+        if self.kind == "sampling" and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError("sampling needs a temperature above 0 and top_p in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens: at least 1")
+
+    def settings(self, batch: int = 0) -> Greedy:
+        """The settings for the batch with this index."""
+        if self.kind == "greedy":
+            return Greedy(self.max_new_tokens)
+        return Greedy(self.max_new_tokens, self.temperature, self.top_p, self.seed + batch)
+
+    def as_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"kind": self.kind, "max_new_tokens": self.max_new_tokens}
+        if self.kind == "sampling":
+            found |= {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return found
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decoding:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -87,11 +126,17 @@ def evaluate(
     max_new_tokens: int = 64,
     out_dir: str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    decoding: Decoding | None = None,
+    batch_size: int = REPLY_BATCH,
+    should_stop: Callable[[], bool] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Generate and score; returns what metrics.json holds: {"model", "data", "metrics",
-    "samples"}. `on_progress(done, total)` is called before the first reply and after each."""
+    """Generate and score; returns what metrics.json holds: {"model", "data", "decoding",
+    "metrics", "samples"}. `decoding` overrides `max_new_tokens` (default greedy). Replies are
+    written `batch_size` at a time, and `on_progress(done, total)` is called before the first
+    and after each batch; `should_stop()` is asked between batches (then Stopped is raised)."""
     offline()
-    report = on_progress or (lambda done, total: None)
+    decoding = decoding or Decoding(max_new_tokens=max_new_tokens)
     path = _test_path(data_dir)
     examples = read_examples(path)
     samples = supporter_turns(examples, limit)
@@ -101,16 +146,12 @@ def evaluate(
     if adapter is not None and (Path(adapter) / "training_config.json").is_file():
         trained = json.loads((Path(adapter) / "training_config.json").read_text(encoding="utf-8"))
     base = resolve_base(base or trained.get("base"))
-    runner = _load(base, adapter)
+    runner = _load(base, adapter, device)
 
-    # One reply at a time: a batch of 8 writes them about twice as fast on a small CPU, but
-    # reports them only together, and a page that shows "0 of 20" for minutes looks stuck.
-    report(0, len(samples))
-    for done, sample in enumerate(samples, start=1):
-        [[result]] = runner.generate([sample.context], Greedy(max_new_tokens))
-        sample.reply = result.text
-        report(done, len(samples))
+    def write(contexts: list[list[dict[str, str]]], batch: int) -> list[str]:
+        return [r.text for [r] in runner.generate(contexts, decoding.settings(batch))]
 
+    write_replies(samples, write, batch_size, on_progress, should_stop)
     _reference_nll(runner, examples, samples)
     scored = score(samples, with_tags=bool(trained.get("strategy_tags")))
     scored["perplexity"] = m.perplexity(
@@ -119,6 +160,7 @@ def evaluate(
     result = {
         "model": {"base": base, "adapter": str(adapter) if adapter else None},
         "data": str(path),
+        "decoding": decoding.as_dict(),
         "metrics": scored,
         "samples": [
             _sample_record(s, examples, scores)
@@ -135,10 +177,44 @@ def evaluate(
     return result
 
 
-def _load(base: str, adapter: str | Path | None) -> Any:
+class Stopped(Exception):
+    """should_stop() said so between two batches of replies."""
+
+
+def write_replies(
+    samples: list[Sample],
+    write: Callable[[list[list[dict[str, str]]], int], list[str]],
+    batch_size: int = REPLY_BATCH,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    by_length: bool = True,
+) -> None:
+    """Set every sample's reply, `batch_size` contexts per call of `write(contexts, batch)`.
+
+    With `by_length`, contexts of similar length go together (less padding: the longest context
+    sets a batch's cost); the samples keep their order. Progress counts replies."""
+    report = on_progress or (lambda done, total: None)
+    order = list(range(len(samples)))
+    if by_length and batch_size > 1:
+        sizes = [sum(len(m["content"]) for m in s.context) for s in samples]
+        order.sort(key=lambda k: sizes[k])
+    report(0, len(samples))
+    done = 0
+    for batch, start in enumerate(range(0, len(order), max(1, batch_size))):
+        if should_stop is not None and should_stop():
+            raise Stopped
+        chunk = [samples[k] for k in order[start : start + max(1, batch_size)]]
+        replies = write([s.context for s in chunk], batch)
+        for sample, reply in zip(chunk, replies, strict=True):
+            sample.reply = reply
+        done += len(chunk)
+        report(done, len(samples))
+
+
+def _load(base: str, adapter: str | Path | None, device: str = "auto") -> Any:
     from generation.localmodel import LocalRunner
 
-    runner = LocalRunner(Path(base))
+    runner = LocalRunner(Path(base), device=None if device == "auto" else device)
     if adapter is not None:
         from peft import PeftModel
 
@@ -217,41 +293,26 @@ def _runs(keep: list[bool]) -> list[tuple[int, int]]:
 
 
 def reply_scores(samples: list[Sample]) -> list[dict[str, Any]]:
-    """What training.noise resamples, per reply: sacrebleu's BLEU counts, ROUGE-L, unigram F1,
-    and the reference's NLL and tokens (tags removed from the texts, as in `score`)."""
+    """What training.noise resamples, per reply: the ESConv-convention counts and scores
+    (noise.per_reply, tags removed as in `score`) and the reference's NLL and tokens."""
     refs = [split_tag(s.reference)[1] for s in samples]
     hyps = [split_tag(s.reply)[1] for s in samples]
     return [
-        {"bleu": counts, "rouge_l": rouge, "unigram_f1": f1, "nll": s.nll, "tokens": s.tokens}
-        for s, counts, rouge, f1 in zip(
-            samples,
-            m.bleu_statistics(hyps, refs),
-            m.rouge_l_scores(hyps, refs),
-            m.unigram_f1_scores(hyps, refs),
-            strict=True,
-        )
+        scores | {"nll": s.nll, "tokens": s.tokens}
+        for s, scores in zip(samples, noise.per_reply(refs, hyps), strict=True)
     ]
 
 
 def score(samples: list[Sample], with_tags: bool = False) -> dict[str, Any]:
-    """Text metrics of the replies against the references, tags removed from both; with_tags
-    adds the strategy accuracy of the replies' tags."""
+    """Metrics of the replies against the references in the ESConv convention (0-100; see
+    training.metrics), tags removed from both; with_tags adds the strategy accuracy of the
+    replies' tags (0-100)."""
     refs = [split_tag(s.reference)[1] for s in samples]
     hyps = [split_tag(s.reply)[1] for s in samples]
-    result: dict[str, Any] = {
-        "samples": len(samples),
-        "bleu1": m.bleu(hyps, refs, 1),
-        "bleu2": m.bleu(hyps, refs, 2),
-        "bleu4": m.bleu(hyps, refs, 4),
-        "rouge_l": m.rouge_l(hyps, refs),
-        "distinct1": m.distinct_n(hyps, 1),
-        "distinct2": m.distinct_n(hyps, 2),
-        "unigram_f1": m.unigram_f1(hyps, refs),
-        "reply_words": sum(len(m.words(h)) for h in hyps) / max(1, len(hyps)),
-    }
+    result: dict[str, Any] = {"samples": len(samples), **m.esconv_scores(hyps, refs)}
     gold = [split_tag(s.reference)[0] for s in samples]
     if with_tags and any(g is not None for g in gold):
-        result["strategy_accuracy"] = m.strategy_accuracy(
+        result["strategy-accuracy"] = 100 * m.strategy_accuracy(
             [split_tag(s.reply)[0] for s in samples], gold
         )
     return result

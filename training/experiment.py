@@ -3,18 +3,21 @@ same test turns, with 95% bootstrap intervals. Runs without Django.
 
     python -m training.experiment --data RELEASE_DIR --out OUT --arms base,sft,sft_dri
         [--seeds N] [--max-steps N | --epochs E] [--limit N] [--device auto|cpu|cuda]
-        [--base MODEL] [--max-new-tokens N]
+        [--base MODEL] [--max-new-tokens N] [--decoding greedy|sampling --temperature T
+        --top-p P --decoding-seed S] [--teacher-url URL --teacher-model NAME]
 
-Arms: `base` (the base model as it is), `sft` (LoRA on the release's whole dialogues), `sft_dri`
-(the same plus its DRI completions). Every trained arm starts from the same base with the same
+Arms: `base` (the base model as it is), `teacher` (an OpenAI-compatible teacher answering the
+same contexts through generation.teacher's seam; it has no perplexity), `sft` (LoRA on the
+release's whole dialogues), `sft_dri` (the same plus its DRI completions). Every trained arm starts from the same base with the same
 hyperparameters and seed, and gets the same number of optimizer steps: `--max-steps`, or the
 steps `--epochs` makes over the `sft` data (so `sft_dri` is not rewarded with more steps). The
 report gives each arm's steps and tokens seen.
 
-Every test supporter turn is scored unless `--limit` says otherwise, with greedy decoding.
+Every test supporter turn is scored unless `--limit` says otherwise, replies written in batches
+(greedy by default; sampling with a seed is recorded as such).
 Metrics follow the ESConv convention (training.metrics' esconv_* functions, 0-100): BLEU-1..4,
-ROUGE-L (beta 1.2), Distinct-1..3, unigram F1, mean reply length in tokens, and the perplexity of
-the references. Each metric's interval resamples test turns (1000 draws, fixed seed); with
+ROUGE-L (beta 1.2), Distinct-1..3, unigram F1, mean reply length in tokens, the perplexity of
+the references, and strategy accuracy when every reference is tagged ("[Question] ..."). Each metric's interval resamples test turns (1000 draws, fixed seed); with
 several seeds an arm's figure is the mean over its seeds, recomputed on every draw. Each arm is
 compared with `base` and `sft` by a paired bootstrap of the difference: its interval and a
 two-sided p-value (twice the share of draws on the other side of 0).
@@ -39,11 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from training import metrics as m
 from training import noise
-from training.data import read_examples, split_tag
+from training.data import read_examples
+from training.evaluate import Decoding, Stopped
 
-ARMS = ("base", "sft", "sft_dri")
+__all__ = ["ARMS", "Decoding", "Progress", "Run", "Stopped", "run_experiment", "summarise"]
+
+ARMS = ("base", "teacher", "sft", "sft_dri")
+DEFAULT_ARMS = ("base", "sft", "sft_dri")
 TRAINED = ("sft", "sft_dri")
 METRICS = (
     "bleu-1",
@@ -57,6 +63,7 @@ METRICS = (
     "unigram-f1",
     "length",
     "perplexity",
+    "strategy-accuracy",
 )
 LOWER_IS_BETTER = {"perplexity"}
 COMPARED_WITH = ("base", "sft")
@@ -68,30 +75,30 @@ class Run:
     NLL and token counts under it."""
 
     replies: list[str]
-    nll: list[float]
-    tokens: list[int]
+    nll: list[float] | None  # None: the arm has no likelihood (the teacher over HTTP)
+    tokens: list[int] | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an experiment is: stage `stage` of `stages` (each trained arm and seed trains, then
+    writes replies; base and teacher only write), `done` of `total` steps or replies in it."""
+
+    stage: int
+    stages: int
+    label: str
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        within = self.done / self.total if self.total else 0.0
+        return min(1.0, (self.stage + within) / max(1, self.stages))
 
 
 def statistics(references: Sequence[str], run: Run) -> dict[str, noise.Statistic]:
     """A statistic per metric: the metric of the drawn turns, for any draw (training.noise)."""
-    refs = [split_tag(r)[1] for r in references]
-    hyps = [split_tag(r)[1] for r in run.replies]
-    table = np.asarray(m.esconv_bleu_statistics(hyps, refs), float)
-
-    def bleu(n: int) -> noise.Statistic:
-        return lambda weights: np.asarray(m.esconv_bleu_from_statistics(weights @ table, n))
-
-    def scaled(statistic: noise.Statistic) -> noise.Statistic:
-        return lambda weights: 100 * statistic(weights)
-
-    found: dict[str, noise.Statistic] = {f"bleu-{n}": bleu(n) for n in (1, 2, 3, 4)}
-    found["rouge-l"] = noise.mean(m.esconv_rouge_l_scores(hyps, refs))
-    for n in (1, 2, 3):
-        found[f"distinct-{n}"] = scaled(noise.distinct(hyps, n, m.esconv_ngrams))
-    found["unigram-f1"] = noise.mean(m.esconv_unigram_f1_scores(hyps, refs))
-    found["length"] = noise.mean([float(x) for x in m.esconv_lengths(hyps)])
-    found["perplexity"] = noise.perplexity(run.nll, run.tokens)
-    return found
+    return noise.esconv_statistics(references, run.replies, nll=run.nll, tokens=run.tokens)
 
 
 def seeds_mean(per_seed: list[dict[str, noise.Statistic]]) -> dict[str, noise.Statistic]:
@@ -129,6 +136,7 @@ def summarise(
             other: {
                 key: _difference(float(found[key](whole)[0] - stats[other][key](whole)[0]), drawn[arm][key] - drawn[other][key])
                 for key in found
+                if key in stats[other]
             }
             for other in COMPARED_WITH
             if other in stats and other != arm
@@ -168,21 +176,38 @@ def matched_steps(data: Path, epochs: float, batch_size: int) -> int:
     return max(1, math.ceil(epochs * math.ceil(chats / batch_size)))
 
 
+def stages_of(arms: Sequence[str], seeds: int) -> list[tuple[str, int, str]]:
+    """(arm, seed, "training" | "replies") in the order they run."""
+    found: list[tuple[str, int, str]] = []
+    for arm in arms:
+        for seed in range(seeds if arm in TRAINED else 1):
+            if arm in TRAINED:
+                found.append((arm, seed, "training"))
+            found.append((arm, seed, "replies"))
+    return found
+
+
 def run_experiment(
     data: str | Path,
     out: str | Path,
-    arms: Sequence[str] = ARMS,
+    arms: Sequence[str] = DEFAULT_ARMS,
     seeds: int = 1,
     max_steps: int | None = None,
     epochs: float = 1.0,
     limit: int | None = None,
     device: str = "auto",
     base: str | None = None,
-    max_new_tokens: int = 64,
+    decoding: Decoding | None = None,
+    teacher: Any = None,
     log: Callable[[str], None] = print,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every arm on the same test turns; writes OUT/report.json, report.html
-    and replies.jsonl and returns the report."""
+    and replies.jsonl and returns the report. `teacher` (a generation.teacher Teacher) answers
+    for the `teacher` arm. `should_stop()` is asked between steps and batches: Stopped."""
     from training import evaluate as ev
     from training.sft import TrainConfig, train
 
@@ -192,67 +217,157 @@ def run_experiment(
         raise ValueError(f"unknown arm(s) {unknown or arms}: choose from {', '.join(ARMS)}")
     if not 1 <= seeds <= 5:
         raise ValueError("seeds: 1 to 5")
+    if "teacher" in arms and teacher is None:
+        raise ValueError("the teacher arm needs a teacher (--teacher-url and --teacher-model)")
+    if decoding is None:
+        decoding = Decoding(max_new_tokens=max_new_tokens or 64)
+    reply_batch = batch_size or ev.REPLY_BATCH
+    report_progress = on_progress or (lambda progress: None)
     out.mkdir(parents=True, exist_ok=True)
-    batch_size = TrainConfig.batch_size
-    steps = max_steps or matched_steps(data, epochs, batch_size)
-    runs: dict[str, list[Run]] = {}
+    train_batch = TrainConfig.batch_size
+    steps = max_steps or matched_steps(data, epochs, train_batch)
+    plan = stages_of(arms, seeds)
+    runs: dict[str, list[Run]] = {arm: [] for arm in arms}
     budgets: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
-    for arm in arms:
-        runs[arm] = []
-        for seed in range(seeds if arm in TRAINED else 1):
-            adapter = None
-            if arm in TRAINED:
-                log(f"{arm} seed {seed}: training {steps} steps")
-                trained = train(
-                    TrainConfig(
-                        data=str(data),
-                        out=str(out / f"{arm}-seed{seed}"),
-                        base=base,
-                        variant=arm,
-                        max_steps=steps,
-                        seed=seed,
-                        save_every=0,
-                        device=device,
-                    )
-                )
-                adapter = trained.adapter_dir
-                budgets.setdefault(arm, []).append(
-                    {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}
-                )  # fmt: skip
-            log(f"{arm}{f' seed {seed}' if adapter else ''}: evaluating")
+    adapter: Path | None = None
+    for stage, (arm, seed, kind) in enumerate(plan):
+        label = f"{arm} seed {seed}: {kind}" if arm in TRAINED else f"{arm}: {kind}"
+
+        def progress(done: int, total: int, stage: int = stage, label: str = label) -> None:
+            report_progress(Progress(stage, len(plan), label, done, total))
+
+        progress(0, steps if kind == "training" else 0)
+        if kind == "training":
+            log(f"{label}: {steps} steps")
+            trained = train(
+                TrainConfig(
+                    data=str(data),
+                    out=str(out / f"{arm}-seed{seed}"),
+                    base=base,
+                    variant=arm,
+                    max_steps=steps,
+                    seed=seed,
+                    save_every=0,
+                    device=device,
+                    no_validation=True,  # the test split is scored: no need for valid's loss
+                ),
+                on_progress=_steps(progress),
+                should_stop=should_stop,
+            )
+            if trained.stopped:
+                raise Stopped
+            adapter = trained.adapter_dir
+            budgets.setdefault(arm, []).append(
+                {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}
+            )  # fmt: skip
+            continue
+        log(label)
+        if arm == "teacher":
+            result = teacher_replies(
+                data, teacher, decoding, limit, reply_batch, progress, should_stop
+            )
+        else:
             result = ev.evaluate(
-                data, base, adapter=adapter, limit=limit, max_new_tokens=max_new_tokens
+                data,
+                base,
+                adapter=adapter if arm in TRAINED else None,
+                limit=limit,
+                decoding=decoding,
+                batch_size=reply_batch,
+                on_progress=progress,
+                should_stop=should_stop,
+                device=device,
             )
-            samples = samples or result["samples"]  # the same turns for every arm
-            runs[arm].append(
-                Run(
-                    replies=[s["reply"] for s in result["samples"]],
-                    nll=[float(s["scores"]["nll"] or 0.0) for s in result["samples"]],
-                    tokens=[int(s["scores"]["tokens"] or 0) for s in result["samples"]],
-                )
+        samples = samples or result["samples"]  # the same turns for every arm
+        scored = result["samples"]
+        runs[arm].append(
+            Run(
+                replies=[s["reply"] for s in scored],
+                nll=None if arm == "teacher" else [float(s["scores"]["nll"] or 0.0) for s in scored],
+                tokens=None if arm == "teacher" else [int(s["scores"]["tokens"] or 0) for s in scored],
             )
+        )  # fmt: skip
     references = [s["reference"] for s in samples]
     summary = summarise(references, runs)
     for arm in arms:
         summary[arm]["budget"] = budgets.get(arm, "not trained")
+        for key in summary[next(iter(summary))]["metrics"]:
+            summary[arm]["metrics"].setdefault(key, None)
+            summary[arm]["ci"].setdefault(key, [None, None])
     report = {
         "data": str(data),
         "base": base or "the local SmolLM2-135M-Instruct",
         "arms": summary,
         "replies_scored": len(references),
         "seeds": seeds,
-        "budget": {"steps": steps, "batch_size": batch_size, "epochs": None if max_steps else epochs},
-        "decoding": {"kind": "greedy", "max_new_tokens": max_new_tokens},
+        "budget": {"steps": steps, "batch_size": train_batch, "epochs": None if max_steps else epochs},
+        "decoding": decoding.as_dict(),
+        "teacher": {"backend": teacher.backend, "model": teacher.model} if "teacher" in arms else None,
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     with (out / "replies.jsonl").open("w", encoding="utf-8") as handle:
         for index, sample in enumerate(samples):
-            line = {"id": sample["id"], "turn": sample["turn"], "reference": sample["reference"]}
+            line = {
+                "id": sample["id"],
+                "turn": sample["turn"],
+                "context": sample["context"],
+                "reference": sample["reference"],
+            }
             line |= {arm: runs[arm][0].replies[index] for arm in arms}
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
     (out / "report.html").write_text(report_html(report), encoding="utf-8")
     return report
+
+
+def _steps(progress: Callable[[int, int], None]) -> Callable[[Any], None]:
+    """training.sft's progress as (step, total steps)."""
+    return lambda p: progress(p.step, p.total_steps)
+
+
+def teacher_replies(
+    data: Path,
+    teacher: Any,
+    decoding: Decoding,
+    limit: int | None,
+    batch_size: int,
+    on_progress: Callable[[int, int], None],
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """The teacher's reply to every scored context, `batch_size` calls at a time; in the shape
+    of training.evaluate's result (samples with id, turn, context, reference, reply)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from generation.teacher import Sampling
+    from training import evaluate as ev
+
+    path = ev._test_path(data)
+    examples = read_examples(path)
+    samples = ev.supporter_turns(examples, limit)
+    if not samples:
+        raise ValueError(f"{path} holds no test dialogues: there is nothing to evaluate on")
+
+    def write(contexts: list[list[dict[str, str]]], batch: int) -> list[str]:
+        settings = decoding.settings(batch)
+        sampling = Sampling(
+            settings.temperature, settings.top_p, settings.max_tokens, settings.seed
+        )
+        with ThreadPoolExecutor(max_workers=len(contexts)) as pool:
+            return [r.text.strip() for r in pool.map(lambda c: teacher.chat(c, sampling), contexts)]
+
+    ev.write_replies(samples, write, batch_size, on_progress, should_stop, by_length=False)
+    return {
+        "samples": [
+            {
+                "id": examples[s.example].get("id"),
+                "turn": s.turn,
+                "context": [f"{msg['role']}: {msg['content']}" for msg in s.context[-2:]],
+                "reference": s.reference,
+                "reply": s.reply,
+            }
+            for s in samples
+        ]
+    }
 
 
 def report_html(report: dict[str, Any]) -> str:
@@ -261,6 +376,8 @@ def report_html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(arm)}</th>" for arm in arms)
     rows = []
     for key in METRICS:
+        if all(key not in report["arms"][arm]["metrics"] for arm in arms):
+            continue
         cells = []
         for arm in arms:
             value = report["arms"][arm]["metrics"].get(key)
@@ -272,7 +389,8 @@ def report_html(report: dict[str, Any]) -> str:
         "<!doctype html><meta charset='utf-8'><title>Experiment</title>"
         f"<h1>Experiment on {html.escape(report['data'])}</h1>"
         f"<p>{report['replies_scored']} test turns, {report['seeds']} seed(s), "
-        f"{report['budget']['steps']} steps per trained arm; 95% bootstrap intervals.</p>"
+        f"{report['budget']['steps']} steps per trained arm; 95% bootstrap intervals. "
+        f"Decoding: {html.escape(json.dumps(report['decoding']))}.</p>"
         f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
     )
 
@@ -283,19 +401,37 @@ def _text(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     try:
+        decoding = Decoding(
+            kind=args.decoding,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.decoding_seed,
+            max_new_tokens=args.max_new_tokens,
+        )
+        teacher = None
+        if "teacher" in arms:
+            if not (args.teacher_url and args.teacher_model):
+                raise ValueError("the teacher arm needs --teacher-url and --teacher-model")
+            from generation.teacher import HttpTeacher
+
+            teacher = HttpTeacher(args.teacher_url, args.teacher_model)
         report = run_experiment(
             args.data,
             args.out,
-            arms=[a.strip() for a in args.arms.split(",") if a.strip()],
+            arms=arms,
             seeds=args.seeds,
             max_steps=args.max_steps,
             epochs=args.epochs,
             limit=args.limit,
             device=args.device,
             base=args.base,
-            max_new_tokens=args.max_new_tokens,
+            decoding=decoding,
+            teacher=teacher,
+            batch_size=args.batch_size,
             log=lambda line: print(line, file=sys.stderr, flush=True),
+            on_progress=_printer(),
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -306,11 +442,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _printer() -> Callable[[Progress], None]:
+    """Progress on stderr, a line per stage and at most one every 10 steps or replies."""
+    last: dict[str, int] = {}
+
+    def show(progress: Progress) -> None:
+        if not progress.total:
+            return
+        if progress.done - last.get(progress.label, -10) >= 10 or progress.done == progress.total:
+            last[progress.label] = progress.done
+            print(f"  {progress.label} {progress.done}/{progress.total} "
+                  f"({100 * progress.fraction:.0f}% of the experiment)", file=sys.stderr, flush=True)  # fmt: skip
+
+    return show
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.experiment", description=__doc__)
     parser.add_argument("--data", required=True, help="a release folder")
     parser.add_argument("--out", required=True, help="where report.json and the adapters go")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: base,sft,sft_dri")
+    parser.add_argument(
+        "--arms", default=",".join(DEFAULT_ARMS), help="comma-separated: base,teacher,sft,sft_dri"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per trained arm (1-5)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, help="optimizer steps of every trained arm")
@@ -319,6 +472,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--base", help="base model folder (default: the local SmolLM2)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="replies written together (default 8)")
+    parser.add_argument("--decoding", default="greedy", choices=["greedy", "sampling"])
+    parser.add_argument("--temperature", type=float, default=0.7, help="with --decoding sampling")
+    parser.add_argument("--top-p", type=float, default=0.9, help="with --decoding sampling")
+    parser.add_argument("--decoding-seed", type=int, default=0, help="with --decoding sampling")
+    parser.add_argument("--teacher-url", help="the teacher arm's OpenAI-compatible /v1 URL")
+    parser.add_argument("--teacher-model", help="the teacher arm's model name")
     return parser
 
 

@@ -7,10 +7,12 @@ from django import forms
 
 from curation.models import Release
 from training import jobs
+from training.experiment import ARMS, TRAINED, Decoding
 from training.models import TrainingJob
 from training.sft import TrainConfig
 
 DEFAULTS = TrainConfig()
+DECODING = Decoding()
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
@@ -168,3 +170,161 @@ def cannot_evaluate(release: Release) -> str | None:
         "could be trained but not evaluated. Cut a release with a test share, or tick "
         "'Train without evaluation'."
     )
+
+
+ARM_CHOICES = [
+    ("base", "base: the base model as it is"),
+    ("teacher", "teacher: the configured teacher answers the same contexts"),
+    ("sft", "sft: LoRA on the release's whole dialogues"),
+    ("sft_dri", "sft_dri: the same plus the release's DRI replies"),
+]
+
+
+class ReleaseChoice(forms.ModelChoiceField):
+    """Every release, a release not ready marked so: the form says why it cannot be used."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        if obj.status == Release.Status.READY:
+            return str(obj.name)
+        return f"{obj.name} ({obj.get_status_display().lower()})"
+
+
+class ExperimentForm(forms.Form):
+    token = forms.CharField(widget=forms.HiddenInput)
+    release = ReleaseChoice(queryset=Release.objects.order_by("-id"), empty_label=None)
+    arms = forms.MultipleChoiceField(
+        choices=ARM_CHOICES,
+        initial=["base", "sft", "sft_dri"],
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Pick at least one arm."},
+        help_text="Every arm answers the same test turns; trained arms start from the same base "
+        "with the same hyperparameters and get the same optimizer steps.",
+    )
+    seeds = forms.IntegerField(
+        initial=1,
+        min_value=1,
+        max_value=5,
+        help_text="Seeds per trained arm (1 to 5); an arm's figures are the mean over its seeds.",
+    )
+    max_steps = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        label="Max steps",
+        help_text="The optimizer steps of every trained arm. Empty: the steps the epochs make "
+        "over the sft chats.",
+    )
+    epochs = forms.FloatField(
+        initial=1.0,
+        min_value=0.01,
+        max_value=100,
+        help_text="Passes over the sft chats, when max steps is empty.",
+    )
+    limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        label="Test turns",
+        help_text="Score only the first N supporter turns of the test split. Empty: all of them.",
+    )
+    base_model = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
+        label="Base model",
+        help_text="A model folder on the worker, or a name in its offline cache. "
+        "Empty: the local SmolLM2-135M-Instruct.",
+    )
+    decoding = forms.ChoiceField(
+        choices=[("greedy", "Greedy"), ("sampling", "Sampling")],
+        initial="greedy",
+        widget=forms.RadioSelect,
+        help_text="Greedy writes the same replies every run; sampling uses the seed below.",
+    )
+    temperature = forms.FloatField(
+        initial=DECODING.temperature, min_value=0.01, max_value=2, help_text="Sampling only."
+    )
+    top_p = forms.FloatField(
+        initial=DECODING.top_p,
+        min_value=0.01,
+        max_value=1,
+        label="Top p",
+        help_text="Sampling only.",
+    )
+    decoding_seed = forms.IntegerField(
+        initial=DECODING.seed, min_value=0, max_value=2**31 - 1, label="Sampling seed"
+    )
+    max_new_tokens = forms.IntegerField(
+        initial=DECODING.max_new_tokens, min_value=1, max_value=2048, label="Max new tokens"
+    )
+
+    RUN = ("arms", "seeds", "max_steps", "epochs", "limit", "base_model")
+    DECODING_FIELDS = ("decoding", "temperature", "top_p", "decoding_seed", "max_new_tokens")
+
+    def clean_base_model(self) -> str:
+        value = str(self.cleaned_data.get("base_model") or "").strip()
+        problem = jobs.check_base(value)
+        if problem:
+            raise forms.ValidationError(problem)
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        release, arms = data.get("release"), data.get("arms")
+        if release is None or not arms:
+            return data
+        problem = cannot_experiment(release, arms)
+        if problem:
+            raise forms.ValidationError(problem)
+        return data
+
+    def decoding_settings(self) -> Decoding:
+        data = self.cleaned_data
+        if data["decoding"] == "greedy":
+            return Decoding(max_new_tokens=data["max_new_tokens"])
+        return Decoding(
+            kind="sampling",
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            seed=data["decoding_seed"],
+            max_new_tokens=data["max_new_tokens"],
+        )
+
+    def arms_in_order(self) -> list[str]:
+        return [arm for arm in ARMS if arm in self.cleaned_data["arms"]]
+
+    def fields_of(self, names: tuple[str, ...]) -> list[forms.BoundField]:
+        return [self[name] for name in names]
+
+
+def cannot_experiment(release: Release, arms: list[str]) -> str | None:
+    """Why an experiment with `arms` cannot run on `release`, or None when it can."""
+    if release.status != Release.Status.READY:
+        return (
+            f"Release {release.name} is {release.get_status_display().lower()}: an experiment "
+            "runs on a ready release only."
+        )
+    if not release.counts.get("test"):
+        return (
+            f"Release {release.name} has no test dialogues (split {_split(release)}): every arm "
+            "is scored on the test split. Cut a release with a test share."
+        )
+    if any(arm in TRAINED for arm in arms) and (problem := cannot_train(release)):
+        return problem
+    if "sft_dri" in arms and not dri_train_examples(release):
+        return (
+            f"Release {release.name} has no DRI examples in its training split (DRI policy: "
+            f"{release.dri_policy}): sft_dri would train on the same chats as sft. Rank DRI "
+            "replies and cut a new release, or leave sft_dri out."
+        )
+    return None
+
+
+def dri_train_examples(release: Release) -> int:
+    """The examples sft_dri/train.jsonl holds (or will hold) beside sft/: counted from the
+    frozen snapshots with the release writer's own rule."""
+    from curation.releases.build import dri_candidates
+
+    snapshots = release.items.filter(split="train").values_list("snapshot", flat=True)
+    return sum(len(dri_candidates(snap, release.dri_policy)) for snap in snapshots.iterator())

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from curation.models import Release
 from curation.releases.build import ensure_files
-from training.models import LOG_LINES, TrainingJob
+from training.models import LOG_LINES, Experiment, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -246,13 +246,7 @@ class Reporter:
         )
 
     def should_stop(self) -> bool:
-        from celery.worker import state
-
-        # Celery sets these on a warm or cold shutdown; 0 (EX_OK) counts, None and False do not.
-        if any(
-            flag is not None and flag is not False
-            for flag in (state.should_stop, state.should_terminate)
-        ):
+        if worker_stopping():
             self.reason = "shutdown"
             return True
         mine = TrainingJob.objects.filter(
@@ -266,6 +260,17 @@ class Reporter:
         else:
             return False
         return True
+
+
+def worker_stopping() -> bool:
+    """Whether this Celery worker is shutting down (warm or cold)."""
+    from celery.worker import state
+
+    # Celery sets these on a warm or cold shutdown; 0 (EX_OK) counts, None and False do not.
+    return any(
+        flag is not None and flag is not False
+        for flag in (state.should_stop, state.should_terminate)
+    )
 
 
 # ---- the job ----------------------------------------------------------------------------------
@@ -292,7 +297,7 @@ def run(job_id: int, worker: str) -> None:
 
 
 @contextlib.contextmanager
-def heartbeat(job: TrainingJob) -> Iterator[None]:
+def heartbeat(job: TrainingJob | Experiment) -> Iterator[None]:
     """While the block runs, tell the row every tenth of a lease that this worker is alive: some
     phases (loading, validation, a long generation batch) report no progress for minutes, and a
     job silent for a whole lease is taken for abandoned."""
@@ -403,7 +408,7 @@ def _evaluate(
 
     out = run_dir(job) / "eval" / name
     limit, max_new_tokens = settings.TRAINING_EVAL_LIMIT, settings.TRAINING_EVAL_MAX_NEW_TOKENS
-    stamp = {"limit": limit, "max_new_tokens": max_new_tokens, "base": base}
+    stamp = {"limit": limit, "max_new_tokens": max_new_tokens, "base": base, "metrics": "esconv"}
     kept = out / "settings.json"
     if (
         (out / "metrics.json").is_file()
@@ -412,7 +417,9 @@ def _evaluate(
     ):
         reporter.log(f"Scores of the {name} kept from an earlier attempt")
         return dict(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
-    reporter.log(f"Evaluating the {name} on up to {limit} test replies")
+    reporter.log(
+        f"Evaluating the {name} on {'every test reply' if limit is None else f'up to {limit} test replies'}"
+    )
     result = evaluate(
         data,
         base=base,
@@ -421,6 +428,7 @@ def _evaluate(
         max_new_tokens=max_new_tokens,
         out_dir=out,
         on_progress=lambda done, total: reporter.evaluation(name, done, total),
+        batch_size=settings.TRAINING_EVAL_BATCH,
     )
     (out / "settings.json").write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return result

@@ -280,3 +280,183 @@ class TrainingJob(models.Model):
             other.seed,
             other.hyperparameters,
         )
+
+
+class Experiment(models.Model):
+    """The ablation on one release (training.experiment): the chosen arms trained and scored on
+    the same test turns, with 95% intervals and paired comparisons.
+
+    The same lifecycle as a training job: a worker claims the row (queued -> running) with a
+    conditional UPDATE, beats while it works and ends it with `finish`; a killed worker's
+    experiment is queued again when a training worker starts. No checkpoint is kept: an
+    experiment that runs again starts from the beginning.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
+    ACTIVE = (Status.RUNNING,)
+
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="experiments")
+    arms = models.JSONField(default=list)  # names from training.experiment.ARMS, in run order
+    seeds = models.PositiveSmallIntegerField(default=1)
+    # The budget of every trained arm: max_steps when set, else the steps `epochs` make.
+    max_steps = models.PositiveIntegerField(null=True, blank=True)
+    epochs = models.FloatField(null=True, blank=True, default=1.0)
+    limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="test turns scored; empty: all of them"
+    )
+    base_model = models.CharField(max_length=500, blank=True)
+    decoding = models.JSONField(default=dict)  # training.experiment.Decoding.as_dict()
+    # The teacher as its worker configured it (generation.teacher.TeacherConfig): never a key.
+    teacher = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Progress (training.experiment.Progress), written by the worker at most every few seconds.
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    stage = models.PositiveIntegerField(default=0)  # 0-based
+    stages = models.PositiveIntegerField(default=0)
+    label = models.CharField(max_length=200, blank=True)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    fraction = models.FloatField(default=0.0)  # of the whole experiment, as the engine says
+    updated_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    log_tail = models.TextField(blank=True)
+
+    # What the run left behind (its files are in training.experiments.run_dir).
+    report = models.JSONField(default=dict, blank=True)
+    samples = models.JSONField(default=list, blank=True)  # the first lines of replies.jsonl
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status"], name="experiment_status")]
+
+    def __str__(self) -> str:
+        return f"Experiment #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training-experiment-detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return max(0, min(100, round(100 * self.fraction)))
+
+    @property
+    def progress_label(self) -> str:
+        """Where it is, e.g. "sft seed 0: training 12/40 (stage 2 of 5)"."""
+        if not self.stages:
+            return self.label
+        counted = f" {self.done}/{self.total}" if self.total else ""
+        return f"{self.label}{counted} (stage {self.stage + 1} of {self.stages})"
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but its worker has not reported for a whole lease: it probably died."""
+        if self.status not in self.ACTIVE or self.heartbeat_at is None:
+            return False
+        lease = timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        return timezone.now() - self.heartbeat_at > lease
+
+    def claim(self, worker: str) -> bool:
+        """queued -> running for `worker`, once, from the beginning; False when it is not
+        queued (any more)."""
+        now = timezone.now()
+        updated = Experiment.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+            finished_at=None,
+            error="",
+            stage=0,
+            stages=0,
+            label="Starting",
+            done=0,
+            total=0,
+            fraction=0.0,
+            report={},
+            samples=[],
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def record(self, **values: Any) -> None:
+        """Write progress fields while this worker still holds the experiment."""
+        now = timezone.now()
+        Experiment.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
+            **values, updated_at=now, heartbeat_at=now
+        )
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.updated_at = self.heartbeat_at = now
+
+    def beat(self) -> None:
+        Experiment.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
+            heartbeat_at=timezone.now()
+        )
+
+    def finish(self, status: str, error: str = "", **values: Any) -> bool:
+        """running -> done, failed or cancelled; False when it had ended already or another
+        worker holds it."""
+        updated = Experiment.objects.filter(
+            pk=self.pk, worker=self.worker, status__in=self.ACTIVE
+        ).update(status=status, error=error[:4000], finished_at=timezone.now(), **values)
+        self.refresh_from_db()
+        return updated == 1
+
+    def request_cancel(self) -> bool:
+        """A queued experiment ends at once; a running one is asked to stop (its worker ends it
+        at the next step or batch of replies). False when it had ended already."""
+        now = timezone.now()
+        ended = Experiment.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            label="Cancelled before it started",
+        )
+        asked = Experiment.objects.filter(pk=self.pk, status__in=self.ACTIVE).update(
+            cancel_requested=True
+        )
+        self.refresh_from_db()
+        return bool(ended or asked)
+
+    @classmethod
+    def orphans_of(cls, worker: str) -> list[int]:
+        """At worker start: experiments this worker name held before it restarted (it died
+        holding them) or that no worker has reported on for a whole lease, queued again to
+        start from the beginning; with every queued one, whose message may be lost."""
+        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        abandoned = cls.objects.filter(
+            Q(worker=worker) | Q(heartbeat_at__lt=lease), status__in=cls.ACTIVE
+        )
+        ids = list(abandoned.values_list("pk", flat=True))
+        cls.objects.filter(pk__in=ids, status__in=cls.ACTIVE).update(
+            status=cls.Status.QUEUED,
+            label="Queued again after its worker stopped: it starts again from the beginning",
+        )
+        queued = cls.objects.filter(status=cls.Status.QUEUED)
+        return sorted(set(ids) | set(queued.values_list("pk", flat=True)))

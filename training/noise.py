@@ -95,12 +95,6 @@ def perplexity(nll: Sequence[float], tokens: Sequence[int]) -> Statistic:
     return lambda weights: np.exp(per_token(weights))
 
 
-def bleu(statistics: Sequence[Sequence[int]], n: int) -> Statistic:
-    """Corpus BLEU-n from per-reply `metrics.bleu_statistics`."""
-    table = np.asarray(statistics, float)
-    return lambda weights: m.bleu_from_statistics(weights @ table, n)
-
-
 def distinct(
     texts: Sequence[str],
     n: int,
@@ -135,20 +129,75 @@ def distinct(
     return statistic
 
 
+def esconv_statistics(
+    references: Sequence[str],
+    replies: Sequence[str],
+    scores: Sequence[dict[str, Any]] | None = None,
+    nll: Sequence[float] | None = None,
+    tokens: Sequence[int] | None = None,
+) -> dict[str, Statistic]:
+    """A statistic per metric in the ESConv convention (training.metrics' esconv_*, 0-100), tags
+    removed from the texts: bleu-1..4, rouge-l, distinct-1..3, unigram-f1, length, and
+    perplexity with `nll` and `tokens`, strategy-accuracy when a reference is tagged. `scores`
+    are the per-reply scores training.evaluate stores (`reply_scores`); without them they are
+    computed here."""
+    refs = [split_tag(r)[1] for r in references]
+    hyps = [split_tag(r)[1] for r in replies]
+    if scores is None:
+        scores = per_reply(refs, hyps)
+    table = np.asarray([s["bleu"] for s in scores], float).reshape(len(hyps), -1)
+
+    def bleu_n(n: int) -> Statistic:
+        return lambda weights: np.asarray(m.esconv_bleu_from_statistics(weights @ table, n))
+
+    def scaled(statistic: Statistic) -> Statistic:
+        return lambda weights: 100 * statistic(weights)
+
+    found: dict[str, Statistic] = {f"bleu-{n}": bleu_n(n) for n in (1, 2, 3, 4)}
+    found["rouge-l"] = mean([s["rouge_l"] for s in scores])
+    for n in (1, 2, 3):
+        found[f"distinct-{n}"] = scaled(distinct(tuple(hyps), n, m.esconv_ngrams))
+    found["unigram-f1"] = mean([s["unigram_f1"] for s in scores])
+    found["length"] = mean([float(s["length"]) for s in scores])
+    if nll is not None and tokens is not None:
+        found["perplexity"] = perplexity(nll, tokens)
+    gold = [split_tag(r)[0] for r in references]
+    if any(g is not None for g in gold):
+        hits = [m.strategy_hit(split_tag(r)[0], g) for r, g in zip(replies, gold, strict=True)]
+        found["strategy-accuracy"] = scaled(
+            ratio([1.0 if hit else 0.0 for hit in hits], [0.0 if hit is None else 1.0 for hit in hits])
+        )  # fmt: skip
+    return found
+
+
+def per_reply(references: Sequence[str], replies: Sequence[str]) -> list[dict[str, Any]]:
+    """What esconv_statistics resamples, per reply (texts without tags): NLTK-style BLEU
+    counts, ROUGE-L, unigram F1 and length, all in the ESConv convention."""
+    refs, hyps = list(references), list(replies)
+    return [
+        {"convention": "esconv", "bleu": counts, "rouge_l": rouge, "unigram_f1": f1, "length": size}
+        for counts, rouge, f1, size in zip(
+            m.esconv_bleu_statistics(hyps, refs),
+            m.esconv_rouge_l_scores(hyps, refs),
+            m.esconv_unigram_f1_scores(hyps, refs),
+            m.esconv_lengths(hyps),
+            strict=True,
+        )
+    ]  # fmt: skip
+
+
 # ---- what a job stored -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Scored:
     """One model's replies to the same turns, in order, with the per-reply scores the worker
-    stored (training.evaluate's `reply_scores`); a score is None when a reply lacks it (a job
-    evaluated before they were stored)."""
+    stored (training.evaluate's `reply_scores`). Scores stored before the ESConv convention
+    (no "convention" key) are recomputed from the texts."""
 
     references: list[str]
     replies: list[str]
-    bleu: list[list[int]] | None
-    rouge_l: list[float] | None
-    unigram_f1: list[float] | None
+    scores: list[dict[str, Any]] | None
     nll: list[float] | None
     tokens: list[int] | None
 
@@ -161,39 +210,18 @@ class Scored:
             values = [s.get(key) for s in scores]
             return None if any(v is None for v in values) else values
 
+        current = all(s.get("convention") == "esconv" for s in scores)
         return cls(
             references=[str(row["reference"]) for row in rows],
             replies=[str(row[side]) for row in rows],
-            bleu=column("bleu"),
-            rouge_l=column("rouge_l"),
-            unigram_f1=column("unigram_f1"),
+            scores=scores if current else None,
             nll=column("nll"),
             tokens=column("tokens"),
         )
 
     def statistics(self) -> dict[str, Statistic]:
-        """A statistic per metric key of training.evaluate.score that can be recomputed."""
-        texts = [split_tag(reply)[1] for reply in self.replies]
-        hits = [
-            m.strategy_hit(split_tag(reply)[0], split_tag(ref)[0])
-            for reply, ref in zip(self.replies, self.references, strict=True)
-        ]
-        found: dict[str, Statistic] = {
-            "distinct1": distinct(texts, 1),
-            "distinct2": distinct(texts, 2),
-            "strategy_accuracy": ratio(
-                [1.0 if hit else 0.0 for hit in hits], [0.0 if hit is None else 1.0 for hit in hits]
-            ),
-        }
-        if self.bleu is not None:
-            found |= {f"bleu{n}": bleu(self.bleu, n) for n in (1, 2, 4)}
-        if self.rouge_l is not None:
-            found["rouge_l"] = mean(self.rouge_l)
-        if self.unigram_f1 is not None:
-            found["unigram_f1"] = mean(self.unigram_f1)
-        if self.nll is not None and self.tokens is not None:
-            found["perplexity"] = perplexity(self.nll, self.tokens)
-        return found
+        """A statistic per metric key of training.evaluate.score."""
+        return esconv_statistics(self.references, self.replies, self.scores, self.nll, self.tokens)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the adapter init, order and dropout"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (0: never)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
+    no_validation: bool = field(
+        default=False, metadata={"help": "skip the validation loss on DIR/sft/valid.jsonl"}
+    )
     device: str = field(
         default="auto", metadata={"help": "where to train", "choices": ["auto", "cpu", "cuda"]}
     )
@@ -237,7 +240,7 @@ def train(
         resolved,
         pad_id=pad_id,
         device=device,
-        valid=sets.get("valid"),
+        valid=None if config.no_validation else sets.get("valid"),
         on_progress=report,
         should_stop=should_stop,
     )

@@ -1,4 +1,5 @@
-"""Celery tasks of training: a thin wrapper around training.jobs.run, on the training queue.
+"""Celery tasks of training: thin wrappers around training.jobs.run and training.experiments.run,
+on the training queue.
 
 Serve them with a solo worker of their own (torch runs in the worker's main process):
 
@@ -14,8 +15,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from training import jobs
-from training.models import TrainingJob
+from training import experiments, jobs
+from training.models import Experiment, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,16 @@ def run_job(self: Any, job_id: int) -> None:
     jobs.run(job_id, self.request.hostname or "unknown-worker")
 
 
+@shared_task(name="training.run_experiment", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_experiment(self: Any, experiment_id: int) -> None:
+    experiments.run(experiment_id, self.request.hostname or "unknown-worker")
+
+
 @worker_ready.connect
 def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
     """A training worker that starts takes back the jobs a killed one left, from their last
-    checkpoint, and any queued job whose message was lost."""
+    checkpoint, the experiments it left, from the beginning, and any queued job or experiment
+    whose message was lost."""
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
     if settings.TRAINING_QUEUE not in queues:
         return
@@ -37,3 +44,8 @@ def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
         run_job.delay(job_id)
     if job_ids:
         logger.info("queued %d training jobs again: %s", len(job_ids), job_ids)
+    experiment_ids = Experiment.orphans_of(sender.hostname)
+    for experiment_id in experiment_ids:
+        run_experiment.delay(experiment_id)
+    if experiment_ids:
+        logger.info("queued %d experiments again: %s", len(experiment_ids), experiment_ids)

@@ -14,4 +14,21 @@ urlpatterns = [
     path("training/jobs/<int:pk>/adapter.zip", views.adapter_zip, name="training-job-adapter"),
     path("training/jobs/<int:pk>/model-card.md", views.model_card, name="training-job-card"),
     path("training/jobs/<int:pk>/report.html", views.evaluation_report, name="training-job-report"),
+    # /training/experiments/
+    path("training/experiments/", views.experiment_list, name="training-experiment-list"),
+    path("training/experiments/new/", views.experiment_new, name="training-experiment-new"),
+    path(
+        "training/experiments/<int:pk>/", views.experiment_detail, name="training-experiment-detail"
+    ),
+    path(
+        "training/experiments/<int:pk>/cancel/",
+        views.experiment_cancel,
+        name="training-experiment-cancel",
+    ),
+    # /training/experiments/<id>/ downloads
+    path(
+        "training/experiments/<int:pk>/<str:name>",
+        views.experiment_file,
+        name="training-experiment-file",
+    ),
 ]

@@ -1,35 +1,48 @@
-"""Training job pages, for staff with the training permissions: list, live progress with the loss
-curve and the log, the evaluation when done, downloads, cancel and resume."""
+"""Training pages, for staff with the training permissions. Jobs: list, live progress with the
+loss curve and the log, the evaluation when done, downloads, cancel and resume. Experiments:
+list, the new-experiment form, live progress, then the results with their intervals, the paired
+comparisons, a chart and the replies side by side; downloads and cancel."""
 
 from __future__ import annotations
 
 import copy
 import math
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.roles import HtmxHttpRequest
-from training import noise
+from generation.teacher import TeacherConfig
+from training import experiments, noise
 from training.card import METRIC_NAMES
+from training.experiment import LOWER_IS_BETTER as EXPERIMENT_LOWER_IS_BETTER
+from training.experiment import METRICS
+from training.forms import ExperimentForm
 from training.jobs import not_evaluated_reason, valid_loss_text
-from training.models import TrainingJob
-from training.tasks import run_job
+from training.models import Experiment, TrainingJob
+from training.tasks import run_experiment, run_job
 
 LOWER_IS_BETTER = {"perplexity"}
 SHOWN_METRICS = {**METRIC_NAMES, "reply_words": "Words per reply"}
+# Keys of evaluations stored before the ESConv convention (0-1 scales): shown with 4 decimals.
+LEGACY_METRICS = {
+    "bleu1", "bleu2", "bleu4", "rouge_l", "distinct1", "distinct2", "unigram_f1", "strategy_accuracy"
+}  # fmt: skip
 SAMPLES_SHOWN = 20
 
 
@@ -39,6 +52,11 @@ def may_view(user: Any) -> bool:
 
 def may_change(user: Any) -> bool:
     return bool(user.is_staff and user.has_perm("training.change_trainingjob"))
+
+
+def may_start(user: Any) -> bool:
+    """Starting a training job or an experiment: both train students."""
+    return bool(user.is_staff and user.has_perm("training.add_trainingjob"))
 
 
 def staff_required(view: Callable[..., Any]) -> Callable[..., HttpResponseBase]:
@@ -69,7 +87,7 @@ def _get_rw_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
 @staff_required
 def job_list(request: HttpRequest) -> HttpResponse:
     jobs = TrainingJob.objects.select_related("release", "created_by")[:100]
-    can_train = request.user.has_perm("training.add_trainingjob")
+    can_train = may_start(request.user)
     return render(request, "training/job_list.html", {"jobs": jobs, "can_train": can_train})
 
 
@@ -319,23 +337,38 @@ def evaluation_rows(
     keys += sorted({k for c in columns for k in c} - set(keys))
     rows = []
     for key in keys:
-        compared = key not in ("samples", "reply_words")
+        compared = key not in ("samples", "reply_words", "length")
+        digits = 4 if key in LEGACY_METRICS else 2
         base, student = columns[0].get(key), columns[1].get(key)
         row = {
             "name": SHOWN_METRICS.get(key, key),
             "lower_is_better": key in LOWER_IS_BETTER,
-            "cells": [_cell(c.get(key)) for c in columns],
+            "cells": [_cell(c.get(key), digits) for c in columns],
             "better": None,
+            "difference": "-",
         }
-        if compared and _number(base) and _number(student):
-            row["better"] = _better(key, versus_base)
+        if key not in ("samples", "reply_words") and _number(base) and _number(student):
+            row["difference"] = _difference(student - base, versus_base, key, digits)
+            if compared:
+                row["better"] = _better(key, versus_base)
         if versus_twin is not None:
             without = columns[2].get(key)
             row |= {"dri": "-", "dri_better": None}
-            if compared and _number(without) and _number(student):
-                row |= {"dri": f"{student - without:+.4f}", "dri_better": _better(key, versus_twin)}
+            if key not in ("samples", "reply_words") and _number(without) and _number(student):
+                row["dri"] = _difference(student - without, versus_twin, key, digits)
+                if compared:
+                    row["dri_better"] = _better(key, versus_twin)
         rows.append(row)
     return rows, _notes(versus_base, versus_twin)
+
+
+def _difference(value: float, comparison: noise.Comparison, key: str, digits: int) -> str:
+    """A difference and its paired 95% interval when there is one: "+1.23 [0.40, 2.10]"."""
+    text = f"{value:+.{digits}f}"
+    interval = comparison.intervals.get(key) if comparison.enough else None
+    if interval is not None and math.isfinite(interval.low) and math.isfinite(interval.high):
+        text += f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    return text
 
 
 def _better(key: str, comparison: noise.Comparison) -> bool | None:
@@ -382,11 +415,344 @@ def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else "-"
+        return f"{value:.{digits}f}" if math.isfinite(value) else "-"
     return str(value)
+
+
+# ---- experiments --------------------------------------------------------------------------------
+
+EXPERIMENT_METRICS = {
+    "bleu-1": "BLEU-1",
+    "bleu-2": "BLEU-2",
+    "bleu-3": "BLEU-3",
+    "bleu-4": "BLEU-4",
+    "rouge-l": "ROUGE-L",
+    "distinct-1": "Distinct-1",
+    "distinct-2": "Distinct-2",
+    "distinct-3": "Distinct-3",
+    "unigram-f1": "Unigram F1",
+    "length": "Length (tokens)",
+    "perplexity": "Perplexity",
+    "strategy-accuracy": "Strategy accuracy",
+}
+UNRANKED = {"length"}  # neither longer nor shorter replies are better: never coloured
+CHARTED = ("bleu-2", "rouge-l", "distinct-2", "unigram-f1")
+AGAINST = ("sft", "base")  # the arms every other is compared with, in the report's "versus"
+EXPERIMENT_FILES = {
+    "report.json": "application/json",
+    "replies.jsonl": "application/x-ndjson; charset=utf-8",
+    "report.html": "text/html; charset=utf-8",
+}
+
+
+def _get_experiment_for_user(request: HttpRequest, pk: int) -> Experiment:
+    if not may_view(request.user):
+        raise PermissionDenied("Experiments are for staff with the training permissions.")
+    return get_object_or_404(Experiment.objects.select_related("release", "created_by"), pk=pk)
+
+
+def _get_rw_experiment_for_user(request: HttpRequest, pk: int) -> Experiment:
+    experiment = _get_experiment_for_user(request, pk)
+    if not may_change(request.user):
+        raise PermissionDenied("Cancelling needs the permission to change training jobs.")
+    return experiment
+
+
+@require_GET
+@staff_required
+def experiment_list(request: HttpRequest) -> HttpResponse:
+    found = Experiment.objects.select_related("release", "created_by")[:100]
+    context = {"experiments": found, "can_start": may_start(request.user)}
+    return render(request, "training/experiment_list.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def experiment_new(request: HttpRequest) -> HttpResponse:
+    if not may_start(request.user):
+        raise PermissionDenied("Starting an experiment needs the permission to add training jobs.")
+    if request.method == "POST":
+        form = ExperimentForm(request.POST)
+        if form.is_valid():
+            experiment = _create_experiment(request, form)
+            if experiment is not None:
+                return redirect(experiment)
+    else:
+        release = request.GET.get("release")
+        form = ExperimentForm(initial={"token": uuid.uuid4().hex, "release": release})
+    context = {
+        "form": form,
+        "run_fields": form.fields_of(ExperimentForm.RUN),
+        "decoding_fields": form.fields_of(ExperimentForm.DECODING_FIELDS),
+        "teacher": TeacherConfig.from_env(),
+    }
+    return render(request, "training/experiment_new.html", context)
+
+
+def _create_experiment(request: HttpRequest, form: ExperimentForm) -> Experiment | None:
+    """The queued experiment; None when the queue cannot be reached (no row is left behind)."""
+    data = form.cleaned_data
+    token = data["token"]
+    existing = Experiment.objects.filter(request_key=token).first()
+    if existing is not None:  # the same form sent twice (double click, retry)
+        return existing
+    try:
+        with transaction.atomic():
+            experiment = Experiment.objects.create(
+                release=data["release"],
+                arms=form.arms_in_order(),
+                seeds=data["seeds"],
+                max_steps=data["max_steps"],
+                epochs=None if data["max_steps"] else data["epochs"],
+                limit=data["limit"],
+                base_model=data["base_model"],
+                decoding=form.decoding_settings().as_dict(),
+                request_key=token,
+                created_by=cast(User, request.user),
+            )
+            run_experiment.delay_on_commit(experiment.pk)
+    except IntegrityError:  # the other submit won the race
+        return get_object_or_404(Experiment, request_key=token)
+    except BrokerUnreachable:
+        experiment.delete()  # committed a moment ago, and no worker would ever start it
+        messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
+        return None
+    messages.success(request, f"{experiment} queued on {experiment.release}.")
+    return experiment
+
+
+@require_GET
+@staff_required
+def experiment_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    experiment = _get_experiment_for_user(request, pk)
+    report = experiment.report
+    arms = list(report.get("arms", {})) or list(experiment.arms)
+    folder = experiments.run_dir(experiment)
+    context = {
+        "experiment": experiment,
+        "can_change": may_change(request.user),
+        "arms": arms,
+        "results": result_rows(report),
+        "comparisons": comparison_tables(report),
+        "chart": interval_chart(report),
+        "budget": budget_rows(report),
+        "samples": sample_rows(experiment.samples[:SAMPLES_SHOWN], arms),
+        "decoding": experiment.report.get("decoding") or experiment.decoding,
+        "files": [name for name in EXPERIMENT_FILES if (folder / name).is_file()]
+        if experiment.status == Experiment.Status.DONE
+        else [],
+    }
+    if request.htmx and request.htmx.target == "live":
+        return render(request, "training/experiment_detail.html#live", context)
+    return render(request, "training/experiment_detail.html", context)
+
+
+@require_POST
+@login_required
+def experiment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = _get_rw_experiment_for_user(request, pk)
+    if experiment.request_cancel():
+        messages.success(
+            request, f"{experiment}: cancel asked. A running experiment stops at its next step."
+        )
+    else:
+        messages.info(
+            request,
+            f"{experiment} had already ended ({experiment.get_status_display().lower()}).",
+        )
+    return redirect(experiment)
+
+
+@require_GET
+@login_required
+def experiment_file(request: HttpRequest, pk: int, name: str) -> FileResponse:
+    experiment = _get_experiment_for_user(request, pk)
+    path = experiments.run_dir(experiment) / name
+    if name not in EXPERIMENT_FILES or experiment.status != Experiment.Status.DONE:
+        raise Http404("This experiment has no such file yet.")
+    if not path.is_file():
+        raise Http404("This experiment's files are gone.")
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=not name.endswith(".html"),
+        filename=f"{experiment.release.name}-experiment{experiment.pk}-{name}",
+        content_type=EXPERIMENT_FILES[name],
+    )
+
+
+def _two(value: Any) -> str:
+    return f"{value:.2f}" if _number(value) else "—"
+
+
+def _interval(ci: Any) -> str:
+    low, high = (ci or [None, None])[:2]
+    if not (_number(low) or _number(high)):
+        return "—"
+    return f"[{_two(low)}, {_two(high)}]"
+
+
+def _p_value(p: Any) -> str:
+    if not _number(p):
+        return "—"
+    return "< 0.01" if p < 0.01 else f"{p:.2f}"
+
+
+def _metric_keys(report: dict[str, Any]) -> list[str]:
+    found = {key for arm in report.get("arms", {}).values() for key in arm.get("metrics", {})}
+    return [key for key in METRICS if key in found] + sorted(found - set(METRICS))
+
+
+def verdict(key: str, compared: dict[str, Any]) -> str | None:
+    """ "better" or "worse" when the difference's 95% interval excludes 0 (on the side that is
+    better for `key`); None within noise, or for a metric with no better side."""
+    low, high = (compared.get("ci") or [None, None])[:2]
+    if key in UNRANKED or not (_number(low) and _number(high)):
+        return None
+    if low > 0:
+        up = True
+    elif high < 0:
+        up = False
+    else:
+        return None
+    return "better" if up != (key in EXPERIMENT_LOWER_IS_BETTER) else "worse"
+
+
+def result_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric: each arm's value and 95% interval."""
+    arms = report.get("arms", {})
+    rows = []
+    for key in _metric_keys(report):
+        cells = [
+            {
+                "value": _two(found.get("metrics", {}).get(key)),
+                "ci": _interval(found.get("ci", {}).get(key)),
+            }
+            for found in arms.values()
+        ]
+        rows.append(_metric_row(key) | {"cells": cells})
+    return rows
+
+
+def _metric_row(key: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "name": EXPERIMENT_METRICS.get(key, key),
+        "lower_is_better": key in EXPERIMENT_LOWER_IS_BETTER,
+    }
+
+
+def comparison_tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """For `sft` and for `base`: each other arm's paired difference with it, per metric."""
+    arms = report.get("arms", {})
+    tables = []
+    for against in AGAINST:
+        compared = [arm for arm, found in arms.items() if against in found.get("versus", {})]
+        if not compared:
+            continue
+        rows = []
+        for key in _metric_keys(report):
+            cells = []
+            for arm in compared:
+                found = arms[arm]["versus"][against].get(key) or {}
+                difference = found.get("difference")
+                cells.append(
+                    {
+                        "difference": f"{difference:+.2f}" if _number(difference) else "—",
+                        "ci": _interval(found.get("ci")),
+                        "p": _p_value(found.get("p")),
+                        "verdict": verdict(key, found),
+                    }
+                )
+            rows.append(_metric_row(key) | {"cells": cells})
+        tables.append({"against": against, "arms": compared, "rows": rows})
+    return tables
+
+
+def interval_chart(
+    report: dict[str, Any], width: int = 460, row: int = 24, label: int = 70
+) -> list[dict[str, Any]]:
+    """What the SVG chart draws for each charted metric: a horizontal bar per arm from 0 to its
+    value, and a whisker across its 95% interval, on a scale shared by the arms."""
+    arms = report.get("arms", {})
+    right = width - 56  # room for the value after the longest bar
+    panels = []
+    for key in CHARTED:
+        values = {arm: found.get("metrics", {}).get(key) for arm, found in arms.items()}
+        intervals = {
+            arm: found.get("ci", {}).get(key) or [None, None] for arm, found in arms.items()
+        }
+        ends = [v for v in values.values() if _number(v)]
+        ends += [x for ci in intervals.values() for x in ci[:2] if _number(x)]
+        if not ends:
+            continue
+        top = max(max(ends), 1e-9)
+
+        def x(value: float, top: float = top) -> float:
+            return round(label + (right - label) * max(0.0, value) / top, 1)
+
+        bars = []
+        for index, arm in enumerate(arms):
+            y = 20 + index * row
+            value, (low, high) = values[arm], intervals[arm][:2]
+            bar: dict[str, Any] = {"arm": arm, "y": y, "text_y": y + row // 2 + 4}
+            bar |= {"value": None, "low": None, "high": None}
+            if _number(value):
+                bar |= {"value": _two(value), "width": round(x(value) - label, 1)}
+                bar["value_x"] = x(max([value] + [v for v in (high,) if _number(v)])) + 4
+            if _number(low) and _number(high):
+                bar |= {"low": x(low), "high": x(high), "mid": y + row // 2 - 2}
+            bars.append(bar)
+        panels.append(
+            {
+                "key": key,
+                "name": EXPERIMENT_METRICS.get(key, key),
+                "width": width,
+                "height": 24 + row * len(arms),
+                "label": label,
+                "axis_bottom": 20 + row * len(arms),
+                "bar_height": row - 8,
+                "top": _two(top),
+                "right": right,
+                "bars": bars,
+            }
+        )
+    return panels
+
+
+def budget_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per trained arm and seed: steps and tokens seen; untrained arms say so."""
+    rows: list[dict[str, Any]] = []
+    for arm, found in report.get("arms", {}).items():
+        budget = found.get("budget")
+        if not isinstance(budget, list):
+            rows.append({"arm": arm, "trained": False})
+            continue
+        for entry in budget:
+            rows.append(
+                {
+                    "arm": arm,
+                    "trained": True,
+                    "seed": entry.get("seed"),
+                    "steps": entry.get("steps"),
+                    "tokens_seen": entry.get("tokens_seen"),
+                }
+            )
+    return rows
+
+
+def sample_rows(samples: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    """replies.jsonl lines as rows: the context's last messages, the written reply, each arm's."""
+    return [
+        {
+            "context": sample.get("context") or [],
+            "reference": sample.get("reference", ""),
+            "replies": [sample.get(arm, "") for arm in arms],
+        }
+        for sample in samples
+    ]

@@ -32,6 +32,8 @@ ROLE_PERMISSIONS = {
     ],
     "admin": [],
 }
+# Leads watch training jobs and experiments, read-only; admins start them (superusers).
+TRAINING_PERMISSIONS = {"lead": ["view_trainingjob", "view_experiment"]}
 # username -> role: two annotators, as every dialogue needs two reviews by default.
 DEMO_USERS = {"annotator": "annotator", "annotator2": "annotator", "lead": "lead", "admin": "admin"}
 ROLES = tuple(ROLE_PERMISSIONS)
@@ -66,6 +68,10 @@ class Command(BaseCommand):
                 group.permissions.set(
                     Permission.objects.filter(
                         content_type__app_label="curation", codename__in=codenames
+                    )
+                    | Permission.objects.filter(
+                        content_type__app_label="training",
+                        codename__in=TRAINING_PERMISSIONS.get(role, []),
                     )
                 )
         report = import_file(
