@@ -23,7 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models, transaction
 
-from curation.models import Dialogue, Scenario, Strategy, Turn
+from curation.models import Dialogue, SafetyStatus, Scenario, Strategy, Turn
 from curation.parsing import (
     Format,
     NumberText,
@@ -34,6 +34,7 @@ from curation.parsing import (
     read_json,
 )
 from curation.vocabulary import normalize
+from generation import safety
 
 BATCH_SIZE = 500
 
@@ -43,7 +44,7 @@ class ImportFileError(Exception):
 
 
 @dataclass
-class _Invalid:
+class InvalidRow:
     """A JSON Lines row that is not JSON, or nested too deeply to read."""
 
     text: str
@@ -89,13 +90,18 @@ def create_dialogues(
     come from it; each item's dict gives the rest of the Dialogue's fields: scenario, origin,
     source_file, source_record, source_format and raw, and where they apply provenance and the
     safety fields. A turn's final text and strategy stay empty until its dialogue settles.
+
+    Every dialogue passes the crisis gate here (generation.safety), whichever way it came in: a
+    flagged one is saved FLAGGED, with the gate's reasons, and waits in the leads' safety queue
+    before any annotator sees it. Fields the caller gives for safety win (a generation job that
+    already flagged it, say).
     """
     dialogues = Dialogue.objects.bulk_create(
         Dialogue(
             description=parsed.description,
             content_hash=parsed.content_hash(),
             repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
-            **fields,
+            **(_gate(parsed, str(fields.get("origin", ""))) | fields),
         )
         for parsed, fields in items
     )
@@ -113,6 +119,17 @@ def create_dialogues(
     return dialogues
 
 
+def _gate(parsed: ParsedDialogue, origin: str) -> dict[str, Any]:
+    """The safety fields of a new dialogue: FLAGGED with the gate's reasons, or none."""
+    check = safety.check_dialogue(
+        parsed.description, [t.text for t in parsed.turns if t.role == Turn.Role.SEEKER]
+    )
+    if not check.flagged:
+        return {}
+    source = safety.GATE_SOURCES.get(origin, "crisis gate")
+    return {"safety_status": SafetyStatus.FLAGGED, "safety_notes": safety.gate_notes(check, source)}
+
+
 @dataclass
 class ImportReport:
     path: str
@@ -128,6 +145,7 @@ class ImportReport:
     new_scenarios: list[str] = field(default_factory=list)
     rejects_path: str = ""
     dry_run: bool = False
+    flagged: int = 0  # imported dialogues the crisis gate sent to the leads' safety queue
 
     def lines(self) -> list[str]:
         verb = "would import" if self.dry_run else "imported"
@@ -136,6 +154,7 @@ class ImportReport:
             f"  {verb}: {self.imported}",
             f"  duplicates skipped: {self.duplicates}",
             f"  repaired: {self.repaired} dialogues",
+            f"  flagged by the crisis gate, waiting for a lead: {self.flagged}",
         ]
         for kind, count in sorted(self.repairs.items()):
             out.append(f"    {kind}: {count} in {self.repaired_dialogues[kind]} dialogues")
@@ -200,11 +219,11 @@ def _json_lines(path: Path, text: str) -> tuple[str, Iterator[tuple[int, Any]]]:
             rows.append((number, read_json(line)))
             parsed += 1
         except json.JSONDecodeError as exc:
-            rows.append((number, _Invalid(line, "invalid_json", str(exc))))
+            rows.append((number, InvalidRow(line, "invalid_json", str(exc))))
         except RecursionError:
-            rows.append((number, _Invalid(line, "too_deep", "nested too deeply to read")))
+            rows.append((number, InvalidRow(line, "too_deep", "nested too deeply to read")))
     if not parsed:
-        deep = any(isinstance(raw, _Invalid) and raw.kind == "too_deep" for _, raw in rows)
+        deep = any(isinstance(raw, InvalidRow) and raw.kind == "too_deep" for _, raw in rows)
         raise ImportFileError(
             f"{path}: JSON nested too deeply to read"
             if deep
@@ -239,7 +258,7 @@ def import_file(
         seen: set[str] = set()
         for number, raw in records:
             report.records += 1
-            if isinstance(raw, _Invalid):
+            if isinstance(raw, InvalidRow):
                 _reject(report, rejects, number, raw.kind, raw.error, raw.text)
                 continue
             try:
@@ -268,7 +287,7 @@ def import_file(
 
         scenario_ids = _scenario_ids({d.scene for _, _, d, _ in fresh}, report)
         for start in range(0, len(fresh), BATCH_SIZE):
-            _insert_batch(
+            report.flagged += _insert_batch(
                 fresh[start : start + BATCH_SIZE],
                 fmt,
                 origin,
@@ -325,8 +344,9 @@ def _insert_batch(
     source: str,
     scenario_ids: dict[str, int],
     strategy_ids: Mapping[tuple[str, str], int],
-) -> None:
-    create_dialogues(
+) -> int:
+    """Save a batch; returns how many of its dialogues the crisis gate flagged."""
+    saved = create_dialogues(
         [
             (
                 parsed,
@@ -343,6 +363,7 @@ def _insert_batch(
         ],
         strategy_ids,
     )
+    return sum(d.safety_status == SafetyStatus.FLAGGED for d in saved)
 
 
 def _reject(

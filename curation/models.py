@@ -272,6 +272,33 @@ class Dialogue(models.Model):
             after={"safety_status": self.safety_status},
         )
 
+    def flag_by_gate(self, source: str, categories: list[str], matches: list[str]) -> bool:
+        """The crisis gate found risk in new text of this dialogue (a DRI candidate, a proposed
+        edit): to the leads' safety queue, with the reasons. False when a lead already holds it
+        (flagged or excluded); a dialogue a lead had cleared is flagged again."""
+        updated = (
+            Dialogue.objects.filter(pk=self.pk)
+            .exclude(safety_status__in=SAFETY_HELD)
+            .update(
+                safety_status=SafetyStatus.FLAGGED,
+                safety_notes={
+                    **self.safety_notes,
+                    "source": source,
+                    "categories": categories,
+                    "matches": matches,
+                },
+            )
+        )
+        self.refresh_from_db(fields=["safety_status", "safety_notes"])
+        if updated:
+            Event.objects.create(
+                dialogue=self,
+                actor=None,
+                action=Event.Action.CRISIS_FLAGGED,
+                after={"safety_status": self.safety_status, "source": source},
+            )
+        return bool(updated)
+
     def reopen(self, lead: Any, reason: str) -> Adjudication:
         """A lead's only way to change a settled dialogue: back to adjudication, with a reason,
         recorded. Its stored final state stands until the new decision replaces it."""

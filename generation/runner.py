@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from curation.exporting import extes_records
 from curation.importing import Reference, create_dialogues, load_reference
-from curation.models import Candidate, Dialogue, SafetyStatus, Scenario, Turn
+from curation.models import Candidate, Dialogue, Scenario, Turn
 from curation.parsing import ParsedDialogue
 from curation.vocabulary import EXTES_STRATEGIES
 from generation import inpainting, selfchat
@@ -33,6 +33,7 @@ from generation.models import (
     dri_dialogues,
     writing,
 )
+from generation.safety import check_texts
 from generation.selfchat import Failure
 from generation.teacher import Sampling, Teacher, TeacherConfig, Usage, get_teacher, is_ready
 
@@ -259,6 +260,11 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
                 )
                 for text in result.texts
             )
+            crisis = check_texts(result.texts)
+            if crisis.flagged:  # the same gate as every dialogue's: a lead looks first
+                turn.dialogue.flag_by_gate(
+                    "DRI gate", list(crisis.categories), list(crisis.matches)
+                )
         _record(
             unit,
             result.failures,
@@ -316,11 +322,6 @@ def _store_dialogue(
     unit: GenerationUnit,
     provenance: dict[str, Any],
 ) -> Dialogue:
-    from generation.safety import check_texts
-
-    crisis = check_texts(
-        [parsed.description, *(t.text for t in parsed.turns if t.role == Turn.Role.SEEKER)]
-    )
     fields = {
         "scenario": scenario,
         "origin": Dialogue.Origin.GENERATED,
@@ -329,17 +330,7 @@ def _store_dialogue(
         "source_format": f"generated-{job.mode}",
         "raw": {"output": raw},
         "provenance": provenance,
-        "safety_status": SafetyStatus.FLAGGED if crisis.flagged else SafetyStatus.NONE,
-        "safety_notes": (
-            {
-                "source": "generation gate",
-                "categories": list(crisis.categories),
-                "matches": list(crisis.matches),
-            }
-            if crisis.flagged
-            else {}
-        ),
-    }
+    }  # the crisis gate is create_dialogues'
     (dialogue,) = create_dialogues([(parsed, fields)], _reference_data().strategy_ids)
     return dialogue
 

@@ -169,5 +169,10 @@ def test_a_ready_release_offers_training_to_those_who_may_train(client, lead, su
     client.force_login(superuser)
     assert f'href="{form_url}"' in client.get(url).content.decode()
     assert client.get(form_url).status_code == 200  # the link opens the training form
+    experiment_url = f"{reverse('training-experiment-new')}?release={release.pk}"
+    assert f'href="{experiment_url}"' in client.get(url).content.decode()
+    form = client.get(experiment_url).content.decode()  # the experiment form, this release chosen
+    assert f'<option value="{release.pk}" selected>' in form
     client.force_login(lead)  # a lead may not train: no button that ends in a 403
-    assert "Train a student" not in client.get(url).content.decode()
+    page = client.get(url).content.decode()
+    assert "Train a student" not in page and "Run an experiment" not in page

@@ -7,8 +7,9 @@ of per-reply scores). A difference counts when the middle 95% of those differenc
 and only with at least MIN_REPLIES_TO_COMPARE replies: below that the interval itself is too
 rough to trust. The draws come from a fixed seed, so a page shows the same verdict every time.
 
-Django's web process imports this module: numpy only, nothing from the `ml` extra. What needs
-sacrebleu or rouge-score per reply is computed by the worker (training.evaluate) and stored.
+Django's web process imports this module: numpy only, nothing from the `ml` extra. The per-reply
+counts (`per_reply`) are computed by the worker (training.evaluate) and stored with each reply, so
+that a page only resamples them.
 """
 
 from __future__ import annotations
@@ -98,11 +99,10 @@ def perplexity(nll: Sequence[float], tokens: Sequence[int]) -> Statistic:
 def distinct(
     texts: Sequence[str],
     n: int,
-    ngrams: Callable[[str, int], list[tuple[str, ...]]] = m.ngrams,
+    ngrams: Callable[[str, int], list[tuple[str, ...]]] = m.esconv_ngrams,
 ) -> Statistic:
     """Distinct-n of the drawn replies: a reply drawn twice adds its n-grams to the count of
-    all n-grams twice, and no new distinct one. `ngrams` tokenizes (m.esconv_ngrams for the
-    ESConv convention)."""
+    all n-grams twice, and no new distinct one. `ngrams` tokenizes (ESConv's way by default)."""
     grams = [ngrams(text, n) for text in texts]
     totals = np.array([len(g) for g in grams], float)
     holders: dict[tuple[str, ...], list[int]] = {}

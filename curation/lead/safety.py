@@ -1,7 +1,8 @@
 """The leads' safety queue: dialogues flagged for crisis or self-harm wait here until a lead
 clears them (they may then be reviewed and released) or excludes them (never reviewed or released).
 
-Flags come from the generation gate (`generation.safety`) and from annotators' reviews. Every
+Flags come from the crisis gate (`generation.safety`, on every way in: imports, seeds, generation,
+DRI candidates and edits) and from annotators' reviews. Every
 decision needs a note and is kept in the dialogue's event log.
 """
 

@@ -33,6 +33,7 @@ from curation.models import (
     TurnEdit,
     TurnLabel,
 )
+from generation.safety import check_texts
 
 
 class StaleVersion(Exception):
@@ -248,6 +249,11 @@ def propose_edit(
             before={"text": turn.text, "version": expected_version},
             after={"text": text, "version": expected_version},
         )
+        if proposal is not None and turn.role == Turn.Role.SEEKER:
+            # The gate every dialogue passes, on the new words: a lead looks before anyone else.
+            crisis = check_texts([text])
+            if crisis.flagged:
+                dialogue.flag_by_gate("edit gate", list(crisis.categories), list(crisis.matches))
     return proposal
 
 
