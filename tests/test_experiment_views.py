@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
@@ -25,6 +25,7 @@ from django.utils import timezone
 from curation.management.commands.setup_studio import make_user
 from curation.models import Candidate, Dialogue, Release
 from curation.releases.build import create_release, new_release
+from tests.test_training_views import staff_user
 from training import experiments
 from training.experiment import METRICS, Progress, Stopped
 from training.forms import dri_train_examples
@@ -68,14 +69,6 @@ def dri_release() -> Release:
         assert turn is not None
         Candidate.objects.create(turn=turn, text="That sounds hard; I am here.")
     return create_release("r-dri", dri_policy=Release.DriPolicy.UNREJECTED)
-
-
-def staff_user(name: str, *codenames: str) -> User:
-    user = User.objects.create_user(name, password=f"pw-{name}-123", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="training", codename__in=codenames)
-    )
-    return user
 
 
 @pytest.fixture
@@ -678,7 +671,7 @@ def test_progress_is_throttled_but_stage_edges_land_at_once(release, settings, m
     experiment = make_experiment(release)
     assert experiment.claim("training@test")
     clock = [100.0]
-    monkeypatch.setattr("training.experiments.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("training.runs.time.monotonic", lambda: clock[0])
     reporter = experiments.Reporter(experiment)
 
     def stored() -> tuple[int, int]:

@@ -147,7 +147,7 @@ def test_evaluation_progress_is_throttled_but_the_last_reply_lands(release, sett
     assert job.claim("training@test")
     TrainingJob.objects.filter(pk=job.pk).update(status=TrainingJob.Status.EVALUATING)
     clock = [100.0]
-    monkeypatch.setattr("training.jobs.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("training.runs.time.monotonic", lambda: clock[0])
     reporter = jobs.Reporter(job)
 
     def stored() -> tuple[int, int]:
@@ -273,7 +273,7 @@ def test_progress_is_written_at_most_every_interval_and_resume_drops_later_losse
     job = make_job(release, "")
     assert job.claim("training@test")
     clock = [100.0]
-    monkeypatch.setattr("training.jobs.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("training.runs.time.monotonic", lambda: clock[0])
     reporter = jobs.Reporter(job)
 
     def stored() -> list:

@@ -15,16 +15,15 @@ import json
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
 
 from training.experiment import Decoding, Progress, Stopped
-from training.jobs import heartbeat, release_files, resolve_base, worker_stopping
-from training.models import LOG_LINES, Experiment
+from training.jobs import release_files, resolve_base
+from training.models import Experiment
+from training.runs import RunReporter, heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +35,12 @@ def run_dir(experiment: Experiment) -> Path:
     return Path(settings.TRAINING_DIR) / f"experiment-{experiment.pk}"
 
 
-class Reporter:
-    """Writes an experiment's progress and log to its row, throttled; answers `should_stop`."""
+class Reporter(RunReporter[Experiment]):
+    """An experiment's progress, as the engine reports it stage by stage."""
 
     def __init__(self, experiment: Experiment) -> None:
-        self.experiment = experiment
-        self.interval = settings.TRAINING_PROGRESS_SECONDS
-        self.lines = experiment.log_tail.splitlines()
-        self.pending: dict[str, Any] = {}
-        self.written = -math.inf
+        super().__init__(experiment)
         self.stage: tuple[int, str] | None = None
-        self.reason = ""  # why should_stop said yes
-
-    def log(self, line: str) -> None:
-        self.lines.append(f"{timezone.now():%H:%M:%S} {line}")
-        del self.lines[:-LOG_LINES]
-        self.pending["log_tail"] = "\n".join(self.lines)
-
-    def set(self, force: bool = False, **values: Any) -> None:
-        self.pending |= values
-        now = time.monotonic()
-        if force or now - self.written >= self.interval:
-            self.experiment.record(**self.pending)
-            self.pending = {}
-            self.written = now
-
-    def flush(self) -> None:
-        self.set(force=True)
 
     def progress(self, progress: Progress) -> None:
         """A new stage, its first and its last step land at once; the steps between wait."""
@@ -78,22 +56,6 @@ class Reporter:
             total=progress.total,
             fraction=progress.fraction,
         )
-
-    def should_stop(self) -> bool:
-        if worker_stopping():
-            self.reason = "shutdown"
-            return True
-        mine = Experiment.objects.filter(
-            pk=self.experiment.pk, worker=self.experiment.worker, status__in=Experiment.ACTIVE
-        ).values_list("cancel_requested", flat=True)
-        answer = list(mine)
-        if not answer:
-            self.reason = "taken"
-        elif answer[0]:
-            self.reason = "cancelled"
-        else:
-            return False
-        return True
 
 
 def run(experiment_id: int, worker: str) -> None:
@@ -112,9 +74,7 @@ def run(experiment_id: int, worker: str) -> None:
         _stopped(experiment, reporter)
     except Exception as exc:
         logger.exception("experiment %s failed", experiment_id)
-        reporter.log(f"Failed: {type(exc).__name__}: {exc}")
-        reporter.flush()
-        experiment.finish(Experiment.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        reporter.fail(exc)
 
 
 def _run(experiment: Experiment, reporter: Reporter) -> None:

@@ -16,6 +16,28 @@ DECODING = Decoding()
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
+class BaseModelField(forms.CharField):
+    """The base model a worker trains or scores: refused unless the worker could load it
+    offline."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            required=False,
+            max_length=500,
+            widget=forms.TextInput(attrs={"size": 60}),
+            label="Base model",
+            help_text="A model folder on the worker, or a name in its offline cache. "
+            "Empty: the local SmolLM2-135M-Instruct.",
+        )
+
+    def clean(self, value: Any) -> str:
+        value = str(super().clean(value) or "").strip()
+        problem = jobs.check_base(value)
+        if problem:
+            raise forms.ValidationError(problem)
+        return value
+
+
 class TrainForm(forms.Form):
     token = forms.CharField(widget=forms.HiddenInput)
     release = forms.ModelChoiceField(
@@ -28,14 +50,7 @@ class TrainForm(forms.Form):
         widget=forms.RadioSelect,
         label="Data",
     )
-    base_model = forms.CharField(
-        required=False,
-        max_length=500,
-        widget=forms.TextInput(attrs={"size": 60}),
-        label="Base model",
-        help_text="A model folder on the worker, or a name in its offline cache. "
-        "Empty: the local SmolLM2-135M-Instruct.",
-    )
+    base_model = BaseModelField()
     skip_evaluation = forms.BooleanField(
         required=False,
         label="Train without evaluation",
@@ -96,13 +111,6 @@ class TrainForm(forms.Form):
 
     LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
     OPTIMISATION = ("lr", "epochs", "max_steps", "batch_size", "max_length", "seed", "save_every")
-
-    def clean_base_model(self) -> str:
-        value = str(self.cleaned_data.get("base_model") or "").strip()
-        problem = jobs.check_base(value)
-        if problem:
-            raise forms.ValidationError(problem)
-        return value
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -227,14 +235,7 @@ class ExperimentForm(forms.Form):
         label="Test turns",
         help_text="Score only the first N supporter turns of the test split. Empty: all of them.",
     )
-    base_model = forms.CharField(
-        required=False,
-        max_length=500,
-        widget=forms.TextInput(attrs={"size": 60}),
-        label="Base model",
-        help_text="A model folder on the worker, or a name in its offline cache. "
-        "Empty: the local SmolLM2-135M-Instruct.",
-    )
+    base_model = BaseModelField()
     decoding = forms.ChoiceField(
         choices=[("greedy", "Greedy"), ("sampling", "Sampling")],
         initial="greedy",
@@ -260,13 +261,6 @@ class ExperimentForm(forms.Form):
 
     RUN = ("arms", "seeds", "max_steps", "epochs", "limit", "base_model")
     DECODING_FIELDS = ("decoding", "temperature", "top_p", "decoding_seed", "max_new_tokens")
-
-    def clean_base_model(self) -> str:
-        value = str(self.cleaned_data.get("base_model") or "").strip()
-        problem = jobs.check_base(value)
-        if problem:
-            raise forms.ValidationError(problem)
-        return value
 
     def clean(self) -> dict[str, Any]:
         super().clean()

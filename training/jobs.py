@@ -12,24 +12,20 @@ import this module and must not touch torch.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from django.utils import timezone
 
 from curation.models import Release
 from curation.releases.build import ensure_files
-from training.models import LOG_LINES, Experiment, TrainingJob
+from training.models import TrainingJob
+from training.runs import RunReporter, heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -169,35 +165,13 @@ def train_config(job: TrainingJob, data: Path, base: str) -> Any:
 # ---- progress ---------------------------------------------------------------------------------
 
 
-class Reporter:
-    """Writes a job's progress to its row: at most every TRAINING_PROGRESS_SECONDS, and at once
-    for what must not wait (phase changes, the end). Also answers `should_stop`."""
+class Reporter(RunReporter[TrainingJob]):
+    """A job's progress: the training steps with their losses, then the evaluation's replies."""
 
     def __init__(self, job: TrainingJob) -> None:
-        self.job = job
-        self.interval = settings.TRAINING_PROGRESS_SECONDS
+        super().__init__(job)
         self.losses: list[list[float]] = [list(point) for point in job.losses]
-        self.lines = job.log_tail.splitlines()
-        self.pending: dict[str, Any] = {}
-        self.written = 0.0
         self.step_logged = -math.inf
-        self.reason = ""  # why should_stop said yes
-
-    def log(self, line: str) -> None:
-        self.lines.append(f"{timezone.now():%H:%M:%S} {line}")
-        del self.lines[:-LOG_LINES]
-        self.pending["log_tail"] = "\n".join(self.lines)
-
-    def set(self, force: bool = False, **values: Any) -> None:
-        self.pending |= values
-        now = time.monotonic()
-        if force or now - self.written >= self.interval:
-            self.job.record(**self.pending)
-            self.pending = {}
-            self.written = now
-
-    def flush(self) -> None:
-        self.set(force=True)
 
     def training(self, progress: Any) -> None:
         if progress.message:
@@ -245,33 +219,6 @@ class Reporter:
             replies_total=len(EVALUATED) * total,
         )
 
-    def should_stop(self) -> bool:
-        if worker_stopping():
-            self.reason = "shutdown"
-            return True
-        mine = TrainingJob.objects.filter(
-            pk=self.job.pk, worker=self.job.worker, status__in=TrainingJob.ACTIVE
-        ).values_list("cancel_requested", flat=True)
-        answer = list(mine)
-        if not answer:
-            self.reason = "taken"
-        elif answer[0]:
-            self.reason = "cancelled"
-        else:
-            return False
-        return True
-
-
-def worker_stopping() -> bool:
-    """Whether this Celery worker is shutting down (warm or cold)."""
-    from celery.worker import state
-
-    # Celery sets these on a warm or cold shutdown; 0 (EX_OK) counts, None and False do not.
-    return any(
-        flag is not None and flag is not False
-        for flag in (state.should_stop, state.should_terminate)
-    )
-
 
 # ---- the job ----------------------------------------------------------------------------------
 
@@ -291,32 +238,7 @@ def run(job_id: int, worker: str) -> None:
         _stopped(job, reporter)
     except Exception as exc:
         logger.exception("training job %s failed", job_id)
-        reporter.log(f"Failed: {type(exc).__name__}: {exc}")
-        reporter.flush()
-        job.finish(TrainingJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-
-
-@contextlib.contextmanager
-def heartbeat(job: TrainingJob | Experiment) -> Iterator[None]:
-    """While the block runs, tell the row every tenth of a lease that this worker is alive: some
-    phases (loading, validation, a long generation batch) report no progress for minutes, and a
-    job silent for a whole lease is taken for abandoned."""
-    done = threading.Event()
-
-    def beat() -> None:
-        try:
-            while not done.wait(settings.TRAINING_LEASE_SECONDS / 10):
-                job.beat()
-        finally:
-            connection.close()  # this thread's own connection
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job.pk}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+        reporter.fail(exc)
 
 
 def _run(job: TrainingJob, reporter: Reporter) -> None:

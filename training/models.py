@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -15,12 +15,146 @@ from curation.models import Release
 LOG_LINES = 50  # lines of the worker's log kept on the row
 
 
-class TrainingJob(models.Model):
-    """One LoRA training run of the student on a release, then its evaluation.
+class LeasedRun(models.Model):
+    """A row a training worker runs under a lease: TrainingJob and Experiment.
 
     A worker claims the row (queued -> running) with a conditional UPDATE, so a redelivered task
-    never runs a job twice at once. The run folder keeps checkpoints: a job whose worker died is
-    queued again and continues from its last one.
+    never runs it twice at once; it writes progress (`record`) and beats while it works, and ends
+    the row with `finish`. A row no worker has reported on for a whole lease
+    (TRAINING_LEASE_SECONDS) is taken for abandoned and queued again when a worker starts.
+
+    A subclass has its own `Status` choices, with at least queued, running, done, failed and
+    cancelled; `ACTIVE` are the statuses a worker holds the row in. The `ON_*` dictionaries are
+    the subclass's own fields the transitions write besides the lease's.
+    """
+
+    Status: ClassVar[Any]
+    FINISHED: ClassVar[tuple[str, ...]]
+    ACTIVE: ClassVar[tuple[str, ...]]
+    ON_CLAIM: ClassVar[dict[str, Any]] = {}  # an earlier attempt's progress, reset
+    ON_FINISH: ClassVar[dict[str, Any]] = {}
+    ON_CANCEL_QUEUED: ClassVar[dict[str, Any]] = {}  # a queued row cancelled before it started
+    ON_ORPHANED: ClassVar[dict[str, Any]] = {}  # a row queued again after its worker stopped
+
+    # Each subclass declares it again with its own choices.
+    status = models.CharField(max_length=10, default="queued")
+    # The new-row form's one-time token: a double-clicked submit creates one row.
+    request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # The lease, written by the worker that holds the row.
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    log_tail = models.TextField(blank=True)
+
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but its worker has not reported for a whole lease: it probably died."""
+        if self.status not in self.ACTIVE or self.heartbeat_at is None:
+            return False
+        lease = timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        return timezone.now() - self.heartbeat_at > lease
+
+    def _this(self, **lookups: Any) -> QuerySet[Self]:
+        return type(self)._default_manager.filter(pk=self.pk, **lookups)
+
+    def held(self) -> QuerySet[Self]:
+        """This row while this worker holds it: what the worker's writes update."""
+        return self._this(worker=self.worker, status__in=self.ACTIVE)
+
+    def claim(self, worker: str) -> bool:
+        """queued -> running for `worker`, once; False when it is not queued (any more)."""
+        now = timezone.now()
+        updated = self._this(status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+            finished_at=None,
+            error="",
+            **self.ON_CLAIM,
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def record(self, **values: Any) -> None:
+        """Write progress fields while this worker still holds the row."""
+        now = timezone.now()
+        self.held().update(**values, updated_at=now, heartbeat_at=now)
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.updated_at = self.heartbeat_at = now
+
+    def beat(self) -> None:
+        """The worker is alive (between progress reports)."""
+        self.held().update(heartbeat_at=timezone.now())
+
+    def finish(self, status: str, error: str = "", **values: Any) -> bool:
+        """running -> done, failed or cancelled; False when it had ended already or another
+        worker holds it."""
+        updated = self.held().update(
+            status=status,
+            error=error[:4000],
+            finished_at=timezone.now(),
+            **self.ON_FINISH,
+            **values,
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    def request_cancel(self) -> bool:
+        """A queued row ends at once; a running one is asked to stop (its worker ends it at the
+        next step). False when it had ended already."""
+        ended = self._this(status=self.Status.QUEUED).update(
+            status=self.Status.CANCELLED,
+            cancel_requested=True,
+            finished_at=timezone.now(),
+            **self.ON_CANCEL_QUEUED,
+        )
+        asked = self._this(status__in=self.ACTIVE).update(cancel_requested=True)
+        self.refresh_from_db()
+        return bool(ended or asked)
+
+    @classmethod
+    def orphans_of(cls, worker: str) -> list[int]:
+        """At worker start: rows this worker name held before it restarted (it died holding
+        them) or that no worker has reported on for a whole lease, each queued again; with every
+        queued one, whose message may be lost."""
+        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+        rows = cls._default_manager
+        abandoned = rows.filter(Q(worker=worker) | Q(heartbeat_at__lt=lease), status__in=cls.ACTIVE)
+        ids = list(abandoned.values_list("pk", flat=True))
+        rows.filter(pk__in=ids, status__in=cls.ACTIVE).update(
+            status=cls.Status.QUEUED, **cls.ON_ORPHANED
+        )
+        queued = rows.filter(status=cls.Status.QUEUED)
+        return sorted(set(ids) | set(queued.values_list("pk", flat=True)))
+
+
+class TrainingJob(LeasedRun):
+    """One LoRA training run of the student on a release, then its evaluation.
+
+    A worker claims, runs and ends it as LeasedRun says. The run folder keeps checkpoints: a job
+    whose worker died is queued again and continues from its last one.
     """
 
     class Variant(models.TextChoices):
@@ -37,6 +171,8 @@ class TrainingJob(models.Model):
 
     FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
     ACTIVE = (Status.RUNNING, Status.EVALUATING)
+    ON_FINISH = {"eta_s": None}
+    ON_ORPHANED = {"phase": "Queued again after its worker stopped"}
 
     release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="training_jobs")
     base_model = models.CharField(
@@ -53,18 +189,8 @@ class TrainingJob(models.Model):
         help_text="False: the student is trained, not scored ('train without evaluation').",
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    # The new-job form's one-time token: a double-clicked submit creates one job.
-    request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     # Progress, written by the worker at most every few seconds.
-    worker = models.CharField(max_length=200, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
     phase = models.CharField(max_length=200, blank=True)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
@@ -77,10 +203,7 @@ class TrainingJob(models.Model):
     resumed_from = models.PositiveIntegerField(
         null=True, blank=True, help_text="the checkpoint step the last attempt continued from"
     )
-    updated_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     losses = models.JSONField(default=list, blank=True)  # [[step, loss], ...]
-    log_tail = models.TextField(blank=True)
 
     # What the run left behind.
     run_dir = models.CharField(max_length=500, blank=True)
@@ -90,8 +213,6 @@ class TrainingJob(models.Model):
     samples = models.JSONField(default=list, blank=True)  # replies side by side
     model_card = models.CharField(max_length=500, blank=True)
     report = models.CharField(max_length=500, blank=True)
-    error = models.TextField(blank=True)
-    cancel_requested = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
@@ -102,10 +223,6 @@ class TrainingJob(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("training-job-detail", args=[self.pk])
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
 
     @property
     def percent(self) -> int:
@@ -124,48 +241,8 @@ class TrainingJob(models.Model):
         return f"{self.step}/{self.total_steps or '?'} steps"
 
     @property
-    def is_stale(self) -> bool:
-        """Running, but its worker has not reported for a whole lease: it probably died."""
-        if self.status not in self.ACTIVE or self.heartbeat_at is None:
-            return False
-        lease = timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
-        return timezone.now() - self.heartbeat_at > lease
-
-    @property
     def can_resume(self) -> bool:
         return self.status in (self.Status.FAILED, self.Status.CANCELLED) or self.is_stale
-
-    def claim(self, worker: str) -> bool:
-        """queued -> running for `worker`, once; False when it is not queued (any more)."""
-        now = timezone.now()
-        updated = TrainingJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING,
-            worker=worker,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            heartbeat_at=now,
-            updated_at=now,
-            finished_at=None,
-            error="",
-        )
-        self.refresh_from_db()
-        return updated == 1
-
-    def record(self, **values: Any) -> None:
-        """Write progress fields while this worker still holds the job."""
-        now = timezone.now()
-        TrainingJob.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
-            **values, updated_at=now, heartbeat_at=now
-        )
-        for name, value in values.items():
-            setattr(self, name, value)
-        self.updated_at = self.heartbeat_at = now
-
-    def beat(self) -> None:
-        """The worker is alive (between progress reports)."""
-        TrainingJob.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
-            heartbeat_at=timezone.now()
-        )
 
     def end_training(self, adapter_dir: Path, resolved: dict[str, Any], evaluating: bool) -> None:
         """Training is over: keep what it made; then the models are scored, or (`evaluating`
@@ -183,35 +260,8 @@ class TrainingJob(models.Model):
             eta_s=None,
         )
 
-    def finish(self, status: str, error: str = "", **values: Any) -> bool:
-        """running/evaluating -> done, failed or cancelled; False when it had ended already."""
-        updated = TrainingJob.objects.filter(
-            pk=self.pk, worker=self.worker, status__in=self.ACTIVE
-        ).update(
-            status=status,
-            error=error[:4000],
-            finished_at=timezone.now(),
-            eta_s=None,
-            **values,
-        )
-        self.refresh_from_db()
-        return updated == 1
-
     def stop_requested(self) -> bool:
         return TrainingJob.objects.filter(pk=self.pk, cancel_requested=True).exists()
-
-    def request_cancel(self) -> bool:
-        """A queued job ends at once; a running one is asked to stop (the worker checkpoints and
-        ends it). False when it had ended already."""
-        now = timezone.now()
-        ended = TrainingJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.CANCELLED, cancel_requested=True, finished_at=now
-        )
-        asked = TrainingJob.objects.filter(pk=self.pk, status__in=self.ACTIVE).update(
-            cancel_requested=True
-        )
-        self.refresh_from_db()
-        return bool(ended or asked)
 
     def requeue(self) -> bool:
         """Queue a failed, cancelled or abandoned job again; its run continues from the last
@@ -242,21 +292,6 @@ class TrainingJob(models.Model):
         )
         self.refresh_from_db()
 
-    @classmethod
-    def orphans_of(cls, worker: str) -> list[int]:
-        """At worker start: jobs this worker name held before it restarted (it died holding
-        them) or that no worker has reported on for a whole lease; each is queued again."""
-        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
-        abandoned = cls.objects.filter(
-            Q(worker=worker) | Q(heartbeat_at__lt=lease), status__in=cls.ACTIVE
-        )
-        ids = list(abandoned.values_list("pk", flat=True))
-        cls.objects.filter(pk__in=ids, status__in=cls.ACTIVE).update(
-            status=cls.Status.QUEUED, phase="Queued again after its worker stopped"
-        )
-        queued = cls.objects.filter(status=cls.Status.QUEUED)
-        return sorted(set(ids) | set(queued.values_list("pk", flat=True)))
-
     def sft_counterparts(self) -> tuple[TrainingJob | None, TrainingJob | None]:
         """For an SFT + DRI job, (twin, other): the latest finished SFT-only job on the same
         release trained with the same settings (base, seed, hyperparameters), which the page
@@ -282,14 +317,12 @@ class TrainingJob(models.Model):
         )
 
 
-class Experiment(models.Model):
+class Experiment(LeasedRun):
     """The ablation on one release (training.experiment): the chosen arms trained and scored on
     the same test turns, with 95% intervals and paired comparisons.
 
-    The same lifecycle as a training job: a worker claims the row (queued -> running) with a
-    conditional UPDATE, beats while it works and ends it with `finish`; a killed worker's
-    experiment is queued again when a training worker starts. No checkpoint is kept: an
-    experiment that runs again starts from the beginning.
+    The same lifecycle as a training job (LeasedRun), but no checkpoint is kept: an experiment
+    that runs again (its worker died, or stopped) starts from the beginning.
     """
 
     class Status(models.TextChoices):
@@ -301,6 +334,20 @@ class Experiment(models.Model):
 
     FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
     ACTIVE = (Status.RUNNING,)
+    ON_CLAIM = {
+        "stage": 0,
+        "stages": 0,
+        "label": "Starting",
+        "done": 0,
+        "total": 0,
+        "fraction": 0.0,
+        "report": {},
+        "samples": [],
+    }
+    ON_CANCEL_QUEUED = {"label": "Cancelled before it started"}
+    ON_ORPHANED = {
+        "label": "Queued again after its worker stopped: it starts again from the beginning"
+    }
 
     release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="experiments")
     arms = models.JSONField(default=list)  # names from training.experiment.ARMS, in run order
@@ -316,32 +363,18 @@ class Experiment(models.Model):
     # The teacher as its worker configured it (generation.teacher.TeacherConfig): never a key.
     teacher = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    request_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     # Progress (training.experiment.Progress), written by the worker at most every few seconds.
-    worker = models.CharField(max_length=200, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
     stage = models.PositiveIntegerField(default=0)  # 0-based
     stages = models.PositiveIntegerField(default=0)
     label = models.CharField(max_length=200, blank=True)
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     fraction = models.FloatField(default=0.0)  # of the whole experiment, as the engine says
-    updated_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    log_tail = models.TextField(blank=True)
 
     # What the run left behind (its files are in training.experiments.run_dir).
     report = models.JSONField(default=dict, blank=True)
     samples = models.JSONField(default=list, blank=True)  # the first lines of replies.jsonl
-    error = models.TextField(blank=True)
-    cancel_requested = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
@@ -352,10 +385,6 @@ class Experiment(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("training-experiment-detail", args=[self.pk])
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
 
     @property
     def percent(self) -> int:
@@ -370,93 +399,3 @@ class Experiment(models.Model):
             return self.label
         counted = f" {self.done}/{self.total}" if self.total else ""
         return f"{self.label}{counted} (stage {self.stage + 1} of {self.stages})"
-
-    @property
-    def is_stale(self) -> bool:
-        """Running, but its worker has not reported for a whole lease: it probably died."""
-        if self.status not in self.ACTIVE or self.heartbeat_at is None:
-            return False
-        lease = timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
-        return timezone.now() - self.heartbeat_at > lease
-
-    def claim(self, worker: str) -> bool:
-        """queued -> running for `worker`, once, from the beginning; False when it is not
-        queued (any more)."""
-        now = timezone.now()
-        updated = Experiment.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING,
-            worker=worker,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            heartbeat_at=now,
-            updated_at=now,
-            finished_at=None,
-            error="",
-            stage=0,
-            stages=0,
-            label="Starting",
-            done=0,
-            total=0,
-            fraction=0.0,
-            report={},
-            samples=[],
-        )
-        self.refresh_from_db()
-        return updated == 1
-
-    def record(self, **values: Any) -> None:
-        """Write progress fields while this worker still holds the experiment."""
-        now = timezone.now()
-        Experiment.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
-            **values, updated_at=now, heartbeat_at=now
-        )
-        for name, value in values.items():
-            setattr(self, name, value)
-        self.updated_at = self.heartbeat_at = now
-
-    def beat(self) -> None:
-        Experiment.objects.filter(pk=self.pk, worker=self.worker, status__in=self.ACTIVE).update(
-            heartbeat_at=timezone.now()
-        )
-
-    def finish(self, status: str, error: str = "", **values: Any) -> bool:
-        """running -> done, failed or cancelled; False when it had ended already or another
-        worker holds it."""
-        updated = Experiment.objects.filter(
-            pk=self.pk, worker=self.worker, status__in=self.ACTIVE
-        ).update(status=status, error=error[:4000], finished_at=timezone.now(), **values)
-        self.refresh_from_db()
-        return updated == 1
-
-    def request_cancel(self) -> bool:
-        """A queued experiment ends at once; a running one is asked to stop (its worker ends it
-        at the next step or batch of replies). False when it had ended already."""
-        now = timezone.now()
-        ended = Experiment.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            label="Cancelled before it started",
-        )
-        asked = Experiment.objects.filter(pk=self.pk, status__in=self.ACTIVE).update(
-            cancel_requested=True
-        )
-        self.refresh_from_db()
-        return bool(ended or asked)
-
-    @classmethod
-    def orphans_of(cls, worker: str) -> list[int]:
-        """At worker start: experiments this worker name held before it restarted (it died
-        holding them) or that no worker has reported on for a whole lease, queued again to
-        start from the beginning; with every queued one, whose message may be lost."""
-        lease = timezone.now() - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
-        abandoned = cls.objects.filter(
-            Q(worker=worker) | Q(heartbeat_at__lt=lease), status__in=cls.ACTIVE
-        )
-        ids = list(abandoned.values_list("pk", flat=True))
-        cls.objects.filter(pk__in=ids, status__in=cls.ACTIVE).update(
-            status=cls.Status.QUEUED,
-            label="Queued again after its worker stopped: it starts again from the beginning",
-        )
-        queued = cls.objects.filter(status=cls.Status.QUEUED)
-        return sorted(set(ids) | set(queued.values_list("pk", flat=True)))

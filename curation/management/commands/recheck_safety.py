@@ -37,9 +37,8 @@ class Command(BaseCommand):
         with transaction.atomic():
             for dialogue in dialogues.iterator(chunk_size=500):
                 checked += 1
-                check = check_dialogue(
-                    dialogue.description, [t.current_text for t in dialogue.seeker_turns]
-                )
+                turns: list[Turn] = getattr(dialogue, "seeker_turns")  # noqa: B009 (prefetched)
+                check = check_dialogue(dialogue.description, [t.current_text for t in turns])
                 if dialogue.safety_status == SafetyStatus.FLAGGED:
                     source = str(dialogue.safety_notes.get("source", ""))
                     unmatched += source.endswith("gate") and not check.flagged
