@@ -59,7 +59,8 @@ def test_the_preview_follows_the_fields_as_they_change(client, lead, one_accepte
     everything = client.get(
         url, {**SPLIT, "statuses": [s.value for s in Dialogue.Status]}, headers=HTMX
     ).content.decode()
-    assert "<strong>38</strong> train" in everything and "split-warning" not in everything
+    # 44 seeds: the crisis gate holds 4 for a lead.
+    assert "<strong>36</strong> train" in everything and "split-warning" not in everything
     # A test share of 0 empties the test split whatever the selection.
     Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
     no_test = client.get(url, {**SPLIT, "test": 0}, headers=HTMX).content.decode()
@@ -72,7 +73,9 @@ def test_no_warning_with_enough_dialogues(client, lead):
     Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
     client.force_login(lead)
     body = client.get(reverse("curation-release-new")).content.decode()
-    assert "<strong>38</strong> train / <strong>5</strong> valid / <strong>5</strong> test" in body
+    assert (
+        "<strong>36</strong> train / <strong>4</strong> valid / <strong>4</strong> test" in body
+    )  # 44 seeds
     assert "split-warning" not in body and "is empty" not in body
 
 
