@@ -198,3 +198,27 @@ def test_a_dri_candidate_at_risk_sends_its_dialogue_to_a_lead(settings, vocabula
     assert dialogue.pk == risky_fill.turn.dialogue_id
     assert dialogue.safety_notes["source"] == "DRI gate"
     assert dialogue.safety_notes["matches"] == ["I want to end my life."]
+
+
+def test_check_safety_scores_labelled_lines(tmp_path: Path, vocabulary_db):
+    rows = [
+        {"text": RISK, "crisis": True, "category": "suicide"},
+        {
+            "text": "I keep thinking about the pills in the cupboard.",
+            "crisis": True,
+            "category": "suicide",
+        },
+        {"text": CALM, "crisis": False, "category": None},
+        {"text": "This commute is killing me.", "crisis": False, "category": None},
+    ]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = StringIO()
+    call_command("check_safety", str(path), stdout=out)
+    *verdicts, last = [json.loads(line) for line in out.getvalue().splitlines()]
+    flagged = [v["flagged"] for v in verdicts]
+    caught = sum(flagged[:2])
+    assert last["summary"]["crisis_flagged"] == f"{caught}/2"
+    assert last["summary"]["recall"] == round(caught / 2, 3)
+    assert last["summary"]["others_flagged"] == f"{sum(flagged[2:])}/2"
+    assert last["summary"]["recall_by_category"] == {"suicide": f"{caught}/2"}
