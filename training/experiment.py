@@ -20,7 +20,9 @@ ROUGE-L (beta 1.2), Distinct-1..3, unigram F1, mean reply length in tokens, the 
 the references, and strategy accuracy when every reference is tagged ("[Question] ..."). Each metric's interval resamples test turns (1000 draws, fixed seed); with
 several seeds an arm's figure is the mean over its seeds, recomputed on every draw. Each arm is
 compared with `base` and `sft` by a paired bootstrap of the difference: its interval and a
-two-sided p-value (twice the share of draws on the other side of 0).
+two-sided p-value (twice the share of draws on the other side of 0). Draws are centred on the
+value of all the turns (training.noise.centred), so Distinct-n, which repeated replies lower in
+every draw, gets an interval around its value.
 
 OUT gets report.json (`"arms"`: for each arm `"metrics"` name -> value, `"ci"` name -> [low,
 high], `"versus"`: other arm -> name -> {"difference", "ci", "p"}, `"budget"`; and
@@ -130,8 +132,9 @@ def summarise(
     drawn = {arm: {key: s(weights) for key, s in found.items()} for arm, found in stats.items()}
     result: dict[str, dict[str, Any]] = {}
     for arm, found in stats.items():
-        metrics = {key: _number(float(s(whole)[0])) for key, s in found.items()}
-        ci = {key: _interval(values) for key, values in drawn[arm].items()}
+        points = {key: float(s(whole)[0]) for key, s in found.items()}
+        metrics = {key: _number(value) for key, value in points.items()}
+        ci = {key: _interval(noise.centred(drawn[arm][key], points[key])) for key in found}
         versus = {
             other: {
                 key: _difference(float(found[key](whole)[0] - stats[other][key](whole)[0]), drawn[arm][key] - drawn[other][key])
@@ -154,7 +157,7 @@ def _interval(values: np.ndarray) -> list[float | None]:
 
 
 def _difference(point: float, draws: np.ndarray) -> dict[str, Any]:
-    finite = draws[np.isfinite(draws)]
+    finite = noise.centred(draws, point)
     if not finite.size:
         return {"difference": _number(point), "ci": [None, None], "p": None}
     side = min(float(np.mean(finite <= 0)), float(np.mean(finite >= 0)))

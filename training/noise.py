@@ -59,17 +59,32 @@ def draws(replies: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndar
 def paired_bootstrap(
     a: Statistic, b: Statistic, replies: int, resamples: int = RESAMPLES, seed: int = SEED
 ) -> Interval:
-    """The 95% interval of b - a over `resamples` paired draws of `replies` replies. Resamples
-    where the metric is undefined (no gold strategy drawn, say) are left out."""
+    """The 95% interval of b - a over `resamples` paired draws of `replies` replies, centred on
+    the difference of all the replies (`centred`). Resamples where the metric is undefined (no
+    gold strategy drawn, say) are left out."""
     if replies < 1:
         raise ValueError("a bootstrap needs at least one reply")
     weights = draws(replies, resamples, seed)
-    differences = b(weights) - a(weights)
-    finite = differences[np.isfinite(differences)]
+    whole = np.ones((1, replies))
+    point = float(b(whole)[0] - a(whole)[0])
+    finite = centred(b(weights) - a(weights), point)
     if not finite.size:
         return Interval(math.nan, math.nan)
     low, high = np.percentile(finite, [2.5, 97.5])
     return Interval(float(low), float(high))
+
+
+def centred(values: np.ndarray, point: float) -> np.ndarray:
+    """The finite draws, shifted so that their median is the value on all the replies.
+
+    A draw repeats some replies and leaves others out, which biases statistics that count
+    distinct things: Distinct-n of a draw is lower than that of the replies, so its percentile
+    interval can sit wholly below the value it is meant to surround. Shifting the draws by that
+    bias puts the interval around the value; for unbiased statistics the shift is about 0."""
+    finite = values[np.isfinite(values)]
+    if not finite.size or not math.isfinite(point):
+        return finite
+    return finite + (point - float(np.median(finite)))
 
 
 # ---- statistics: a metric recomputed on each draw ------------------------------------------------
