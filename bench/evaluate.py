@@ -4,8 +4,8 @@
     python bench/evaluate.py --turns 64 --batch-size 16 --max-new-tokens 64
 
 Both sides write greedy replies of at most --max-new-tokens to the same ESConv test contexts
-(ESConv's test.txt from EXTES_ESCONV_DIR, else the shared data folder beside the repository, read
-in place), with the same model in the same process:
+(ESConv's test.txt as bench/training.py reads it; contexts as training.evaluate takes them), with the
+same model in the same process:
   (a) one_by_one: one generate() per turn, in file order (what evaluation did before);
   (b) batched: training.evaluate.write_replies, --batch-size contexts of similar length per
       generate(), left-padded.
@@ -19,35 +19,12 @@ share of identical replies is printed too. One line per figure:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def contexts(turns: int) -> list[list[dict[str, str]]]:
-    from curation.releases.build import SYSTEM_PROMPT
-
-    folder = Path(os.environ.get("EXTES_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv"))
-    found: list[list[dict[str, str]]] = []
-    for line in (folder / "test.txt").read_text(encoding="utf-8").splitlines():
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        for utterance in json.loads(line)["dialog"]:
-            role = "user" if utterance["speaker"] == "usr" else "assistant"
-            text = utterance["text"].strip()
-            if messages[-1]["role"] == role:
-                messages[-1] = {"role": role, "content": f"{messages[-1]['content']} {text}"}
-                continue
-            if role == "assistant" and len(messages) > 1:
-                found.append(list(messages))
-                if len(found) == turns:
-                    return found
-            messages.append({"role": role, "content": text})
-    return found
 
 
 def main() -> None:
@@ -57,16 +34,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
+    from bench.training import esconv_chats
     from generation.localmodel import LocalRunner
     from training.common import resolve_base
-    from training.evaluate import Greedy, Sample, write_replies
+    from training.evaluate import Greedy, supporter_turns, write_replies
 
     runner = LocalRunner(Path(resolve_base(None)))
-    chats = contexts(args.turns)
+    # Each dialogue gives a dozen turns or more: as many dialogues as turns is plenty.
+    samples = supporter_turns(esconv_chats(args.turns, "test"), args.turns)
+    chats = [s.context for s in samples]
     greedy = Greedy(args.max_new_tokens)
     runner.generate([chats[0]], greedy)  # warm-up, not timed
 
@@ -76,7 +52,6 @@ def main() -> None:
     print(f"eval_one_by_one replies_per_s={len(chats) / one_by_one:.3f} "
           f"seconds={one_by_one:.1f} turns={len(chats)}", flush=True)  # fmt: skip
 
-    samples = [Sample(0, k, chat, "") for k, chat in enumerate(chats)]
     started = time.perf_counter()
     write_replies(
         samples,

@@ -84,10 +84,11 @@ SYSTEM = "You are a kind, patient listener who helps people with what troubles t
 # ---- data ---------------------------------------------------------------------------------------
 
 
-def esconv_chats(limit: int) -> list[dict[str, Any]]:
+def esconv_chats(limit: int, split: str = "train") -> list[dict[str, Any]]:
+    """The first `limit` dialogues of ESConv's `split` as chats (read in place)."""
     folder = Path(os.environ.get("EXTES_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv"))
     chats = []
-    with (folder / "train.txt").open(encoding="utf-8") as lines:
+    with (folder / f"{split}.txt").open(encoding="utf-8") as lines:
         for line in islice(lines, limit):
             messages = [{"role": "system", "content": SYSTEM}]
             for turn in json.loads(line)["dialog"]:

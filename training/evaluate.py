@@ -163,7 +163,7 @@ def evaluate(
         "decoding": decoding.as_dict(),
         "metrics": scored,
         "samples": [
-            _sample_record(s, examples, scores)
+            sample_record(s, examples, scores)
             for s, scores in zip(samples, reply_scores(samples), strict=True)
         ],
     }
@@ -318,17 +318,18 @@ def score(samples: list[Sample], with_tags: bool = False) -> dict[str, Any]:
     return result
 
 
-def _sample_record(
-    sample: Sample, examples: list[dict[str, Any]], scores: dict[str, Any]
+def sample_record(
+    sample: Sample, examples: list[dict[str, Any]], scores: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return {
+    """A scored turn as metrics.json (and an experiment) keeps it; `scores` when there are."""
+    record = {
         "id": examples[sample.example].get("id"),
         "turn": sample.turn,
         "context": [f"{msg['role']}: {msg['content']}" for msg in sample.context[-2:]],
         "reference": sample.reference,
         "reply": sample.reply,
-        "scores": scores,
     }
+    return record if scores is None else record | {"scores": scores}
 
 
 def format_table(metrics: dict[str, Any]) -> str:

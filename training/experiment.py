@@ -359,18 +359,7 @@ def teacher_replies(
             return [r.text.strip() for r in pool.map(lambda c: teacher.chat(c, sampling), contexts)]
 
     ev.write_replies(samples, write, batch_size, on_progress, should_stop, by_length=False)
-    return {
-        "samples": [
-            {
-                "id": examples[s.example].get("id"),
-                "turn": s.turn,
-                "context": [f"{msg['role']}: {msg['content']}" for msg in s.context[-2:]],
-                "reference": s.reference,
-                "reply": s.reply,
-            }
-            for s in samples
-        ]
-    }
+    return {"samples": [ev.sample_record(s, examples) for s in samples]}
 
 
 def report_html(report: dict[str, Any]) -> str:
