@@ -230,6 +230,12 @@ REVIEW_LEASE_MINUTES = envint("EXTES_REVIEW_LEASE_MINUTES", 30)
 # Annotator wellbeing: at most this many crisis-flagged dialogues (cleared by a lead) per
 # annotator per day; 0 keeps them away from annotators altogether.
 CRISIS_DAILY_CAP = envint("EXTES_CRISIS_DAILY_CAP", 3)
+# The crisis gate's classifier layer (generation.crisis_gate): "worker" screens imported dialogues
+# in a worker before anyone reviews them (they wait as "screening"); "inline" screens them where
+# they are created; "off" leaves the rules alone. Generation, DRI and edits run it where they are.
+SAFETY_SCREEN = envstr("EXTES_SAFETY_SCREEN", "worker").strip().lower()
+if SAFETY_SCREEN not in ("worker", "inline", "off"):
+    raise ImproperlyConfigured("EXTES_SAFETY_SCREEN must be worker, inline or off")
 
 # Import and generation reject a dialogue with more turns than this (ESConv's longest has 87).
 MAX_UTTERANCES = envint("EXTES_MAX_UTTERANCES", 100)

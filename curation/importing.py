@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models, transaction
 
+from curation import screening
 from curation.models import Dialogue, SafetyStatus, Scenario, Strategy, Turn
 from curation.parsing import (
     Format,
@@ -34,7 +35,6 @@ from curation.parsing import (
     read_json,
 )
 from curation.vocabulary import normalize
-from generation import safety
 
 BATCH_SIZE = 500
 
@@ -83,6 +83,7 @@ def load_reference() -> Reference:
 def create_dialogues(
     items: Sequence[tuple[ParsedDialogue, dict[str, Any]]],
     strategy_ids: Mapping[tuple[str, str], int],
+    screen: str | None = None,
 ) -> list[Dialogue]:
     """Save parsed dialogues as Dialogue rows and their Turn rows, in two bulk inserts.
 
@@ -91,17 +92,20 @@ def create_dialogues(
     source_file, source_record, source_format and raw, and where they apply provenance and the
     safety fields. A turn's final text and strategy stay empty until its dialogue settles.
 
-    Every dialogue passes the crisis gate here (generation.safety), whichever way it came in: a
-    flagged one is saved FLAGGED, with the gate's reasons, and waits in the leads' safety queue
-    before any annotator sees it. Fields the caller gives for safety win (a generation job that
-    already flagged it, say).
+    Every dialogue passes the crisis gate here, whichever way it came in (curation.screening):
+    the rules at once (a flagged one is saved FLAGGED, with the reasons, and waits in the leads'
+    safety queue before any annotator sees it); then the classifier, ``screen`` saying where:
+    "worker" (saved SCREENING, a worker screens it after the commit), "inline" (screened here,
+    in the caller's transaction), "rules" (not at all); None follows settings.SAFETY_SCREEN.
+    Fields the caller gives for safety win.
     """
+    where = screen or screening.placement()
     dialogues = Dialogue.objects.bulk_create(
         Dialogue(
             description=parsed.description,
             content_hash=parsed.content_hash(),
             repairs=[{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
-            **(_gate(parsed, str(fields.get("origin", ""))) | fields),
+            **(_gate(parsed, str(fields.get("origin", "")), where) | fields),
         )
         for parsed, fields in items
     )
@@ -116,18 +120,20 @@ def create_dialogues(
         for dialogue, (parsed, _) in zip(dialogues, items, strict=True)
         for index, turn in enumerate(parsed.turns)
     )
+    waiting = [d for d in dialogues if d.safety_status == SafetyStatus.SCREENING]
+    if waiting and where == "inline":
+        screening.screen_dialogues(waiting)
+        for dialogue in waiting:
+            dialogue.refresh_from_db(fields=["safety_status", "safety_notes"])
+    elif waiting:
+        screening.queue([d.pk for d in waiting])
     return dialogues
 
 
-def _gate(parsed: ParsedDialogue, origin: str) -> dict[str, Any]:
-    """The safety fields of a new dialogue: FLAGGED with the gate's reasons, or none."""
-    check = safety.check_dialogue(
-        parsed.description, [t.text for t in parsed.turns if t.role == Turn.Role.SEEKER]
-    )
-    if not check.flagged:
-        return {}
-    source = safety.GATE_SOURCES.get(origin, "crisis gate")
-    return {"safety_status": SafetyStatus.FLAGGED, "safety_notes": safety.gate_notes(check, source)}
+def _gate(parsed: ParsedDialogue, origin: str, where: str) -> dict[str, Any]:
+    """The safety fields of a new dialogue (curation.screening.initial_fields)."""
+    seekers = [t.text for t in parsed.turns if t.role == Turn.Role.SEEKER]
+    return screening.initial_fields(parsed.description, seekers, origin, where)
 
 
 @dataclass
@@ -146,6 +152,7 @@ class ImportReport:
     rejects_path: str = ""
     dry_run: bool = False
     flagged: int = 0  # imported dialogues the crisis gate sent to the leads' safety queue
+    screening: int = 0  # imported dialogues waiting for a worker's safety screen
 
     def lines(self) -> list[str]:
         verb = "would import" if self.dry_run else "imported"
@@ -156,6 +163,11 @@ class ImportReport:
             f"  repaired: {self.repaired} dialogues",
             f"  flagged by the crisis gate, waiting for a lead: {self.flagged}",
         ]
+        if self.screening:
+            out.append(
+                f"  waiting for the safety screen (a worker screens them before review): "
+                f"{self.screening}"
+            )
         for kind, count in sorted(self.repairs.items()):
             out.append(f"    {kind}: {count} in {self.repaired_dialogues[kind]} dialogues")
         out.append(f"  rejected: {sum(self.rejected.values())}")
@@ -240,7 +252,10 @@ def import_file(
     dry_run: bool = False,
     rejects_path: Path | str | None = None,
     source_name: str | None = None,
+    screen: str | None = None,
 ) -> ImportReport:
+    """Import a file (see the module's doc); ``screen`` says where the crisis gate's classifier
+    runs (create_dialogues), None following settings.SAFETY_SCREEN."""
     path = Path(path)
     source = source_name or str(path)
     try:
@@ -287,14 +302,17 @@ def import_file(
 
         scenario_ids = _scenario_ids({d.scene for _, _, d, _ in fresh}, report)
         for start in range(0, len(fresh), BATCH_SIZE):
-            report.flagged += _insert_batch(
+            flagged, waiting = _insert_batch(
                 fresh[start : start + BATCH_SIZE],
                 fmt,
                 origin,
                 source,
                 scenario_ids,
                 reference.strategy_ids,
+                screen,
             )
+            report.flagged += flagged
+            report.screening += waiting
         report.imported = len(fresh)
         if dry_run:
             transaction.set_rollback(True)
@@ -344,8 +362,10 @@ def _insert_batch(
     source: str,
     scenario_ids: dict[str, int],
     strategy_ids: Mapping[tuple[str, str], int],
-) -> int:
-    """Save a batch; returns how many of its dialogues the crisis gate flagged."""
+    screen: str | None = None,
+) -> tuple[int, int]:
+    """Save a batch; returns how many of its dialogues the crisis gate flagged, and how many
+    wait for a worker's screen."""
     saved = create_dialogues(
         [
             (
@@ -362,8 +382,12 @@ def _insert_batch(
             for number, raw, parsed, _digest in batch
         ],
         strategy_ids,
+        screen,
     )
-    return sum(d.safety_status == SafetyStatus.FLAGGED for d in saved)
+    return (
+        sum(d.safety_status == SafetyStatus.FLAGGED for d in saved),
+        sum(d.safety_status == SafetyStatus.SCREENING for d in saved),
+    )
 
 
 def _reject(

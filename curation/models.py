@@ -151,13 +151,16 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
 
 class SafetyStatus(models.TextChoices):
     NONE = "none", "Not flagged"
+    SCREENING = "screening", "Waiting for the safety screen"
     FLAGGED = "flagged", "Flagged: waiting for a lead"
     CLEARED = "cleared", "Cleared by a lead"
     EXCLUDED = "excluded", "Excluded by a lead"
 
 
 # Safety statuses that keep a dialogue away from annotators and releases.
-SAFETY_HELD = [SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED]
+SAFETY_HELD = [SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED, SafetyStatus.SCREENING]
+# Where a lead holds it: a gate's new flag changes nothing there.
+LEAD_HELD = [SafetyStatus.FLAGGED, SafetyStatus.EXCLUDED]
 
 
 class Dialogue(models.Model):
@@ -240,7 +243,7 @@ class Dialogue(models.Model):
     @property
     def crisis_flagged(self) -> bool:
         """Flagged for crisis or self-harm at some point (whatever a lead decided since)."""
-        return self.safety_status != SafetyStatus.NONE
+        return self.safety_status not in (SafetyStatus.NONE, SafetyStatus.SCREENING)
 
     @property
     def is_settled(self) -> bool:
@@ -272,13 +275,19 @@ class Dialogue(models.Model):
             after={"safety_status": self.safety_status},
         )
 
-    def flag_by_gate(self, source: str, categories: list[str], matches: list[str]) -> bool:
+    def flag_by_gate(
+        self,
+        source: str,
+        categories: list[str],
+        matches: list[str],
+        reasons: list[dict[str, str]] | None = None,
+    ) -> bool:
         """The crisis gate found risk in new text of this dialogue (a DRI candidate, a proposed
         edit): to the leads' safety queue, with the reasons. False when a lead already holds it
         (flagged or excluded); a dialogue a lead had cleared is flagged again."""
         updated = (
             Dialogue.objects.filter(pk=self.pk)
-            .exclude(safety_status__in=SAFETY_HELD)
+            .exclude(safety_status__in=LEAD_HELD)
             .update(
                 safety_status=SafetyStatus.FLAGGED,
                 safety_notes={
@@ -286,6 +295,7 @@ class Dialogue(models.Model):
                     "source": source,
                     "categories": categories,
                     "matches": matches,
+                    **({"reasons": reasons} if reasons is not None else {}),
                 },
             )
         )

@@ -1,4 +1,5 @@
-"""Celery tasks of curation: building a release's files in a worker."""
+"""Celery tasks of curation: building a release's files, and the safety screen of new
+dialogues, in a worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
+from curation import screening
 from curation.models import Release
 from curation.releases import build as releases
 
@@ -24,6 +26,13 @@ def build_release(self: Any, release_id: int) -> None:
     releases.build(release)
 
 
+@shared_task(name="curation.screen_dialogues", acks_late=True, reject_on_worker_lost=True)
+def screen_dialogues_task(ids: list[int] | None = None) -> str:
+    """The classifier over new dialogues waiting for it (these ``ids``, or all). Each dialogue
+    is settled once, by a conditional update, however often it is queued."""
+    return str(screening.screen_waiting(ids))
+
+
 @worker_ready.connect
 def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
     """A worker that starts queues again the builds a killed one left, and any whose message was
@@ -31,6 +40,8 @@ def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
     if settings.CELERY_TASK_DEFAULT_QUEUE not in queues:
         return
+    if screening.mode() != "off" and screening.waiting_count():
+        screen_dialogues_task.delay(None)  # whatever waited while no worker was there
     release_ids = Release.recover(sender.hostname)
     for release_id in release_ids:
         build_release.delay(release_id)

@@ -42,6 +42,7 @@ urlpatterns = [
     path("lead/adjudication/<int:pk>/", lead_views.adjudication_page, name="curation-adjudication"),
     path("lead/safety/", lead_views.safety_queue, name="curation-safety"),
     path("lead/safety/<int:pk>/", lead_views.safety_decide, name="curation-safety-decide"),
+    path("lead/safety/screen/", lead_views.safety_screen_now, name="curation-safety-screen"),
     # /rank/
     path("rank/", review_views.rank_next, name="curation-rank-next"),
     path("rank/<int:pk>/", review_views.rank, name="curation-rank"),

@@ -25,7 +25,7 @@ from curation.importing import Reference, create_dialogues, load_reference
 from curation.models import Candidate, Dialogue, Scenario, Turn
 from curation.parsing import ParsedDialogue
 from curation.vocabulary import EXTES_STRATEGIES
-from generation import inpainting, selfchat
+from generation import crisis_gate, inpainting, selfchat
 from generation.models import (
     GenerationFailure,
     GenerationJob,
@@ -33,7 +33,6 @@ from generation.models import (
     dri_dialogues,
     writing,
 )
-from generation.safety import check_texts
 from generation.selfchat import Failure
 from generation.teacher import Sampling, Teacher, TeacherConfig, Usage, get_teacher, is_ready
 
@@ -260,10 +259,13 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
                 )
                 for text in result.texts
             )
-            crisis = check_texts(result.texts)
+            crisis = crisis_gate.check(result.texts)
             if crisis.flagged:  # the same gate as every dialogue's: a lead looks first
                 turn.dialogue.flag_by_gate(
-                    "DRI gate", list(crisis.categories), list(crisis.matches)
+                    "DRI gate",
+                    list(crisis.categories),
+                    list(crisis.matches),
+                    [r.as_dict() for r in crisis.reasons],
                 )
         _record(
             unit,
@@ -331,7 +333,10 @@ def _store_dialogue(
         "raw": {"output": raw},
         "provenance": provenance,
     }  # the crisis gate is create_dialogues'
-    (dialogue,) = create_dialogues([(parsed, fields)], _reference_data().strategy_ids)
+    # In the worker already: the classifier screens it here, before anyone can claim it.
+    (dialogue,) = create_dialogues(
+        [(parsed, fields)], _reference_data().strategy_ids, screen=_screen_here()
+    )
     return dialogue
 
 
@@ -399,6 +404,12 @@ def _example_pool(scenario_id: int, later: bool) -> list[int]:
 
 _reference: tuple[float, Reference] | None = None
 REFERENCE_TTL = 60.0  # seconds: a lead's edit to a definition reaches the prompts within a minute
+
+
+def _screen_here() -> str:
+    """Generation runs in a worker: the classifier screens each new dialogue right here (or
+    not at all when the setting turns the layer off)."""
+    return "rules" if crisis_gate.screen_mode() == "off" else "inline"
 
 
 def _reference_data() -> Reference:

@@ -67,6 +67,14 @@ def _rejects_in_tmp(settings, tmp_path: Path) -> None:
     settings.REJECTS_DIR = tmp_path / "rejects"
 
 
+@pytest.fixture(autouse=True)
+def _screen_where_created(settings) -> None:
+    """The whole crisis gate runs where a test creates dialogues (the classifier's scores are
+    cached per text, so the seeds cost it once per process); tests of the worker's screen set
+    "worker" themselves (tests/test_screening.py)."""
+    settings.SAFETY_SCREEN = "inline"
+
+
 @pytest.fixture
 def vocabulary_db(transactional_db) -> None:
     """A transactional test's database, with the vocabulary the data migration loads.

@@ -102,7 +102,7 @@ def test_the_first_hour_from_the_seeds_to_an_evaluated_student(hour, tiny_base):
     # 1. An annotator lands on Review, which says what waits and how to start.
     hour.log_in("annotator")
     expect(page.get_by_role("heading", name="Review")).to_be_visible()
-    expect(page.locator("main")).to_contain_text("44")  # 48 seeds; the crisis gate holds 4
+    expect(page.locator("main")).to_contain_text("39")  # 48 seeds; the crisis gate holds 9
     hour.step("review-home")
 
     # 2. Both annotators review the first dialogues; annotator2 rejects the first one.

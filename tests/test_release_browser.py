@@ -72,7 +72,7 @@ def test_a_lead_cuts_a_release_and_downloads_its_files(browser, page, release_st
     saved = tmp_path / "extes.json"
     info.value.save_as(saved)
     records = json.loads(saved.read_text(encoding="utf-8"))
-    assert len(records) == Dialogue.objects.releasable().count() == 44  # 4 seeds held
+    assert len(records) == Dialogue.objects.releasable().count() == 39  # 9 seeds held
     with page.expect_download() as info:
         page.get_by_role("link", name="sft/train.jsonl").click()
     train = tmp_path / "train.jsonl"
@@ -97,7 +97,7 @@ def test_the_form_warns_of_an_empty_split_as_the_shares_change(page, release_stu
     log_in(page, release_studio.url, "paula")
     page.goto(f"{release_studio.url}/releases/new/")
     preview = page.locator("#split-preview")
-    expect(preview).to_contain_text("36 train / 4 valid / 4 test")
+    expect(preview).to_contain_text("31 train / 4 valid / 4 test")
     expect(page.locator("#split-warning")).to_have_count(0)
     page.get_by_label("Test", exact=True).fill("0")
     page.get_by_label("Test", exact=True).blur()

@@ -298,7 +298,7 @@ def test_create_release_in_the_background_queues_the_build(accepted, queued, tmp
 
     build_release(queued.pop())
     release.refresh_from_db()
-    assert (release.status, release.counts["test"], release.items.count()) == ("ready", 0, 44)
+    assert (release.status, release.counts["test"], release.items.count()) == ("ready", 0, 39)
     assert_complete(release.folder)
     call_command("export_release", "r-bg", "--out", str(tmp_path / "export"), stdout=StringIO())
     assert_complete(tmp_path / "export")
@@ -369,7 +369,7 @@ def test_a_build_whose_worker_is_killed_is_finished_by_the_next_worker(tmp_path,
         )
         done = row()
         assert (done["status"], done["attempts"]) == ("ready", 2)
-        assert site.query("SELECT COUNT(*) FROM curation_releasedialogue") == [(44,)]
+        assert site.query("SELECT COUNT(*) FROM curation_releasedialogue") == [(39,)]
         assert_complete(releases_dir / "r-kill")
         assert (
             json.loads((releases_dir / "r-kill" / "manifest.json").read_text())["checksum"]

@@ -118,7 +118,7 @@ def test_the_policy_changes_sft_dri_only(dialogue, tmp_path):
     sft_lines = sum(
         len((tmp_path / "best" / "sft" / f"{s}.jsonl").read_text().splitlines()) for s in SPLITS
     )
-    assert sft_lines == Dialogue.objects.releasable().count()  # the gate's 4 held seeds stay out
+    assert sft_lines == Dialogue.objects.releasable().count()  # the gate's 9 held seeds stay out
 
 
 def test_no_dri_leaves_sft_dri_empty_whatever_the_policy(dialogue, tmp_path):

@@ -85,13 +85,13 @@ def test_every_file_opens_as_documented_empty_splits_included(folder, tmp_path):
 
     # The other files of the README's list.
     records = json.loads((folder / "extes.json").read_text(encoding="utf-8"))
-    assert len(records) == 44  # 48 seeds; the crisis gate holds 4 for a lead
+    assert len(records) == 39  # 48 seeds; the crisis gate holds 9 for a lead
     report = import_file(folder / "extes.json", "extes")  # importable again
-    assert (report.imported, report.duplicates) == (0, 44)
+    assert (report.imported, report.duplicates) == (0, 39)
     esconv = datasets.load_dataset(
         "json", data_files=str(folder / "esconv.jsonl"), split="train", cache_dir=cache
     )
-    assert len(esconv) == 44 and esconv[0]["dialog"][0]["speaker"] in ("usr", "sys")
+    assert len(esconv) == 39 and esconv[0]["dialog"][0]["speaker"] in ("usr", "sys")
     for kind in COLUMNS:  # an empty split is an empty table with its columns, for pyarrow too
         table = pq.read_table(folder / "parquet" / kind / "test.parquet")
         assert (table.num_rows, table.column_names) == (0, COLUMNS[kind])

@@ -59,8 +59,8 @@ def test_the_preview_follows_the_fields_as_they_change(client, lead, one_accepte
     everything = client.get(
         url, {**SPLIT, "statuses": [s.value for s in Dialogue.Status]}, headers=HTMX
     ).content.decode()
-    # 44 seeds: the crisis gate holds 4 for a lead.
-    assert "<strong>36</strong> train" in everything and "split-warning" not in everything
+    # 39 seeds: the crisis gate holds 9 for a lead.
+    assert "<strong>31</strong> train" in everything and "split-warning" not in everything
     # A test share of 0 empties the test split whatever the selection.
     Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
     no_test = client.get(url, {**SPLIT, "test": 0}, headers=HTMX).content.decode()
@@ -74,8 +74,8 @@ def test_no_warning_with_enough_dialogues(client, lead):
     client.force_login(lead)
     body = client.get(reverse("curation-release-new")).content.decode()
     assert (
-        "<strong>36</strong> train / <strong>4</strong> valid / <strong>4</strong> test" in body
-    )  # 44 seeds
+        "<strong>31</strong> train / <strong>4</strong> valid / <strong>4</strong> test" in body
+    )  # 39 seeds
     assert "split-warning" not in body and "is empty" not in body
 
 

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("seeds")]
 def accepted() -> list[Dialogue]:
     Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
     Dialogue.objects.filter(pk=Dialogue.objects.order_by("id").last().pk).update(status="rejected")
-    # The crisis gate holds 4 seeds for a lead: no release takes them until one clears them.
+    # The crisis gate holds 9 seeds for a lead: no release takes them until one clears them.
     return list(Dialogue.objects.releasable().filter(status="accepted").order_by("id"))
 
 
@@ -43,7 +43,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 def test_by_default_a_release_holds_every_accepted_dialogue(accepted):
     release = create_release("r-1")
     assert sorted(release.items.values_list("dialogue_id", flat=True)) == [d.pk for d in accepted]
-    assert sum(release.counts.values()) == len(accepted) == 43
+    assert sum(release.counts.values()) == len(accepted) == 38
     assert len(release.checksum) == 64
 
 
@@ -124,9 +124,9 @@ def test_extes_json_round_trips_through_the_importer(accepted, tmp_path):
     release = create_release("r-rt")
     write_files(release, tmp_path)
     records = json.loads((tmp_path / "extes.json").read_text())
-    assert len(records) == 43
+    assert len(records) == 38
     report = import_file(tmp_path / "extes.json", "extes")
-    assert (report.imported, report.duplicates, sum(report.rejected.values())) == (0, 43, 0)
+    assert (report.imported, report.duplicates, sum(report.rejected.values())) == (0, 38, 0)
 
 
 def test_sft_examples_fit_the_local_chat_template(accepted, tmp_path):
@@ -148,7 +148,7 @@ def test_sft_examples_fit_the_local_chat_template(accepted, tmp_path):
         for split in ("train", "valid", "test")
         for line in (tmp_path / "sft" / f"{split}.jsonl").read_text().splitlines()
     ]
-    assert len(examples) == 43
+    assert len(examples) == 38
     for example in examples:
         text = tokenizer.apply_chat_template(example["messages"], tokenize=False)
         assert example["messages"][-1]["content"] in text
@@ -167,13 +167,13 @@ def test_every_file_loads_with_datasets(accepted, tmp_path):
         "json",
         data_files={s: str(tmp_path / "sft" / f"{s}.jsonl") for s in ("train", "valid", "test")},
     )
-    assert sum(len(loaded[s]) for s in loaded) == 43
+    assert sum(len(loaded[s]) for s in loaded) == 38
     # No DRI candidates here: sft_dri/ holds the DRI examples only, so it is empty
     # (tests/test_release_dri_policy.py loads a filled one).
     for s in ("train", "valid", "test"):
         assert (tmp_path / "sft_dri" / f"{s}.jsonl").read_bytes() == b""
     esconv = datasets.load_dataset("json", data_files=str(tmp_path / "esconv.jsonl"))["train"]
-    assert len(esconv) == 43 and esconv[0]["dialog"][0]["speaker"] in ("usr", "sys")
+    assert len(esconv) == 38 and esconv[0]["dialog"][0]["speaker"] in ("usr", "sys")
 
 
 def test_rank_pairs_combine_annotators_and_never_pair_ties():
@@ -270,7 +270,7 @@ def test_crisis_flagged_dialogues_stay_out_until_a_lead_clears_them(accepted, le
 def test_commands_create_and_export(accepted, tmp_path):
     out = StringIO()
     call_command("create_release", "extes-curated-1.0.0", "--split", "70/15/15", stdout=out)
-    assert "extes-curated-1.0.0: 43 dialogues" in out.getvalue()
+    assert "extes-curated-1.0.0: 38 dialogues" in out.getvalue()
     with pytest.raises(CommandError, match="exists already"):
         call_command("create_release", "extes-curated-1.0.0", stdout=StringIO())
     with pytest.raises(CommandError, match="lower case"):
@@ -305,7 +305,7 @@ def test_parquet_splits_load_with_datasets_and_the_card_is_written(accepted, tmp
             for s in ("train", "valid", "test")
         },
     )
-    assert sum(len(loaded[s]) for s in loaded) == 43
+    assert sum(len(loaded[s]) for s in loaded) == 38
     assert loaded["train"][0]["messages"][0]["role"] == "system"
     import pyarrow.parquet as pq
 

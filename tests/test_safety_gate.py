@@ -51,11 +51,16 @@ def test_an_imported_dialogue_at_risk_waits_for_a_lead(tmp_path: Path, vocabular
     assert (report.imported, report.flagged) == (2, 1)
     assert "flagged by the crisis gate, waiting for a lead: 1" in "\n".join(report.lines())
     flagged = Dialogue.objects.get(safety_status=SafetyStatus.FLAGGED)
-    assert flagged.safety_notes == {
-        "source": "import gate",
-        "categories": ["suicide"],
-        "matches": [RISK],
-    }
+    notes = flagged.safety_notes
+    assert (notes["source"], notes["categories"], notes["matches"]) == (
+        "import gate",
+        ["suicide"],
+        [RISK],
+    )
+    # Each reason says which layer saw what (the rule's match here; the classifier, at the
+    # threshold the studio uses, may or may not add its own).
+    assert {"layer": "rules", "category": "suicide", "text": RISK, "detail": ""} in notes["reasons"]
+    assert notes["layers"] == ["rules", "model"]
     assert flagged.turns.get(index=0).text == RISK
     # Nobody is served it before a lead clears it.
     offered = {reviewing.claim_next(annotator(f"a{i}")) for i in range(3)}
@@ -150,7 +155,9 @@ def test_check_safety_screens_text_lines_and_dialogue_files(tmp_path: Path, voca
     out = StringIO()
     call_command("check_safety", str(lines), stdout=out)
     results = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert results[0] == {"line": 1, "flagged": True, "categories": ["suicide"], "reasons": [RISK]}
+    assert results[0]["line"] == 1 and results[0]["flagged"]
+    assert results[0]["categories"] == ["suicide"]
+    assert ("rules", RISK) in {(r["layer"], r["text"]) for r in results[0]["reasons"]}
     assert results[1] == {"line": 2, "flagged": False, "categories": [], "reasons": []}
     assert results[2]["line"] == 3 and "error" in results[2]
     assert len(results) == 3
@@ -222,3 +229,10 @@ def test_check_safety_scores_labelled_lines(tmp_path: Path, vocabulary_db):
     assert last["summary"]["recall"] == round(caught / 2, 3)
     assert last["summary"]["others_flagged"] == f"{sum(flagged[2:])}/2"
     assert last["summary"]["recall_by_category"] == {"suicide": f"{caught}/2"}
+    # Each layer alone, beside the gate as the studio runs it.
+    layers = last["summary"]["by_layer"]
+    assert set(layers) == {"rules", "model"}
+    assert layers["rules"]["crisis_flagged"] == "1/2"  # the rules know no pills in cupboards
+    out = StringIO()
+    call_command("check_safety", str(path), "--layers", "rules", stdout=out)
+    assert "by_layer" not in json.loads(out.getvalue().splitlines()[-1])["summary"]

@@ -10,7 +10,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from curation import settlement
+from config.celery import QUEUE_UNREACHABLE
+from curation import screening, settlement
 from curation.lead import adjudication, agreement, charts, insights, safety
 from curation.models import (
     Adjudication,
@@ -300,8 +301,34 @@ def safety_queue(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "curation/lead/safety.html",
-        {"waiting": safety.queue(), "decided": decided},
+        {
+            "waiting": safety.queue(),
+            "decided": decided,
+            "screening": screening.waiting_count(),
+            "screen_mode": screening.mode(),
+        },
     )
+
+
+@require_POST
+@lead_required
+def safety_screen_now(request: HttpRequest) -> HttpResponse:
+    """Ask a worker to screen every dialogue still waiting for the classifier."""
+    waiting = screening.waiting_count()
+    if not waiting:
+        messages.info(request, "No dialogue is waiting for the safety screen.")
+    elif screening.send():
+        messages.success(
+            request,
+            f"A worker was asked to screen the {waiting} waiting dialogues: reload in a moment.",
+        )
+    else:
+        messages.error(
+            request,
+            f"{QUEUE_UNREACHABLE} The {waiting} dialogues keep waiting (out of review); start "
+            "the workers, or run `python manage.py screen_safety` on the server.",
+        )
+    return redirect("curation-safety")
 
 
 @require_POST

@@ -33,7 +33,7 @@ from curation.models import (
     TurnEdit,
     TurnLabel,
 )
-from generation.safety import check_texts
+from generation import crisis_gate
 
 
 class StaleVersion(Exception):
@@ -66,6 +66,8 @@ def held_by(user: Any) -> Dialogue | None:
         .filter(annotator=user)
         .exclude(dialogue__reviews__annotator=user, dialogue__reviews__submitted_at__isnull=False)
         .filter(dialogue__status__in=Dialogue.OPEN)
+        # Flagged meanwhile (by another reviewer, a gate): gone at this annotator's next request.
+        .exclude(dialogue__safety_status__in=SAFETY_HELD)
         .select_related("dialogue__scenario")
         .order_by("id")
         .first()
@@ -251,9 +253,14 @@ def propose_edit(
         )
         if proposal is not None and turn.role == Turn.Role.SEEKER:
             # The gate every dialogue passes, on the new words: a lead looks before anyone else.
-            crisis = check_texts([text])
+            crisis = crisis_gate.check([text])
             if crisis.flagged:
-                dialogue.flag_by_gate("edit gate", list(crisis.categories), list(crisis.matches))
+                dialogue.flag_by_gate(
+                    "edit gate",
+                    list(crisis.categories),
+                    list(crisis.matches),
+                    [r.as_dict() for r in crisis.reasons],
+                )
     return proposal
 
 

@@ -1,15 +1,17 @@
 """Screen a file with the studio's crisis gate before it comes in.
 
-    python manage.py check_safety FILE [--format text|extes|esconv]
+    python manage.py check_safety FILE [--format text|extes|esconv] [--layers rules,model]
 
 `text` (the default): JSON Lines of {"text": ...}, one result per line. `extes`/`esconv`: a
 dialogue file as import_dialogues reads it, one result per record (its description and seeker
 turns). Each result is one JSON line: {"line" or "record", "flagged", "categories", "reasons"}
-(the sentences that matched). A line or record that cannot be read gets {"error": ...}.
+(per reason: the layer that saw it, rules or model, its category, the words, and for the model
+its probability and the written example it is most like). A line or record that cannot be read
+gets {"error": ...}. The layers are the studio's (both, unless EXTES_SAFETY_SCREEN=off).
 
 Lines that carry a label ({"text", "crisis": true|false, "category": ...}, as in a set written
-to measure the gate) are scored too: a last line {"summary": ...} gives recall per category and
-overall, precision, and the counts behind them.
+to measure the gate, or the training files' {"text", "label": "none"|category}) are scored too: a last line {"summary": ...} gives recall per category and
+overall, precision, and the counts behind them, for the gate and for each layer alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from curation.importing import ImportFileError, InvalidRow, load_reference, read_records
 from curation.parsing import Rejected, parse_record
-from generation.safety import CrisisCheck, check_dialogue, check_texts
+from generation import crisis_gate
+from generation.crisis_gate import GateResult
 
 
 class Command(BaseCommand):
@@ -32,9 +35,21 @@ class Command(BaseCommand):
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("path", type=Path)
         parser.add_argument("--format", default="text", choices=["text", "extes", "esconv"])
+        parser.add_argument(
+            "--layers", default=None, help="comma-separated: rules,model (default: the studio's)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["path"]
+        layers = options["layers"]
+        self.layers = (
+            tuple(x.strip() for x in layers.split(",") if x.strip())
+            if layers
+            else crisis_gate.default_layers()
+        )
+        unknown = set(self.layers) - set(crisis_gate.LAYERS)
+        if unknown or not self.layers:
+            raise CommandError(f"--layers takes {','.join(crisis_gate.LAYERS)}, got {layers!r}")
         if options["format"] == "text":
             self._texts(path)
             return
@@ -43,24 +58,40 @@ class Command(BaseCommand):
         except ImportFileError as exc:
             raise CommandError(str(exc)) from None
         vocab = load_reference().vocab
+        pending: list[tuple[int, list[str] | str]] = []
         for number, raw in records:
             if isinstance(raw, InvalidRow):
-                self._print({"record": number, "error": f"{raw.kind}: {raw.error}"})
+                pending.append((number, f"{raw.kind}: {raw.error}"))
                 continue
             try:
                 parsed = parse_record(raw, options["format"], vocab)
             except Rejected as exc:
-                self._print({"record": number, "error": f"{exc.kind}: {exc.detail}"})
+                pending.append((number, f"{exc.kind}: {exc.detail}"))
                 continue
             seekers = [t.text for t in parsed.turns if t.role == "seeker"]
-            self._print({"record": number, **_verdict(check_dialogue(parsed.description, seekers))})
+            pending.append((number, [parsed.description, *seekers]))
+            if len(pending) >= BATCH:
+                self._dialogues(pending)
+        self._dialogues(pending)
+
+    def _dialogues(self, pending: list[tuple[int, list[str] | str]]) -> None:
+        """Print the pending records' verdicts (or errors), in the file's order."""
+        dialogues = [texts for _, texts in pending if not isinstance(texts, str)]
+        results = iter(crisis_gate.check_many(dialogues, self.layers))
+        for number, texts in pending:
+            if isinstance(texts, str):
+                self._print({"record": number, "error": texts})
+            else:
+                self._print({"record": number, **_verdict(next(results))})
+        pending.clear()
 
     def _texts(self, path: Path) -> None:
         try:
             lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"{path}: cannot be read ({exc})") from None
-        scored: list[tuple[dict[str, Any], bool]] = []
+        rows: list[tuple[int, dict[str, Any]]] = []
+        errors: dict[int, str] = {}
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -70,28 +101,56 @@ class Command(BaseCommand):
                 if not isinstance(text, str):
                     raise TypeError("text is not a string")
             except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
-                self._print({"line": number, "error": f"not a {{'text': ...}} line ({exc})"})
+                errors[number] = f"not a {{'text': ...}} line ({exc})"
                 continue
-            verdict = _verdict(check_texts([text]))
-            self._print({"line": number, **verdict})
+            rows.append((number, row))
+        results = crisis_gate.check_many([[row["text"]] for _, row in rows], self.layers)
+        printed: dict[int, dict[str, Any]] = {
+            number: {"line": number, "error": error} for number, error in errors.items()
+        }
+        for (number, _), result in zip(rows, results, strict=True):
+            printed[number] = {"line": number, **_verdict(result)}
+        for number in sorted(printed):  # in the file's order
+            self._print(printed[number])
+        scored: list[tuple[dict[str, Any], GateResult]] = []
+        for (_, row), result in zip(rows, results, strict=True):
             if isinstance(row.get("crisis"), bool):
-                scored.append((row, verdict["flagged"]))
+                scored.append((row, result))
+            elif row.get("label") in ("none", *crisis_gate.CATEGORIES):  # the bank's form
+                label = row["label"]
+                scored.append(({"crisis": label != "none", "category": label}, result))
         if scored:
-            self._print({"summary": summary(scored)})
+            self._print({"summary": summary(scored, self.layers)})
 
     def _print(self, result: dict[str, Any]) -> None:
         self.stdout.write(json.dumps(result, ensure_ascii=False))
 
 
-def _verdict(check: CrisisCheck) -> dict[str, Any]:
+BATCH = 200  # dialogues per pass through the classifier
+
+
+def _verdict(result: GateResult) -> dict[str, Any]:
     return {
-        "flagged": check.flagged,
-        "categories": list(check.categories),
-        "reasons": list(check.matches),
+        "flagged": result.flagged,
+        "categories": list(result.categories),
+        "reasons": [r.as_dict() for r in result.reasons],
     }
 
 
-def summary(scored: list[tuple[dict[str, Any], bool]]) -> dict[str, Any]:
+def summary(
+    scored: list[tuple[dict[str, Any], GateResult]], layers: tuple[str, ...]
+) -> dict[str, Any]:
+    """The gate's figures against labelled lines, and each layer's alone."""
+    out = rates([(row, result.flagged) for row, result in scored])
+    if len(layers) > 1:
+        out["by_layer"] = {
+            layer: rates([(row, bool(result.by_layer(layer))) for row, result in scored])
+            for layer in layers
+        }
+    return out
+
+
+def rates(scored: list[tuple[dict[str, Any], bool]]) -> dict[str, Any]:
     """Recall per category and overall, and precision, of verdicts against labelled lines."""
     crisis = [(row, flagged) for row, flagged in scored if row["crisis"]]
     caught = sum(flagged for _, flagged in crisis)

@@ -32,6 +32,11 @@ class Command(BaseCommand):
             default=Dialogue.Origin.IMPORTED,
             choices=[Dialogue.Origin.IMPORTED, Dialogue.Origin.SEED],
         )
+        parser.add_argument(
+            "--screen-now",
+            action="store_true",
+            help="run the crisis gate's classifier here, not in a worker (EXTES_SAFETY_SCREEN)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -41,6 +46,7 @@ class Command(BaseCommand):
                 origin=options["origin"],
                 dry_run=options["dry_run"],
                 rejects_path=options["rejects"],
+                screen="inline" if options["screen_now"] else None,
             )
         except ImportFileError as exc:
             raise CommandError(str(exc)) from None

@@ -1,6 +1,6 @@
 """Run the crisis gate again over the dialogues already in the studio (after the gate changed).
 
-    python manage.py recheck_safety [--dry-run]
+    python manage.py recheck_safety [--dry-run] [--layers rules,model]
 
 A dialogue nobody flagged that the gate flags now goes to the leads' safety queue, with the
 gate's reasons ("recheck gate"). Nothing is ever unflagged here: a dialogue a gate flagged that
@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from curation.models import Dialogue, SafetyStatus, Turn
-from generation.safety import check_dialogue
+from generation import crisis_gate
 
 
 class Command(BaseCommand):
@@ -27,18 +27,29 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="report, but change nothing")
+        parser.add_argument(
+            "--layers", default=None, help="comma-separated: rules,model (default: the studio's)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         seekers = Turn.objects.filter(role=Turn.Role.SEEKER).order_by("index")
         dialogues = Dialogue.objects.filter(
             safety_status__in=[SafetyStatus.NONE, SafetyStatus.FLAGGED]
         ).prefetch_related(Prefetch("turns", queryset=seekers, to_attr="seeker_turns"))
+        layers = (
+            tuple(x.strip() for x in options["layers"].split(",") if x.strip())
+            if options["layers"]
+            else crisis_gate.default_layers()
+        )
         checked, newly, unmatched = 0, Counter[str](), 0
-        with transaction.atomic():
-            for dialogue in dialogues.iterator(chunk_size=500):
-                checked += 1
-                turns: list[Turn] = getattr(dialogue, "seeker_turns")  # noqa: B009 (prefetched)
-                check = check_dialogue(dialogue.description, [t.current_text for t in turns])
+
+        def settle(batch: list[Dialogue]) -> None:
+            nonlocal unmatched
+            groups = [
+                [d.description, *(t.current_text for t in getattr(d, "seeker_turns"))]  # noqa: B009
+                for d in batch
+            ]
+            for dialogue, check in zip(batch, crisis_gate.check_many(groups, layers), strict=True):
                 if dialogue.safety_status == SafetyStatus.FLAGGED:
                     source = str(dialogue.safety_notes.get("source", ""))
                     unmatched += source.endswith("gate") and not check.flagged
@@ -46,8 +57,21 @@ class Command(BaseCommand):
                     newly[dialogue.origin] += 1
                     if not options["dry_run"]:
                         dialogue.flag_by_gate(
-                            "recheck gate", list(check.categories), list(check.matches)
+                            "recheck gate",
+                            list(check.categories),
+                            list(check.matches),
+                            [r.as_dict() for r in check.reasons],
                         )
+            batch.clear()
+
+        with transaction.atomic():
+            batch: list[Dialogue] = []
+            for dialogue in dialogues.iterator(chunk_size=500):
+                checked += 1
+                batch.append(dialogue)
+                if len(batch) >= 200:
+                    settle(batch)
+            settle(batch)
             if options["dry_run"]:
                 transaction.set_rollback(True)
         by_origin = ", ".join(f"{origin} {count}" for origin, count in sorted(newly.items()))

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from curation import vocabulary
+from curation import screening, vocabulary
 from curation.importing import import_file
 from curation.models import Dialogue, Scenario, Strategy
 
@@ -79,6 +79,8 @@ class Command(BaseCommand):
             "extes",
             origin=Dialogue.Origin.SEED,
             source_name="curation/seeds/seed_dialogues.json",
+            # A few dozen: screened here, so the studio opens with them ready for review.
+            screen="rules" if screening.mode() == "off" else "inline",
         )
         self.stdout.write(
             f"Seed dialogues: {report.imported} new, {report.duplicates} already loaded, "

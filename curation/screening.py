@@ -1,0 +1,170 @@
+"""Safety screening of new dialogues: the crisis gate's classifier, before any annotator sees one.
+
+Every new dialogue passes the gate (generation.crisis_gate) before review. When the classifier
+layer is on (settings.SAFETY_SCREEN) new dialogues either:
+
+* ``worker``: wait as SCREENING (held like a flagged one: no review, no release) and a worker
+  screens them (task ``curation.screen_dialogues``) moments later; or
+* ``inline``: are screened where they are created, in the same transaction.
+
+Nothing waits for good: a worker that starts screens every dialogue still waiting (its message
+may have been lost while the broker was down), the leads' safety page counts them and has a
+"Screen now" button, and ``manage.py screen_safety`` screens them in the shell. With the layer
+off, the rules alone decide where the dialogue is created.
+
+The screen changes a dialogue only while it is still SCREENING (a conditional update), so it
+never overrides a lead, an annotator or a second screen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from config.celery import BrokerUnreachable
+from curation.models import Dialogue, Event, SafetyStatus, Turn
+from generation import crisis_gate
+
+logger = logging.getLogger(__name__)
+
+BATCH = 100  # dialogues screened per transaction
+GATE_SOURCES = {
+    "imported": "import gate",
+    "generated": "generation gate",
+    "seed": "seed gate",
+}
+
+
+def mode() -> str:
+    return str(settings.SAFETY_SCREEN)
+
+
+def initial_fields(description: str, seeker_texts: list[str], origin: str, where: str) -> dict:
+    """The safety fields of a new dialogue. ``where`` is "worker" or "inline": SCREENING, for
+    the whole gate to decide (a worker's screen_waiting, or the caller's screen_dialogues right
+    away); "rules" (the classifier is off): FLAGGED with the rules' reasons, or nothing."""
+    if where in ("worker", "inline"):
+        return {"safety_status": SafetyStatus.SCREENING}
+    result = crisis_gate.check([description, *seeker_texts], layers=("rules",))
+    if result.flagged:
+        return {
+            "safety_status": SafetyStatus.FLAGGED,
+            "safety_notes": result.notes(GATE_SOURCES.get(origin, "crisis gate")),
+        }
+    return {}
+
+
+def placement() -> str:
+    """Where new dialogues created outside a worker are screened, per the setting."""
+    return {"worker": "worker", "inline": "inline", "off": "rules"}[mode()]
+
+
+@dataclass
+class ScreenReport:
+    screened: int = 0
+    flagged: int = 0
+    passed: int = 0
+
+    def __str__(self) -> str:
+        return f"screened {self.screened}: {self.flagged} flagged, {self.passed} passed"
+
+
+def _seeker_prefetch() -> Prefetch:
+    seekers = Turn.objects.filter(role=Turn.Role.SEEKER).order_by("index")
+    return Prefetch("turns", queryset=seekers, to_attr="seeker_turns")
+
+
+def screen_dialogues(
+    dialogues: Sequence[Dialogue], layers: Sequence[str] = crisis_gate.LAYERS
+) -> ScreenReport:
+    """Run the classifier (or ``layers``) over these dialogues and settle each one still
+    SCREENING: FLAGGED with the reasons, or NONE. Returns the counts."""
+    report = ScreenReport()
+    groups = [
+        [d.description, *(t.text for t in getattr(d, "seeker_turns", None) or d.turns.filter(role=Turn.Role.SEEKER).order_by("index"))]
+        for d in dialogues
+    ]  # fmt: skip
+    results = crisis_gate.check_many(groups, layers)
+    now = timezone.now()
+    for dialogue, result in zip(dialogues, results, strict=True):
+        waiting = Dialogue.objects.filter(pk=dialogue.pk, safety_status=SafetyStatus.SCREENING)
+        screened = {"at": now.isoformat(), "layers": list(result.layers)}
+        if result.flagged:
+            notes = {
+                **dialogue.safety_notes,
+                **result.notes(GATE_SOURCES.get(dialogue.origin, "crisis gate")),
+                "screened": screened,
+            }
+            changed = waiting.update(
+                safety_status=SafetyStatus.FLAGGED, safety_notes=notes, updated_at=now
+            )
+            if changed:
+                report.flagged += 1
+                Event.objects.create(
+                    dialogue=dialogue,
+                    actor=None,
+                    action=Event.Action.CRISIS_FLAGGED,
+                    after={"safety_status": SafetyStatus.FLAGGED, "source": notes["source"]},
+                )
+        else:
+            changed = waiting.update(
+                safety_status=SafetyStatus.NONE,
+                safety_notes={**dialogue.safety_notes, "screened": screened},
+            )
+            report.passed += changed
+        report.screened += changed
+    return report
+
+
+def screen_waiting(ids: Iterable[int] | None = None, limit: int | None = None) -> ScreenReport:
+    """Screen the dialogues waiting (``ids`` among them, or all), a batch per transaction."""
+    total = ScreenReport()
+    query = Dialogue.objects.filter(safety_status=SafetyStatus.SCREENING)
+    if ids is not None:
+        query = query.filter(pk__in=list(ids))
+    pks = list(query.order_by("id").values_list("pk", flat=True)[:limit])
+    for start in range(0, len(pks), BATCH):
+        with transaction.atomic():
+            batch = list(
+                Dialogue.objects.filter(pk__in=pks[start : start + BATCH])
+                .prefetch_related(_seeker_prefetch())
+                .order_by("id")
+            )
+            report = screen_dialogues(batch)
+        total.screened += report.screened
+        total.flagged += report.flagged
+        total.passed += report.passed
+    if total.screened:
+        logger.info("safety screen: %s", total)
+    return total
+
+
+def waiting_count() -> int:
+    return Dialogue.objects.filter(safety_status=SafetyStatus.SCREENING).count()
+
+
+def send(ids: Sequence[int] | None = None) -> bool:
+    """Ask a worker now to screen these dialogues (all waiting ones when None). False when the
+    broker cannot be reached: they stay waiting, counted on the safety page, and a worker that
+    starts screens them."""
+    from curation.tasks import screen_dialogues_task
+
+    try:
+        screen_dialogues_task.delay(list(ids) if ids is not None else None)
+    except BrokerUnreachable as exc:
+        logger.warning("safety screen not queued (%s): the dialogues wait for a worker", exc)
+        return False
+    return True
+
+
+def queue(ids: Sequence[int]) -> None:
+    """`send` once the current transaction commits (the rows exist for the worker)."""
+    pks = list(ids)
+    if pks:
+        transaction.on_commit(lambda: send(pks))
