@@ -236,6 +236,9 @@ CRISIS_DAILY_CAP = envint("EXTES_CRISIS_DAILY_CAP", 3)
 SAFETY_SCREEN = envstr("EXTES_SAFETY_SCREEN", "worker").strip().lower()
 if SAFETY_SCREEN not in ("worker", "inline", "off"):
     raise ImproperlyConfigured("EXTES_SAFETY_SCREEN must be worker, inline or off")
+# A third layer: the configured teacher (a real endpoint only) judges each new dialogue's seeker
+# turns, in JSON with the evidence sentence (generation.crisis_teacher). One request per dialogue.
+SAFETY_TEACHER_CHECK = envbool("EXTES_SAFETY_TEACHER_CHECK", False)
 
 # Import and generation reject a dialogue with more turns than this (ESConv's longest has 87).
 MAX_UTTERANCES = envint("EXTES_MAX_UTTERANCES", 100)

@@ -81,7 +81,7 @@ def _seeker_prefetch() -> Prefetch:
 
 
 def screen_dialogues(
-    dialogues: Sequence[Dialogue], layers: Sequence[str] = crisis_gate.LAYERS
+    dialogues: Sequence[Dialogue], layers: Sequence[str] | None = None
 ) -> ScreenReport:
     """Run the classifier (or ``layers``) over these dialogues and settle each one still
     SCREENING: FLAGGED with the reasons, or NONE. Returns the counts."""
@@ -90,7 +90,7 @@ def screen_dialogues(
         [d.description, *(t.text for t in getattr(d, "seeker_turns", None) or d.turns.filter(role=Turn.Role.SEEKER).order_by("index"))]
         for d in dialogues
     ]  # fmt: skip
-    results = crisis_gate.check_many(groups, layers)
+    results = crisis_gate.check_many(groups, layers or crisis_gate.screen_layers())
     now = timezone.now()
     for dialogue, result in zip(dialogues, results, strict=True):
         waiting = Dialogue.objects.filter(pk=dialogue.pk, safety_status=SafetyStatus.SCREENING)

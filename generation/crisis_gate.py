@@ -3,6 +3,9 @@
 Layers, each giving its own reasons to the lead:
 
 * ``rules``  - generation.safety's patterns: explainable, instant.
+* ``teacher`` - optional (EXTES_SAFETY_TEACHER_CHECK=1 with a real endpoint): the teacher's
+  verdict in JSON with the evidence sentence, one request per dialogue, cached per text
+  (generation.crisis_teacher). Its verdict flags.
 * ``model``  - generation.crisis_model's classifier (the sentence-embedding model fine-tuned on
   written snippets): recognises paraphrases the rules do not name. It needs the model loaded
   (seconds, once per process) and some CPU per text, so imports leave it to a worker
@@ -31,7 +34,9 @@ from generation import safety
 
 CATEGORIES = safety.CATEGORIES
 LAYERS: tuple[str, ...] = ("rules", "model")
-LAYER_NAMES = {"rules": "rule", "model": "classifier"}
+# The teacher's check (generation.crisis_teacher) joins when EXTES_SAFETY_TEACHER_CHECK is on.
+ALL_LAYERS: tuple[str, ...] = (*LAYERS, "teacher")
+LAYER_NAMES = {"rules": "rule", "model": "classifier", "teacher": "teacher"}
 SCREEN_MODES = ("worker", "inline", "off")
 
 
@@ -48,7 +53,15 @@ def screen_mode() -> str:
 
 
 def default_layers() -> tuple[str, ...]:
-    return ("rules",) if screen_mode() == "off" else LAYERS
+    """The layers the studio runs where text arrives: the rules alone when the screen is off."""
+    return ("rules",) if screen_mode() == "off" else screen_layers()
+
+
+def screen_layers() -> tuple[str, ...]:
+    """Rules and classifier, and the teacher's check when it is on."""
+    from generation import crisis_teacher
+
+    return (*LAYERS, "teacher") if crisis_teacher.enabled() else LAYERS
 
 
 @dataclass(frozen=True)
@@ -74,9 +87,12 @@ class GateResult:
 
     @property
     def deciders(self) -> tuple[str, ...]:
+        """The layers whose reasons flag: the teacher's verdict always does."""
         if "model" not in self.layers:
-            return ("rules",)
-        return ("rules", "model") if self.rules_decide else ("model",)
+            found: tuple[str, ...] = ("rules",)
+        else:
+            found = ("rules", "model") if self.rules_decide else ("model",)
+        return (*found, "teacher") if "teacher" in self.layers else found
 
     @property
     def flagged(self) -> bool:
@@ -125,7 +141,7 @@ def check_many(
     """The gate on several groups of texts (e.g. dialogues: description and seeker turns), the
     model's share in one batch."""
     chosen = tuple(layers) if layers is not None else default_layers()
-    unknown = set(chosen) - set(LAYERS)
+    unknown = set(chosen) - set(ALL_LAYERS)
     if unknown:
         raise ValueError(f"unknown gate layers: {sorted(unknown)}")
     reasons: list[list[Reason]] = [
@@ -141,4 +157,11 @@ def check_many(
         verdicts = classifier.check([text for _, text in flat])
         for (g, _), found in zip(flat, verdicts, strict=True):
             reasons[g].extend(Reason("model", v.category, v.unit, v.reason()) for v in found)
+    if "teacher" in chosen:
+        from generation import crisis_teacher
+
+        for g, said in enumerate(crisis_teacher.verdicts(groups)):
+            if said is not None:
+                words = said.evidence or "(the teacher named no sentence)"
+                reasons[g].append(Reason("teacher", said.category, words, said.detail()))
     return [GateResult(tuple(r), chosen, rules_decide) for r in reasons]

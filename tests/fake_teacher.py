@@ -269,6 +269,11 @@ def request_kind(body: dict[str, Any]) -> str:
     last_user = users[-1] if users else ""
     if "[MASKED]" in last_user:
         return "dri"
+    system_text = " ".join(
+        _text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    ).lower()
+    if "crisis" in system_text and "evidence" in system_text:
+        return "crisis_check"
     if '"content"' in last_user:
         return "dialogue"
     system = " ".join(
@@ -432,6 +437,7 @@ class FakeTeacher:
         self.latency = latency
         self.default = default
         self.ignore_n = False
+        self.crisis_words: tuple[str, ...] = ("the bridge",)  # what its crisis check calls risk
         self.script: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []  # lower-cased names, same order as requests
@@ -521,6 +527,22 @@ class FakeTeacher:
             self._counters[counter] = index + 1
         return items[index % len(items)]
 
+    def _crisis_verdict(self, body: dict[str, Any], behaviour: str) -> tuple[str, str]:
+        """A judge for the crisis gate's teacher check: risk when the seeker's words hold one of
+        `crisis_words` (the sentence that holds it is the evidence). Deterministic, for wiring."""
+        if behaviour == "invalid_json":
+            return "I think this person may be fine, hard to say.", "stop"
+        users = [_text_of(m.get("content")) for m in body.get("messages") or []
+                 if isinstance(m, dict) and m.get("role") == "user"]  # fmt: skip
+        text = users[-1] if users else ""
+        for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+            if any(word in sentence.lower() for word in self.crisis_words):
+                verdict = {"crisis": True, "category": "suicide", "evidence": sentence.strip()}
+                break
+        else:
+            verdict = {"crisis": False, "category": "none", "evidence": ""}
+        return json.dumps(verdict), "stop"
+
     def _completion(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         kind = request_kind(body)
         try:
@@ -531,7 +553,9 @@ class FakeTeacher:
             n = 1
         choices: list[dict[str, Any]] = []
         for index in range(n):
-            if kind == "dialogue":
+            if kind == "crisis_check":
+                text, finish = self._crisis_verdict(body, behaviour)
+            elif kind == "dialogue":
                 text, finish = dialogue_text(self._take("dialogue", self.pool.dialogues), behaviour)
             elif kind == "seeker_turn":
                 text, finish = plain_text(self._take("seeker", self.pool.seeker), behaviour)

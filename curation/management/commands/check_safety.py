@@ -47,9 +47,9 @@ class Command(BaseCommand):
             if layers
             else crisis_gate.default_layers()
         )
-        unknown = set(self.layers) - set(crisis_gate.LAYERS)
+        unknown = set(self.layers) - set(crisis_gate.ALL_LAYERS)
         if unknown or not self.layers:
-            raise CommandError(f"--layers takes {','.join(crisis_gate.LAYERS)}, got {layers!r}")
+            raise CommandError(f"--layers takes {','.join(crisis_gate.ALL_LAYERS)}, got {layers!r}")
         if options["format"] == "text":
             self._texts(path)
             return
