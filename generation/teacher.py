@@ -19,7 +19,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import openai
@@ -157,17 +158,26 @@ class HttpTeacher:
             )
 
     def chat(self, messages: list[Message], sampling: Sampling, n: int = 1) -> Reply:
-        reply = Reply(completions=[])
-        # Some servers (llama.cpp) ignore n and send one choice: ask again for what is missing.
-        for _ in range(n):
-            missing = n - len(reply.completions)
-            if missing <= 0:
-                break
-            part = self._call(messages, sampling, missing)
-            if not part.completions:
-                raise TeacherError("the teacher answered with no choices", 200)
-            reply.completions.extend(part.completions)
-            reply.usage.add(part.usage)
+        first = self._call(messages, sampling, n)
+        if not first.completions:
+            raise TeacherError("the teacher answered with no choices", 200)
+        reply = Reply(completions=list(first.completions[:n]), usage=first.usage)
+        missing = n - len(reply.completions)
+        if missing > 0:
+            # Some servers (llama.cpp) ignore n and send one choice: the rest are asked for one
+            # request each, all at once (within the endpoint's concurrency limit), each with a
+            # seed of its own when one is set, so that they differ.
+            def one(index: int) -> Reply:
+                seed = None if sampling.seed is None else sampling.seed + index
+                return self._call(messages, replace(sampling, seed=seed), 1)
+
+            with ThreadPoolExecutor(max_workers=missing) as pool:
+                parts = list(pool.map(one, range(1, missing + 1)))
+            for part in parts:
+                if not part.completions:
+                    raise TeacherError("the teacher answered with no choices", 200)
+                reply.completions.append(part.completions[0])
+                reply.usage.add(part.usage)
         return reply
 
     def _call(self, messages: list[Message], sampling: Sampling, n: int) -> Reply:

@@ -6,6 +6,7 @@ limit and key hygiene. Backoff sleeps are recorded instead of slept, except in t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -279,14 +280,18 @@ def test_n_choices_come_back_distinct(fake, make_teacher):
 
 def test_it_asks_again_when_the_server_ignores_n(fake, make_teacher):
     fake.ignore_n = True
+    fake.latency = 0.3  # long enough for the missing choices to be in flight together
 
-    reply = make_teacher().chat(DRI_PROMPT, SAMPLING, n=3)
+    reply = make_teacher().chat(DRI_PROMPT, dataclasses.replace(SAMPLING, seed=7), n=4)
 
-    assert len(reply.completions) == 3
-    assert len({c.text for c in reply.completions}) == 3
+    assert len(reply.completions) == 4
+    assert len({c.text for c in reply.completions}) == 4
     assert all(isinstance(c, Completion) for c in reply.completions)
-    assert [body["n"] for body in fake.requests] == [3, 2, 1]  # asks only for what is missing
-    assert reply.usage.calls == 3
+    # The missing three, one request each, at once, each with its own seed.
+    assert [body["n"] for body in fake.requests] == [4, 1, 1, 1]
+    assert sorted(body["seed"] for body in fake.requests[1:]) == [8, 9, 10]
+    assert fake.peak_in_flight == 3
+    assert reply.usage.calls == 4
     assert reply.usage.completion_tokens > 0
 
 
