@@ -3,13 +3,15 @@ different replies for the gap.
 
 The teacher sees the conversation with the turn replaced by [MASKED] (the turns before it, and
 those after it unless `right_context` is off) and the strategy of the original reply; one request
-asks for `n` samples. Replies that are empty, cut off, refusals, or near-duplicates of the original
-or of each other are dropped and asked for again, up to `max_attempts` requests.
+asks for `n` samples. Replies that are empty, cut off, refusals, that leak the prompt (the mask
+marker, a role tag, or words of our instructions: `prompt_leakage`), or near-duplicates of the
+original or of each other are dropped and asked for again, up to `max_attempts` requests.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +20,41 @@ from generation.selfchat import Failure, OnCall, _clean_turn, no_report
 from generation.teacher import Reply, Sampling, Teacher, TeacherError, Usage
 
 MASK = "[MASKED]"
+# A run of this many words copied from our instructions is the prompt leaking into the reply.
+LEAK_WORDS = 5
+_ROLE_TAG = re.compile(
+    r"(?:^|[\n.!?]\s*)(?:seeker|supporter|user|assistant|system)\s*:|<\|[^|>]{1,30}\|>"
+    r"|\[/?(?:inst|mask\w*)\]",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + LEAK_WORDS]) for i in range(len(words) - LEAK_WORDS + 1)}
+
+
+# The words of the instructions alone (the conversation and the strategy left out).
+_INSTRUCTIONS = _grams(
+    prompts.INPAINT_SYSTEM
+    + "\n"
+    + prompts.INPAINT_USER.format(conversation="\n", strategy="\n", after=" and what follows")
+)
+
+
+def prompt_leakage(text: str) -> str | None:
+    """Why a candidate repeats the prompt instead of answering it, or None."""
+    if MASK.lower() in text.lower() or "[mask" in text.lower():
+        return "it repeats the mask marker"
+    tag = _ROLE_TAG.search(text)
+    if tag:
+        return f"it holds a role tag ({tag.group(0).strip()!r})"
+    shared = _grams(text) & _INSTRUCTIONS
+    if shared:
+        return f"it repeats the instructions (“{' '.join(sorted(shared)[0])}”)"
+    return None
+
 
 # Given the original and the candidates so far, returns the indices of the new texts to keep.
 Deduplicate = Callable[[str, list[str], list[str]], list[int]]
@@ -104,9 +141,15 @@ def write_candidates(
         fresh: list[str] = []
         for completion in reply.completions:
             try:
-                fresh.append(_clean_turn(Reply([completion])))
+                text = _clean_turn(Reply([completion]))
             except Failure as failure:
                 result.failures.append(failure)
+                continue
+            leak = prompt_leakage(text)
+            if leak:
+                result.failures.append(Failure("prompt_leakage", leak, text))
+            else:
+                fresh.append(text)
         keep = set(deduplicate(original, result.texts, fresh))
         for index, text in enumerate(fresh):
             if index in keep:

@@ -42,6 +42,7 @@ FAILURE_CLASSES = (
     "refusal",
     "http_error",
     "duplicate",
+    "prompt_leakage",
 )
 
 
