@@ -589,3 +589,22 @@ class FakeTeacher:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def run_dri_job(url: str, concurrency: int = 1, candidates: int = 3) -> Any:
+    """A DRI job (one random supporter turn per accepted dialogue, `candidates` fills each) run
+    inline against the teacher at `url`; returns the finished job. For tests."""
+    from generation import runner
+    from generation.models import GenerationJob, new_job
+    from generation.teacher import Sampling, TeacherConfig
+
+    job = new_job(
+        GenerationJob.Kind.DRI,
+        teacher=TeacherConfig("http", "fake-teacher", url).as_dict(),
+        sampling=Sampling().as_dict(),
+        dri_candidates=candidates,
+        dri_mask="random",
+        dri_turns_per_dialogue=1,
+        duplicate_threshold=None,
+    )
+    return runner.run_inline(job.pk, concurrency=concurrency)

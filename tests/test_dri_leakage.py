@@ -33,10 +33,8 @@ def test_what_counts_as_leakage():
 
 @pytest.mark.django_db(transaction=True)  # the job's threads write through their own connections
 def test_a_dri_job_drops_leaked_fills_and_counts_them(settings, vocabulary_db, seeds):
-    from generation import runner
-    from generation.models import GenerationFailure, GenerationJob, new_job
-    from generation.teacher import Sampling, TeacherConfig
-    from tests.fake_teacher import FakeTeacher
+    from generation.models import GenerationFailure
+    from tests.fake_teacher import FakeTeacher, run_dri_job
 
     settings.TEACHER_MAX_RETRIES = 0
     first = Dialogue.objects.filter(origin="seed", safety_status="none").order_by("id").first()
@@ -45,16 +43,7 @@ def test_a_dri_job_drops_leaked_fills_and_counts_them(settings, vocabulary_db, s
         fills = [LEAKS[0], "Take your time; I am here.", LEAKS[2], "What helps on days like this?",
                  "You have done a lot today.", "Tell me more about it."]  # fmt: skip
         fake.pool = dataclasses.replace(fake.pool, supporter=fills)
-        job = new_job(
-            GenerationJob.Kind.DRI,
-            teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
-            sampling=Sampling().as_dict(),
-            dri_candidates=3,
-            dri_mask="random",
-            dri_turns_per_dialogue=1,
-            duplicate_threshold=None,
-        )
-        runner.run_inline(job.pk, concurrency=1)
+        job = run_dri_job(fake.url, concurrency=1)
     texts = set(Candidate.objects.values_list("text", flat=True))
     assert texts and not texts & set(LEAKS)
     leaked = GenerationFailure.objects.filter(job_id=job.pk, failure_class="prompt_leakage")

@@ -15,7 +15,7 @@ from curation.parsing import ParsedDialogue, ParsedTurn
 from generation import runner
 from generation.models import GenerationFailure, GenerationJob, GenerationUnit, new_job
 from generation.teacher import Sampling, TeacherConfig
-from tests.fake_teacher import FakeTeacher
+from tests.fake_teacher import FakeTeacher, run_dri_job
 
 pytestmark = pytest.mark.usefixtures("vocabulary_db", "seeds")
 
@@ -205,16 +205,7 @@ def test_crisis_disclosures_are_flagged_for_leads(fake):
 def test_dri_job_writes_candidates_for_masked_turns(fake):
     accepted = list(Dialogue.objects.filter(origin="seed").order_by("id")[:2])
     Dialogue.objects.filter(pk__in=[d.pk for d in accepted]).update(status="accepted")
-    job = new_job(
-        GenerationJob.Kind.DRI,
-        teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
-        sampling=Sampling().as_dict(),
-        dri_candidates=3,
-        dri_mask="random",
-        dri_turns_per_dialogue=1,
-        duplicate_threshold=None,
-    )
-    job = runner.run_inline(job.pk, concurrency=2)
+    job = run_dri_job(fake.url, concurrency=2)
     assert job.status == GenerationJob.Status.COMPLETED
     candidates = Candidate.objects.select_related("turn")
     assert candidates.count() == 6

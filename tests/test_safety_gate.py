@@ -175,10 +175,7 @@ def test_a_dri_candidate_at_risk_sends_its_dialogue_to_a_lead(settings, vocabula
     import dataclasses
 
     from curation.models import Candidate
-    from generation import runner
-    from generation.models import GenerationJob, new_job
-    from generation.teacher import Sampling, TeacherConfig
-    from tests.fake_teacher import FakeTeacher
+    from tests.fake_teacher import FakeTeacher, run_dri_job
 
     settings.TEACHER_MAX_RETRIES = 0
     calm, risky = Dialogue.objects.filter(origin="seed").order_by("id")[:2]
@@ -187,16 +184,7 @@ def test_a_dri_candidate_at_risk_sends_its_dialogue_to_a_lead(settings, vocabula
         fills = ["Take your time; I am here.", "What helps you on days like this?", "I want to end my life.",
                  "That sounds exhausting, truly.", "You have done a lot today.", "Tell me more about it."]  # fmt: skip
         fake.pool = dataclasses.replace(fake.pool, supporter=fills)
-        job = new_job(
-            GenerationJob.Kind.DRI,
-            teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
-            sampling=Sampling().as_dict(),
-            dri_candidates=3,
-            dri_mask="random",
-            dri_turns_per_dialogue=1,
-            duplicate_threshold=None,
-        )
-        runner.run_inline(job.pk, concurrency=1)
+        run_dri_job(fake.url, concurrency=1)
     flagged = Dialogue.objects.filter(
         safety_status=SafetyStatus.FLAGGED, pk__in=[calm.pk, risky.pk]
     )
