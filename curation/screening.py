@@ -29,16 +29,11 @@ from django.utils import timezone
 
 from config.celery import BrokerUnreachable
 from curation.models import Dialogue, Event, SafetyStatus, Turn
-from generation import crisis_gate
+from generation import crisis_gate, safety
 
 logger = logging.getLogger(__name__)
 
 BATCH = 100  # dialogues screened per transaction
-GATE_SOURCES = {
-    "imported": "import gate",
-    "generated": "generation gate",
-    "seed": "seed gate",
-}
 
 
 def mode() -> str:
@@ -55,7 +50,7 @@ def initial_fields(description: str, seeker_texts: list[str], origin: str, where
     if result.flagged:
         return {
             "safety_status": SafetyStatus.FLAGGED,
-            "safety_notes": result.notes(GATE_SOURCES.get(origin, "crisis gate")),
+            "safety_notes": result.notes(safety.GATE_SOURCES.get(origin, "crisis gate")),
         }
     return {}
 
@@ -98,7 +93,7 @@ def screen_dialogues(
         if result.flagged:
             notes = {
                 **dialogue.safety_notes,
-                **result.notes(GATE_SOURCES.get(dialogue.origin, "crisis gate")),
+                **result.notes(safety.GATE_SOURCES.get(dialogue.origin, "crisis gate")),
                 "screened": screened,
             }
             changed = waiting.update(

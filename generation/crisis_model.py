@@ -216,9 +216,6 @@ class CrisisClassifier:
                 vectors[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return probs, vectors
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts)[0]
-
     def check(self, texts: Sequence[str]) -> list[list[Verdict]]:
         """For each text, its flagged units (strongest first), each with the bank's nearest
         exemplar of its category."""

@@ -377,13 +377,3 @@ GATE_SOURCES = {
     "generated": "generation gate",
     "seed": "seed gate",
 }
-
-
-def check_dialogue(description: str, seeker_texts: list[str]) -> CrisisCheck:
-    """The gate on a whole dialogue: its description and every seeker turn."""
-    return check_texts([description, *seeker_texts])
-
-
-def gate_notes(check: CrisisCheck, source: str) -> dict[str, object]:
-    """What a flagged dialogue keeps in `safety_notes`: why it was flagged, for the lead."""
-    return {"source": source, "categories": list(check.categories), "matches": list(check.matches)}
