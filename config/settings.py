@@ -6,6 +6,7 @@ and turns on the secure-cookie/HTTPS settings that `manage.py check --deploy` as
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -196,9 +197,32 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 TEACHER_TIMEOUT = float(envstr("EXTES_TEACHER_TIMEOUT", "120"))
 TEACHER_MAX_CONCURRENCY = envint("EXTES_TEACHER_MAX_CONCURRENCY", 16)
 TEACHER_MAX_RETRIES = envint("EXTES_TEACHER_MAX_RETRIES", 4)
+# Structured output: auto (the strongest form the server takes, remembered per endpoint and
+# model), json_schema, json_object (llama.cpp), or none (free text, read tolerantly).
+TEACHER_RESPONSE_FORMAT = envstr("EXTES_TEACHER_RESPONSE_FORMAT", "auto")
+if TEACHER_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", "none"):
+    raise ImproperlyConfigured(
+        "EXTES_TEACHER_RESPONSE_FORMAT must be auto, json_schema, json_object or none, "
+        f"not {TEACHER_RESPONSE_FORMAT!r}"
+    )
 # A claimed unit of generation work whose worker has not reported for this long is given to another.
 GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
 GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)
+# Gates for degenerate dialogues (generation/degenerate.py), each its own failure class, and
+# overrides of their thresholds as a JSON object, e.g. {"scenario_margin": 0.3}.
+GENERATION_GATES = envlist("EXTES_GENERATION_GATES", "repetition,role_confusion,off_scenario")
+_unknown_gates = set(GENERATION_GATES) - {"repetition", "role_confusion", "off_scenario"}
+if _unknown_gates:
+    raise ImproperlyConfigured(
+        f"EXTES_GENERATION_GATES: unknown gate(s) {sorted(_unknown_gates)}; "
+        "known: repetition, role_confusion, off_scenario"
+    )
+try:
+    GENERATION_GATE_THRESHOLDS = json.loads(envstr("EXTES_GENERATION_GATE_THRESHOLDS", "{}"))
+except ValueError as _error:
+    raise ImproperlyConfigured(
+        f"EXTES_GENERATION_GATE_THRESHOLDS must be a JSON object: {_error}"
+    ) from None
 GENERATION_QUEUE = envstr("EXTES_GENERATION_QUEUE", "generation")
 # Training runs on a queue of its own, served by a solo worker (torch must not load in the
 # default worker: a forking pool whose parent touched torch hangs).

@@ -99,6 +99,15 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
         default (an accepted dialogue has its final state stored, curation.settlement)."""
         return self.filter(status=Dialogue.Status.ACCEPTED).unflagged()
 
+    def reference_for_scenarios(self) -> DialogueQuerySet:
+        """What a scenario is, to the off-scenario gate: its seeds and its accepted dialogues
+        (rejected seeds and those held for safety left out)."""
+        return (
+            self.filter(Q(origin=Dialogue.Origin.SEED) | Q(status=Dialogue.Status.ACCEPTED))
+            .exclude(status=Dialogue.Status.REJECTED)
+            .unflagged()
+        )
+
     def reviewable_by(self, user: Any, now: Any = None) -> DialogueQuerySet:
         """Dialogues this annotator may claim: in review, not held for safety (crisis-flagged
         ones only once a lead cleared them, and no more than the daily cap), not reviewed or

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from generation.schemas import Schema
 from generation.teacher import Sampling, TeacherConfig, TeacherError, get_teacher
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,16 @@ CACHE_SIZE = 50_000
 
 
 class Verdict(BaseModel):
+    """The answer; also the schema the teacher is asked to follow (structured output)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     crisis: bool
     category: Literal["suicide", "self_harm", "harm_to_others", "abuse", "none"]
-    evidence: str = ""
+    evidence: str
+
+
+VERDICT_SCHEMA = Schema("crisis_verdict", Verdict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def verdict(texts: Sequence[str]) -> TeacherVerdict | None:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
     try:
         sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=300)
-        reply = get_teacher(config).chat(messages, sampling)
+        reply = get_teacher(config).chat(messages, sampling, schema=VERDICT_SCHEMA)
     except TeacherError as exc:
         logger.warning("crisis check: the teacher did not answer (%s)", exc)
         return None  # not cached: the next screen asks again

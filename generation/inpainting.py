@@ -13,11 +13,19 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from generation import prompts
-from generation.selfchat import Failure, OnCall, _clean_turn, no_report
-from generation.teacher import Reply, Sampling, Teacher, TeacherError, Usage
+from generation import prompts, schemas
+from generation.selfchat import (
+    Failure,
+    OnCall,
+    _clean_turn,
+    extract_json,
+    is_refusal,
+    no_report,
+    read_structured,
+)
+from generation.teacher import Completion, Reply, Sampling, Teacher, TeacherError, Usage
 
 MASK = "[MASKED]"
 # A run of this many words copied from our instructions is the prompt leaking into the reply.
@@ -40,6 +48,10 @@ _INSTRUCTIONS = _grams(
     prompts.INPAINT_SYSTEM
     + "\n"
     + prompts.INPAINT_USER.format(conversation="\n", strategy="\n", after=" and what follows")
+    + "\n"
+    + prompts.INPAINT_MANY_USER.format(
+        conversation="\n", strategy="\n", after=" and what follows", n="\n"
+    )
 )
 
 
@@ -72,6 +84,7 @@ class Candidates:
     failures: list[Failure] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
+    response_format: str = ""  # the form of the last answer read
 
 
 def choose_turns(
@@ -119,27 +132,33 @@ def write_candidates(
 ) -> Candidates:
     result = Candidates()
     original = turns[masked].text
-    messages = prompts.inpaint_messages(
-        masked_conversation(turns, masked, right_context), strategy, right_context
-    )
-    turn_sampling = Sampling(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=min(sampling.max_tokens, 200),
-        seed=sampling.seed,
-    )
+    conversation = masked_conversation(turns, masked, right_context)
     while len(result.texts) < n and result.attempts < max_attempts:
         result.attempts += 1
+        wanted = n - len(result.texts)
+        # Under structured output one request asks for every reply still wanted, as an array
+        # (servers that ignore n give them all); without it, one reply sampled `wanted` times.
+        many = wanted if teacher.structured_format() != "none" else 0
+        turn_sampling = replace(sampling, max_tokens=min(sampling.max_tokens, 200 * max(1, many)))
+        messages = prompts.inpaint_messages(conversation, strategy, right_context, many)
         try:
-            reply = teacher.chat(messages, turn_sampling, n=n - len(result.texts))
+            if many:
+                reply = teacher.chat(messages, turn_sampling, schema=schemas.replies_schema(many))
+            else:
+                reply = teacher.chat(messages, turn_sampling, n=wanted)
         except TeacherError as exc:
             result.failures.append(Failure("http_error", str(exc)))
             on_call(Usage(), None)
             continue
         result.usage.add(reply.usage)
         on_call(reply.usage, None)
+        try:
+            completions, result.response_format = _completions(reply, many)
+        except Failure as failure:
+            result.failures.append(failure)
+            continue
         fresh: list[str] = []
-        for completion in reply.completions:
+        for completion in completions:
             try:
                 text = _clean_turn(Reply([completion]))
             except Failure as failure:
@@ -159,6 +178,30 @@ def write_candidates(
                     Failure("duplicate", "too close to the original or another candidate", text)
                 )
     return result
+
+
+def _completions(reply: Reply, many: int) -> tuple[list[Completion], str]:
+    """The replies in an answer and the form they came in: each choice, or the array of a
+    structured answer."""
+    if not many:
+        return reply.completions, reply.response_format
+    text = reply.text
+    truncated = bool(reply.completions and reply.completions[0].truncated)
+    if is_refusal(text):
+        return reply.completions[:1], reply.response_format  # a refusal, as the checks read it
+    form = reply.response_format
+    record = (
+        read_structured(text, schemas.replies_model(many), truncated) if form != "none" else None
+    )
+    if record is None:
+        form = "none"  # the server did not enforce the form: free text
+        if "{" not in text:
+            return reply.completions[:1], form  # one reply, in prose
+        record = extract_json(text)
+    replies = record.get("replies") if isinstance(record, dict) else None
+    if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
+        raise Failure("schema", "the answer is not a list of replies", text)
+    return [Completion(r, "stop") for r in replies[:many]], form
 
 
 def exact_deduplicate(original: str, kept: list[str], fresh: list[str]) -> list[int]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import fcntl
 import gc
 import importlib.util
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,34 @@ class GenerationResult:
     completion_tokens: int
 
 
+# Under a grammar: a small model left alone loops on one phrase (the gates reject that); a mild
+# penalty (transformers' CTRL-style, on tokens already written) keeps it moving, and the grammar
+# still forces the JSON's own keys and punctuation, which it also penalises.
+CONSTRAINED_REPETITION_PENALTY = 1.15
+
+
+class _TokenCounter:
+    """A transformers streamer that counts the new tokens of a single sequence."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self.report = report
+        self.prompt_seen = False
+        self.count = 0
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.count += int(value.numel())
+        try:
+            self.report(self.count)
+        except Exception:  # a progress report never stops the writing
+            logging.getLogger(__name__).exception("progress report failed")
+
+    def end(self) -> None:
+        pass
+
+
 class LocalRunner:
     """A converted model loaded once; `generate()` runs a batch of chats in one call."""
 
@@ -185,9 +214,19 @@ class LocalRunner:
         return sorted(ids)
 
     def generate(
-        self, conversations: list[list[dict[str, str]]], sampling: SamplingLike, n: int = 1
+        self,
+        conversations: list[list[dict[str, str]]],
+        sampling: SamplingLike,
+        n: int = 1,
+        schema: dict[str, Any] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[list[GenerationResult]]:
-        """For each conversation, `n` replies from the assistant, all in one batched generate()."""
+        """For each conversation, `n` replies from the assistant, all in one batched generate().
+
+        With a JSON `schema`, decoding is constrained to it (`generation.constrained`), with a
+        mild repetition penalty: a small model held to a grammar otherwise loops inside a string.
+        `progress`, for a single reply, is called with the count of tokens written as they come.
+        """
         if not conversations:
             return []
         import torch
@@ -212,6 +251,20 @@ class LocalRunner:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if schema is not None:
+            from transformers import LogitsProcessorList
+
+            from generation import constrained
+
+            processor = constrained.schema_processor(
+                self.tokenizer, schema, batch=len(conversations) * n
+            )
+            kwargs.update(
+                logits_processor=LogitsProcessorList([processor]),
+                repetition_penalty=CONSTRAINED_REPETITION_PENALTY,
+            )
+        if progress is not None and len(conversations) * n == 1:
+            kwargs["streamer"] = _TokenCounter(progress)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with torch.inference_mode():

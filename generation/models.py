@@ -43,6 +43,9 @@ FAILURE_CLASSES = (
     "http_error",
     "duplicate",
     "prompt_leakage",
+    "repetition",
+    "role_confusion",
+    "off_scenario",
 )
 
 
@@ -94,6 +97,8 @@ class GenerationJob(models.Model):
     duplicate_threshold = models.FloatField(
         null=True, blank=True, default=0.92, help_text="cosine; empty turns the filter off"
     )
+    # The degenerate-text gates it runs and all their thresholds, fixed when it is created.
+    quality_gates = models.JSONField(default=dict, blank=True)
 
     # DRI: which dialogues and turns, and how many candidates per masked turn.
     dri_source_status = models.CharField(max_length=20, default=Dialogue.Status.ACCEPTED)
@@ -169,6 +174,12 @@ class GenerationJob(models.Model):
         failures = dict(
             self.failures.values_list("failure_class").annotate(n=Count("id")).order_by()
         )
+        formats = dict(
+            self.units.exclude(response_format="")
+            .values_list("response_format")
+            .annotate(n=Count("id"))
+            .order_by("-n")
+        )
         return {
             "planned": planned,
             "finished": finished,
@@ -183,6 +194,7 @@ class GenerationJob(models.Model):
             "failures": {k: failures.get(k, 0) for k in FAILURE_CLASSES if failures.get(k)},
             "failed_attempts": sum(failures.values()),
             "duplicates": failures.get("duplicate", 0),
+            "response_formats": formats,
         }
 
     def planned_units_per_round(self) -> int:
@@ -254,7 +266,11 @@ class GenerationUnit(models.Model):
     turns = models.PositiveIntegerField(default=0)
     last_call_at = models.DateTimeField(null=True, blank=True)
     activity = models.CharField(max_length=200, blank=True)
+    # Tokens of the answer being written now, where the teacher tells (the local one does).
+    live_tokens = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # How the teacher was asked for the answer's shape: json_schema, json_object, grammar, none.
+    response_format = models.CharField(max_length=20, blank=True)
 
     class Meta:
         ordering = ["job", "round", "id"]
@@ -295,6 +311,7 @@ class GenerationUnit(models.Model):
             turns=0,
             last_call_at=None,
             activity="",
+            live_tokens=0,
         )
         if updated != 1:
             return None
@@ -339,6 +356,7 @@ class GenerationUnit(models.Model):
         values: dict[str, Any] = {"heartbeat_at": now}
         if usage.calls:
             values |= {
+                "live_tokens": 0,
                 "calls": F("calls") + usage.calls,
                 "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
                 "completion_tokens": F("completion_tokens") + usage.completion_tokens,
@@ -349,6 +367,19 @@ class GenerationUnit(models.Model):
         with writing():
             self._mine().update(**values)
         self.heartbeat_at = now
+
+    def record_tokens(self, count: int) -> None:
+        """While an answer is being written: its tokens so far, at most once a second (it also
+        beats)."""
+        now = timezone.now()
+        if self._tokens_at is not None and (now - self._tokens_at).total_seconds() < 1.0:
+            return
+        self._tokens_at = now
+        with writing():
+            self._mine().update(live_tokens=count, heartbeat_at=now)
+        self.heartbeat_at = now
+
+    _tokens_at: Any = None
 
     def set_activity(self, text: str) -> None:
         """What the worker is busy with besides teacher calls; "" when it is done with it."""
@@ -367,6 +398,7 @@ class GenerationUnit(models.Model):
         usage: dict[str, int] | None,
         dialogue: Dialogue | None = None,
         error: str = "",
+        response_format: str = "",
     ) -> bool:
         """Record the outcome, if this claim still holds; False means another worker took over.
 
@@ -389,6 +421,7 @@ class GenerationUnit(models.Model):
             error=error[:2000],
             finished_at=timezone.now(),
             activity="",
+            response_format=response_format,
             **counts,
         )
         return updated == 1
@@ -415,6 +448,22 @@ class GenerationFailure(models.Model):
         return f"{self.failure_class} in job {self.job_id}"
 
 
+class DialogueVector(models.Model):
+    """A dialogue's sentence embedding for the near-duplicate filter and the off-scenario gate
+    (all-MiniLM-L6-v2 of its description and turns, unit length, float32 bytes): computed once,
+    in batches, and read by every worker process instead of computed again by each."""
+
+    dialogue = models.OneToOneField(
+        Dialogue, on_delete=models.CASCADE, primary_key=True, related_name="vector"
+    )
+    model = models.CharField(max_length=100)
+    content_hash = models.CharField(max_length=64)  # of the text it was computed from
+    vector = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"vector of dialogue {self.dialogue_id}"
+
+
 def dri_dialogues(scenarios: Sequence[Scenario], status: str | None = None) -> QuerySet[Dialogue]:
     """Where a DRI job takes its dialogues, oldest first: those of `scenarios` (all when none is
     given) with `status` (any when None). The planner and the new-job form both ask here."""
@@ -436,9 +485,11 @@ def new_job(
     **options: Any,
 ) -> GenerationJob:
     """A queued job with its provenance fixed: teacher, sampling, and the prompt version."""
-    from generation import prompts
+    from generation import prompts, quality
 
     mode = options.get("mode", GenerationJob.Mode.DIALOGUE)
+    if kind == GenerationJob.Kind.SELFCHAT:
+        options.setdefault("quality_gates", quality.job_settings())
     job = GenerationJob.objects.create(
         kind=kind,
         teacher=teacher,

@@ -75,6 +75,17 @@ Write the supporter reply that belongs where [MASKED] is. It must fit what comes
 and use this strategy: {strategy}. Say it in your own way, in one to three sentences. Write only \
 the reply."""
 
+INPAINT_MANY_USER = """\
+Here is a conversation between a seeker and a supporter. One supporter reply has been removed \
+and marked [MASKED].
+
+{conversation}
+
+Write {n} different supporter replies, each of which could stand where [MASKED] is. Each must fit \
+what comes before{after} and use this strategy: {strategy}. Make them differ from one another in \
+wording and in approach, one to three sentences each. Answer with one JSON object and nothing \
+else, in this shape: {{"replies": ["<first reply>", "<second reply>"]}}"""
+
 TEMPLATES = {
     "dialogue": (DIALOGUE_SYSTEM, DIALOGUE_USER, DIALOGUE_RETRY),
     "turns": (
@@ -86,7 +97,7 @@ TEMPLATES = {
         SUPPORTER_STRATEGY,
         SUPPORTER_CHOOSE,
     ),
-    "dri": (INPAINT_SYSTEM, INPAINT_USER),
+    "dri": (INPAINT_SYSTEM, INPAINT_USER, INPAINT_MANY_USER),
 }
 
 
@@ -128,10 +139,15 @@ def dialogue_retry(scenario: str, error: str) -> str:
     return DIALOGUE_RETRY.format(scenario=scenario, error=error)
 
 
-def inpaint_messages(conversation: str, strategy: str, right_context: bool) -> list[dict[str, str]]:
-    user = INPAINT_USER.format(
-        conversation=conversation,
-        strategy=strategy,
-        after=" and what follows" if right_context else "",
-    )
+def inpaint_messages(
+    conversation: str, strategy: str, right_context: bool, many: int = 0
+) -> list[dict[str, str]]:
+    """The DRI request: one reply (sampled n times), or `many` replies in one JSON answer."""
+    after = " and what follows" if right_context else ""
+    if many:
+        user = INPAINT_MANY_USER.format(
+            conversation=conversation, strategy=strategy, after=after, n=many
+        )
+    else:
+        user = INPAINT_USER.format(conversation=conversation, strategy=strategy, after=after)
     return [{"role": "system", "content": INPAINT_SYSTEM}, {"role": "user", "content": user}]

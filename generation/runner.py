@@ -25,7 +25,7 @@ from curation.importing import Reference, create_dialogues, load_reference
 from curation.models import Candidate, Dialogue, Scenario, Turn
 from curation.parsing import ParsedDialogue
 from curation.vocabulary import EXTES_STRATEGIES
-from generation import crisis_gate, inpainting, selfchat
+from generation import crisis_gate, inpainting, quality, selfchat, vectors
 from generation.models import (
     GenerationFailure,
     GenerationJob,
@@ -155,9 +155,14 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
     reference = _reference_data()
     vocab, strategies = reference.vocab, reference.definitions
     rng = random.Random(f"{job.pk}-{unit.pk}")
+    vector_of = _VectorMemo()
     gates: list[Callable[[ParsedDialogue], None]] = [_exact_duplicate_gate]
+    # Degenerate text (repetition, role confusion) before the embedding-based checks; the
+    # off-scenario gate reuses the near-duplicate filter's embedding of the same dialogue.
+    quality_gate = quality.gate_for(job.quality_gates, scenario.name, vector_of)
+    gates.append(quality_gate)
     if job.duplicate_threshold is not None:
-        gates.append(_near_duplicate_gate(scenario.pk, job.duplicate_threshold))
+        gates.append(_near_duplicate_gate(scenario.pk, job.duplicate_threshold, vector_of))
 
     if job.mode == GenerationJob.Mode.TURNS:
         produced = selfchat.write_dialogue_by_turns(
@@ -188,9 +193,11 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
             gates=gates,
             max_attempts=settings.GENERATION_MAX_ATTEMPTS,
             on_call=unit.record_call,
+            on_tokens=unit.record_tokens,
         )
 
     provenance = _provenance(job, unit, produced.attempts, produced.usage)
+    provenance["response_format"] = produced.response_format
     try:
         with writing(), transaction.atomic():
             dialogue = None
@@ -198,6 +205,9 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
                 dialogue = _store_dialogue(
                     produced.dialogue, produced.raw, scenario, job, unit, provenance
                 )
+                vector = vector_of.known(produced.dialogue.content_hash())
+                if vector is not None:  # the gates' embedding: no process computes it again
+                    vectors.store(dialogue.pk, dialogue.content_hash, vector)
             _record(
                 unit,
                 produced.failures,
@@ -205,12 +215,21 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
                 produced.usage,
                 dialogue,
                 created=1 if dialogue else 0,
+                response_format=produced.response_format,
             )
     except IntegrityError:
         # Same text as a dialogue stored since the gate looked: a duplicate after all.
         produced.failures.append(Failure("duplicate", "the same dialogue was stored meanwhile"))
         with writing(), transaction.atomic():
-            _record(unit, produced.failures, produced.attempts, produced.usage, None, created=0)
+            _record(
+                unit,
+                produced.failures,
+                produced.attempts,
+                produced.usage,
+                None,
+                created=0,
+                response_format=produced.response_format,
+            )
 
 
 def _strategy_of(turn: Turn) -> str | None:
@@ -248,6 +267,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
     )
     provenance = _provenance(job, unit, result.attempts, result.usage)
     provenance["right_context"] = job.dri_right_context
+    provenance["response_format"] = result.response_format
     with writing(), transaction.atomic():
         if unit.still_mine():
             Candidate.objects.bulk_create(
@@ -275,6 +295,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
             turn.dialogue,
             created=len(result.texts),
             ok=bool(result.texts),
+            response_format=result.response_format,
         )
 
 
@@ -287,6 +308,7 @@ def _record(
     *,
     created: int,
     ok: bool | None = None,
+    response_format: str = "",
 ) -> None:
     """Mark the unit finished and keep every failed attempt, in the caller's transaction."""
     succeeded = created > 0 if ok is None else ok
@@ -299,6 +321,7 @@ def _record(
         usage=usage.as_dict(),
         dialogue=dialogue,
         error=error,
+        response_format=response_format,
     ):
         # Another worker took the unit over (our lease ran out): keep nothing of ours.
         transaction.set_rollback(True)
@@ -430,7 +453,8 @@ def _exact_duplicate_gate(dialogue: ParsedDialogue) -> None:
 
 
 class _ScenarioIndex:
-    """Embeddings of a scenario's dialogues in this process, topped up with rows added since."""
+    """Embeddings of a scenario's dialogues in this process, topped up with rows added since
+    (their stored vectors: generation.vectors)."""
 
     def __init__(self, scenario_id: int) -> None:
         from generation.embeddings import NearDuplicateIndex
@@ -441,56 +465,60 @@ class _ScenarioIndex:
         self.lock = threading.Lock()
 
     def refresh(self) -> None:
-        from generation.embeddings import dialogue_text, get_embedder
+        from generation import vectors
 
         new = list(
             Dialogue.objects.filter(scenario_id=self.scenario_id, pk__gt=self.last_id)
             .order_by("pk")
-            .values_list("pk", "description", "content_hash")
+            .values_list("pk", flat=True)
         )
         if not new:
             return
-        # Dialogues this process checked before storing them are not embedded a second time.
-        known = [(pk, _checked.pop(digest)) for pk, _, digest in new if digest in _checked]
-        todo = [(pk, description) for pk, description, digest in new if pk not in dict(known)]
-        texts: dict[int, list[str]] = {pk: [] for pk, _ in todo}
-        for dialogue_id, text in (
-            Turn.objects.filter(dialogue_id__in=texts)
-            .order_by("dialogue_id", "index")
-            .values_list("dialogue_id", "text")
-        ):
-            texts[dialogue_id].append(text)
-        vectors = get_embedder().embed([dialogue_text(d, texts[pk]) for pk, d in todo])
-        for pk, vector in [*known, *zip([pk for pk, _ in todo], vectors, strict=True)]:
-            self.index.add(pk, vector)
-        self.last_id = new[-1][0]
-
-
-# Vectors of dialogues that passed the gate in this process, by content hash, until indexed.
-_checked: dict[str, Any] = {}
+        found = vectors.vectors_for(new)
+        for pk in new:
+            if pk in found:
+                self.index.add(pk, found[pk])
+        self.last_id = new[-1]
 
 
 _indexes: dict[int, _ScenarioIndex] = {}
 _indexes_lock = threading.Lock()
 
 
-def _near_duplicate_gate(scenario_id: int, threshold: float) -> Callable[[ParsedDialogue], None]:
-    def gate(dialogue: ParsedDialogue) -> None:
+class _VectorMemo:
+    """A dialogue's embedding, computed once for the gates that need it and then stored with
+    the dialogue (per unit: the last dialogue only)."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, Any] = {}
+
+    def __call__(self, dialogue: ParsedDialogue) -> Any:
         from generation.embeddings import dialogue_text, get_embedder
 
+        key = dialogue.content_hash()
+        if key not in self.memo:
+            self.memo.clear()
+            self.memo[key] = get_embedder().embed(
+                [dialogue_text(dialogue.description, [t.text for t in dialogue.turns])]
+            )[0]
+        return self.memo[key]
+
+    def known(self, content_hash: str) -> Any | None:
+        return self.memo.get(content_hash)
+
+
+def _near_duplicate_gate(
+    scenario_id: int, threshold: float, vector_of: Callable[[ParsedDialogue], Any]
+) -> Callable[[ParsedDialogue], None]:
+    def gate(dialogue: ParsedDialogue) -> None:
         with _indexes_lock:
             index = _indexes.setdefault(scenario_id, _ScenarioIndex(scenario_id))
-        vector = get_embedder().embed(
-            [dialogue_text(dialogue.description, [t.text for t in dialogue.turns])]
-        )[0]
+        vector = vector_of(dialogue)
         with index.lock:
             index.refresh()
             key, score = index.index.nearest(vector)
         if key is not None and score >= threshold:
             raise Failure("duplicate", f"cosine {score:.3f} to dialogue #{key} (limit {threshold})")
-        if len(_checked) > 10_000:  # stored elsewhere or never stored: do not grow without end
-            _checked.clear()
-        _checked[dialogue.content_hash()] = vector
 
     return gate
 
@@ -627,6 +655,6 @@ def clear_caches() -> None:
     _example_pools.clear()
     _example_records.clear()
     _last_stale_check.clear()
-    _checked.clear()
+    quality.clear_caches()
     with _indexes_lock:
         _indexes.clear()

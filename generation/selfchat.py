@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from curation.parsing import ParsedDialogue, Rejected, Vocabulary, parse_record
-from generation import prompts
+from generation import prompts, schemas
 from generation.teacher import Message, Reply, Sampling, Teacher, TeacherError, Usage
 
 
@@ -44,6 +46,7 @@ class Produced:
     failures: list[Failure] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
+    response_format: str = ""  # the form of the last answer read ("json_schema", …, "none")
 
 
 # A gate runs on a parsed dialogue and raises Failure (e.g. "duplicate") to refuse it.
@@ -112,6 +115,27 @@ def extract_json(text: str) -> Any:
     raise Failure("invalid_json", last_error, text)
 
 
+def read_structured(
+    text: str, model: type[BaseModel], truncated: bool = False
+) -> dict[str, Any] | None:
+    """An answer asked for under structured output, validated by the model its schema came from.
+
+    None when the answer does not follow the schema: the server took the form and did not enforce
+    it (some ignore it), so the answer is read as free text instead, by the tolerant reader and
+    the importer's rules. A cut-off answer is "truncated" either way.
+    """
+    try:
+        value = model.model_validate_json(text.strip())
+    except ValidationError as exc:
+        errors = exc.errors()
+        if truncated and errors and errors[0]["type"] == "json_invalid":
+            raise Failure(
+                "truncated", "the answer was cut off (max tokens reached)", text
+            ) from None
+        return None
+    return value.model_dump(by_alias=True)
+
+
 def is_refusal(text: str) -> bool:
     return "{" not in text and bool(_REFUSAL.search(text.strip()[:200]))
 
@@ -161,7 +185,9 @@ def write_dialogue(
     gates: Sequence[Gate] = (),
     max_attempts: int = 3,
     on_call: OnCall = no_report,
+    on_tokens: Callable[[int], None] | None = None,
 ) -> Produced:
+    """`on_tokens` is told the tokens of the answer written so far, where the teacher can say."""
     produced = Produced()
     messages = prompts.dialogue_messages(
         spec.scenario,
@@ -170,23 +196,35 @@ def write_dialogue(
         spec.min_utterances,
         spec.max_utterances,
     )
+    schema = schemas.dialogue_schema(
+        [name for name, _ in spec.strategies], spec.min_utterances, spec.max_utterances
+    )
     while produced.attempts < max_attempts:
         produced.attempts += 1
         try:
-            reply = teacher.chat(messages, sampling)
+            reply = teacher.chat(messages, sampling, schema=schema, progress=on_tokens)
         except TeacherError as exc:
             produced.failures.append(Failure("http_error", str(exc)))
             on_call(Usage(), None)
             continue
         produced.usage.add(reply.usage)
+        produced.response_format = reply.response_format
         on_call(reply.usage, None)
         text = reply.text
+        truncated = bool(reply.completions and reply.completions[0].truncated)
         try:
-            if reply.completions and reply.completions[0].truncated:
-                raise Failure("truncated", "the answer was cut off (max tokens reached)", text)
             if is_refusal(text):
                 raise Failure("refusal", "the teacher declined to write the conversation", text)
-            produced.dialogue = validate(extract_json(text), spec, vocab, text, gates)
+            record = None
+            if reply.response_format != "none":
+                record = read_structured(text, schema.model, truncated)
+                if record is None:
+                    produced.response_format = "none"  # not enforced by the server: free text
+            if record is None:
+                if truncated:
+                    raise Failure("truncated", "the answer was cut off (max tokens reached)", text)
+                record = extract_json(text)
+            produced.dialogue = validate(record, spec, vocab, text, gates)
             produced.raw = text
             return produced
         except Failure as failure:

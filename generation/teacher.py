@@ -26,6 +26,8 @@ from typing import Any, Protocol, cast
 import openai
 from openai.types.chat import ChatCompletion
 
+from generation.schemas import LOCAL_FORMAT, RESPONSE_FORMATS, Schema, local_schema
+
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
@@ -75,6 +77,9 @@ class Completion:
 class Reply:
     completions: list[Completion]
     usage: Usage = field(default_factory=Usage)
+    # How the answer's shape was asked for: "json_schema", "json_object", "grammar" (the local
+    # teacher's constrained decoding) or "none" (free text, read tolerantly).
+    response_format: str = "none"
 
     @property
     def text(self) -> str:
@@ -93,7 +98,27 @@ class Teacher(Protocol):
     backend: str
     model: str
 
-    def chat(self, messages: list[Message], sampling: Sampling, n: int = 1) -> Reply: ...
+    def chat(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        n: int = 1,
+        schema: Schema | None = None,
+        progress: Progress | None = None,
+    ) -> Reply:
+        """`progress`, where the backend can, is told the tokens written so far while it writes."""
+        ...
+
+    def structured_format(self) -> str:
+        """The form a request with a schema will be sent in first ("none": no structure)."""
+        ...
+
+
+Progress = Callable[[int], None]
+
+
+class _FormatRefused(Exception):
+    """The server answered a request with `response_format` with an error: try a weaker form."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +147,20 @@ LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 class HttpTeacher:
+    """An OpenAI-compatible server.
+
+    A request with a schema asks for the strongest structured output the server takes, and the
+    form that worked is remembered per endpoint and model (for this process): `json_schema`
+    (OpenAI, vLLM, SGLang, Ollama), then `json_object` with the schema beside it (llama.cpp's
+    server), then none. A server that refuses a form with an error (llama.cpp answers
+    `json_schema` with HTTP 500, others with 400 or 422) is asked again at once in the next form,
+    without a retry's wait. `response_format` other than "auto" fixes the form.
+    """
+
     backend = "http"
     _limits: dict[tuple[str, int], threading.BoundedSemaphore] = {}
     _limits_lock = threading.Lock()
+    _learned: dict[tuple[str, str], str] = {}  # (base_url, model) -> the form that worked
 
     def __init__(
         self,
@@ -138,9 +174,16 @@ class HttpTeacher:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        response_format: str = "auto",
     ) -> None:
+        if response_format != "auto" and response_format not in RESPONSE_FORMATS:
+            raise ValueError(
+                f"unknown response format {response_format!r}: "
+                f"choose auto, {', '.join(RESPONSE_FORMATS)}"
+            )
         self.model = model
         self.base_url = base_url
+        self.response_format = response_format
         # The openai client's own retries are off: ours honour Retry-After and count attempts.
         self._client = openai.OpenAI(
             base_url=base_url,
@@ -157,11 +200,59 @@ class HttpTeacher:
                 (base_url, max_concurrency), threading.BoundedSemaphore(max_concurrency)
             )
 
-    def chat(self, messages: list[Message], sampling: Sampling, n: int = 1) -> Reply:
-        first = self._call(messages, sampling, n)
+    def structured_format(self) -> str:
+        return self._formats()[0]
+
+    def _formats(self) -> list[str]:
+        if self.response_format != "auto":
+            return [self.response_format]
+        learned = self._learned.get((self.base_url, self.model))
+        start = RESPONSE_FORMATS.index(learned) if learned else 0
+        return list(RESPONSE_FORMATS[start:])
+
+    def chat(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        n: int = 1,
+        schema: Schema | None = None,
+        progress: Progress | None = None,
+    ) -> Reply:
+        # `progress` is not used: a server's answer arrives whole (the unit counts it then).
+        formats = self._formats() if schema is not None else ["none"]
+        learned = self._learned.get((self.base_url, self.model))
+        for index, form in enumerate(formats):
+            # A form that worked here before is not probed again: its errors are real errors.
+            probing = index < len(formats) - 1 and form != learned
+            try:
+                first = self._call(messages, sampling, n, form, schema, probing=probing)
+            except _FormatRefused as refused:
+                logger.warning(
+                    "%s refused response_format %s (%s); asking with %s",
+                    self.base_url,
+                    form,
+                    refused,
+                    formats[index + 1],
+                )
+                continue
+            if schema is not None and form != "none" and not _enforced(schema, first):
+                # Taken without an error and not followed: the server ignores the form.
+                logger.warning(
+                    "%s took response_format %s but its answer does not follow the schema; "
+                    "reading it as free text",
+                    self.base_url,
+                    form,
+                )
+                form = "none"
+                first.response_format = form
+            if schema is not None and self.response_format == "auto":
+                with self._limits_lock:
+                    self._learned[(self.base_url, self.model)] = form
+            break
         if not first.completions:
             raise TeacherError("the teacher answered with no choices", 200)
         reply = Reply(completions=list(first.completions[:n]), usage=first.usage)
+        reply.response_format = form
         missing = n - len(reply.completions)
         if missing > 0:
             # Some servers (llama.cpp) ignore n and send one choice: the rest are asked for one
@@ -169,7 +260,7 @@ class HttpTeacher:
             # seed of its own when one is set, so that they differ.
             def one(index: int) -> Reply:
                 seed = None if sampling.seed is None else sampling.seed + index
-                return self._call(messages, replace(sampling, seed=seed), 1)
+                return self._call(messages, replace(sampling, seed=seed), 1, form, schema)
 
             with ThreadPoolExecutor(max_workers=missing) as pool:
                 parts = list(pool.map(one, range(1, missing + 1)))
@@ -180,8 +271,20 @@ class HttpTeacher:
                 reply.usage.add(part.usage)
         return reply
 
-    def _call(self, messages: list[Message], sampling: Sampling, n: int) -> Reply:
+    def _call(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        n: int,
+        form: str = "none",
+        schema: Schema | None = None,
+        *,
+        probing: bool = False,
+    ) -> Reply:
+        """One request, with our retries; `probing`: a refused form raises _FormatRefused."""
+        response_format = _response_format(form, schema)
         attempt = 0
+        retried_probe = False
         while True:
             try:
                 with self._limit:
@@ -193,6 +296,7 @@ class HttpTeacher:
                         max_tokens=sampling.max_tokens,
                         n=n,
                         seed=openai.omit if sampling.seed is None else sampling.seed,
+                        response_format=response_format,
                     )
                 if not isinstance(response, ChatCompletion) or response.choices is None:
                     raise ValueError("not a chat completion")
@@ -207,6 +311,13 @@ class HttpTeacher:
                 status, wait = 200, None
                 error = f"malformed response from the teacher ({type(exc).__name__})"
             except openai.APIStatusError as exc:
+                if probing and exc.status_code in FORMAT_REFUSED_STATUS:
+                    # A 500 may be a passing fault rather than a refusal: asked once more at
+                    # once, a server that cannot take the form answers 500 again.
+                    if exc.status_code >= 500 and not retried_probe:
+                        retried_probe = True
+                        continue
+                    raise _FormatRefused(f"HTTP {exc.status_code}: {_short(exc.message)}") from None
                 if exc.status_code not in RETRYABLE_STATUS:
                     raise TeacherError(
                         f"HTTP {exc.status_code} from the teacher: {_short(exc.message)}",
@@ -235,10 +346,14 @@ class HttpTeacher:
             usage.prompt_tokens = response.usage.prompt_tokens or 0
             usage.completion_tokens = response.usage.completion_tokens or 0
         completions = [
-            Completion(choice.message.content or "", choice.finish_reason or "stop")
+            # A strict-schema refusal comes without content, in its own field.
+            Completion(
+                choice.message.content or getattr(choice.message, "refusal", None) or "",
+                choice.finish_reason or "stop",
+            )
             for choice in response.choices
         ]
-        return Reply(completions=completions, usage=usage)
+        return Reply(completions=completions, usage=usage, response_format=form)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full jitter on an exponential ceiling; never sooner than the server asked."""
@@ -249,7 +364,39 @@ class HttpTeacher:
         return delay
 
 
+def _enforced(schema: Schema, reply: Reply) -> bool:
+    """Whether an answer shows the schema was enforced: a whole answer that follows it (a cut-off
+    one proves nothing either way)."""
+    whole = [c for c in reply.completions if not c.truncated]
+    if not whole:
+        return True
+    for completion in whole:
+        try:
+            schema.model.model_validate_json(completion.text.strip())
+            return True
+        except ValueError:
+            continue
+    return False
+
+
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# What servers answer a response_format they do not take with (llama.cpp: 500 for json_schema).
+FORMAT_REFUSED_STATUS = {400, 404, 415, 422, 500, 501}
+
+
+def _response_format(form: str, schema: Schema | None) -> Any:
+    if schema is None or form == "none":
+        return openai.omit
+    if form == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": schema.name, "schema": schema.json_schema, "strict": True},
+        }
+    if form == "json_object":
+        # llama.cpp's server reads a schema beside json_object and enforces it with a grammar;
+        # servers that do not still return a JSON object, which is then validated.
+        return {"type": "json_object", "schema": schema.json_schema}
+    raise ValueError(f"unknown response format {form!r}")
 
 
 def _retry_after_headers(headers: Any) -> float | None:
@@ -301,32 +448,60 @@ class LocalTeacher:
 
         self._runner = localmodel.LocalRunner(localmodel.ensure_local_model(models_dir))
 
-    def chat(self, messages: list[Message], sampling: Sampling, n: int = 1) -> Reply:
+    def structured_format(self) -> str:
+        from generation import constrained
+
+        return LOCAL_FORMAT if constrained.available() else "none"
+
+    def chat(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        n: int = 1,
+        schema: Schema | None = None,
+        progress: Progress | None = None,
+    ) -> Reply:
+        form = self.structured_format() if schema is not None else "none"
+        grammar = (
+            local_schema(schema, LOCAL_MAX_CHARS, LOCAL_MAX_UTTERANCES)
+            if schema and form != "none"
+            else None
+        )
         # One generate() at a time: torch already uses every core for one batch.
         with self._lock:
-            results = self._runner.generate([messages], sampling, n=n)[0]
+            results = self._runner.generate(
+                [messages], sampling, n=n, schema=grammar, progress=progress
+            )[0]
         usage = Usage(calls=1)
         completions = []
         for result in results:
             completions.append(Completion(result.text, result.finish_reason))
             usage.completion_tokens += result.completion_tokens
         usage.prompt_tokens = results[0].prompt_tokens if results else 0
-        return Reply(completions=completions, usage=usage)
+        return Reply(completions=completions, usage=usage, response_format=form)
+
+
+# Inside structured output the local model writes chat-sized strings (a message of one to three
+# sentences) and short dialogues: at about 8 tokens a second here, 10 utterances of up to 240
+# characters fit the default 1,200 tokens with room to spare.
+LOCAL_MAX_CHARS = 240
+LOCAL_MAX_UTTERANCES = 10
 
 
 # ---- choosing one ---------------------------------------------------------------------------
 
-_cache: dict[TeacherConfig, Teacher] = {}
+_cache: dict[tuple[TeacherConfig, str], Teacher] = {}
 _cache_lock = threading.Lock()
 
 
 def get_teacher(config: TeacherConfig) -> Teacher:
     """The teacher for a config, built once per process (the local model loads once)."""
+    key = cache_key(config)
     with _cache_lock:
-        teacher = _cache.get(config)
+        teacher = _cache.get(key)
         if teacher is None:
             teacher = _build(config)
-            _cache[config] = teacher
+            _cache[key] = teacher
         return teacher
 
 
@@ -335,7 +510,14 @@ def is_ready(config: TeacherConfig) -> bool:
 
     Without the lock, which a thread building the teacher holds: others waiting for it ask too.
     """
-    return config in _cache
+    return cache_key(config) in _cache
+
+
+def cache_key(config: TeacherConfig) -> tuple[TeacherConfig, str]:
+    """A teacher is built per config and per structured-output setting."""
+    from django.conf import settings
+
+    return config, str(getattr(settings, "TEACHER_RESPONSE_FORMAT", "auto"))
 
 
 def _build(config: TeacherConfig) -> Teacher:
@@ -348,6 +530,7 @@ def _build(config: TeacherConfig) -> Teacher:
             timeout=settings.TEACHER_TIMEOUT,
             max_concurrency=settings.TEACHER_MAX_CONCURRENCY,
             max_retries=settings.TEACHER_MAX_RETRIES,
+            response_format=settings.TEACHER_RESPONSE_FORMAT,
         )
     if config.backend == "local":
         return LocalTeacher(settings.MODELS_DIR)

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from curation.roles import HtmxHttpRequest, is_lead, lead_required
+from generation import quality
 from generation.forms import JobForm
 from generation.models import FAILURE_CLASSES, GenerationJob, new_job
 from generation.tasks import start_job
@@ -80,6 +81,7 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "failure_class": failure_class,
         "can_cancel": is_lead(request.user) and not job.is_finished,
         "scenario_names": list(job.scenarios.values_list("name", flat=True)),
+        "quality_gates": quality.shown(job.quality_gates),
         "live_units": list(job.live_units()[:LIVE_UNITS_SHOWN]),
         "unit_errors": job.units.filter(status="failed")
         .exclude(error="")

@@ -75,6 +75,13 @@ def _screen_where_created(settings) -> None:
     settings.SAFETY_SCREEN = "inline"
 
 
+@pytest.fixture(autouse=True)
+def _gates_for_the_fake_teacher(settings) -> None:
+    """The fake teacher's dialogues are ESConv's, on whatever topic, for any scenario asked: the
+    off-scenario gate would reject them at random. Its own tests turn it on."""
+    settings.GENERATION_GATES = ["repetition", "role_confusion"]
+
+
 @pytest.fixture
 def vocabulary_db(transactional_db) -> None:
     """A transactional test's database, with the vocabulary the data migration loads.

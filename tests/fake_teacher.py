@@ -25,6 +25,19 @@ copied into the project. Dialogues are cut to 8-16 utterances that start with th
 supporter turn, with ESConv's strategies mapped to ExTES names; later windows of the same dialogues
 follow the first ones, so a benchmark sees thousands of distinct dialogues before any repeats.
 
+What it does with structured output (`response_format`) is its `kind`, after real servers:
+
+- "plain" (the default): ignores `response_format`, as an old server would;
+- "llamacpp": like llama.cpp's server: one choice whatever `n`, `json_schema` answered with HTTP
+  500, `json_object` with a `schema` beside it honoured (the answer follows the schema);
+- "openai": `json_schema` with `strict` honoured, after checking the schema the way OpenAI does
+  (every object closed, every property required: 400 otherwise); `json_object` gives bare JSON;
+  a strict refusal comes in the message's `refusal` field with no content;
+- "rejects_format": any `response_format` answered with HTTP 400.
+
+An honoured schema overrides the shape behaviours (prose, fences, broken JSON); "truncated" still
+cuts the answer.
+
 How it answers is the behaviour: `script` entries are consumed one per request, `default` when the
 script is empty. Behaviours: "valid", "fenced_prose", "wrong_key_case", "object_utterances",
 "truncated", "refusal", "invalid_json" (shapes of the text, the dialogue-specific ones answer "valid"
@@ -76,6 +89,8 @@ BEHAVIOURS = frozenset(
         "slow",
     }
 )
+
+KINDS = ("plain", "llamacpp", "openai", "rejects_format")
 
 STRATEGY_MAP = {
     "Question": "Clarification",
@@ -282,6 +297,57 @@ def request_kind(body: dict[str, Any]) -> str:
     return "seeker_turn" if "seeker" in system.lower() else "supporter_turn"
 
 
+def _conform(record: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The record cut to the dialogue schema: its properties, its item count, its strategies."""
+    properties = schema.get("properties") or {}
+    content = list(record["content"])
+    bounds = properties.get("content") or {}
+    if bounds.get("maxItems"):
+        content = content[: int(bounds["maxItems"])]
+    defs = schema.get("$defs") or {}
+    allowed: list[str] = []
+    for definition in defs.values():
+        enum = ((definition.get("properties") or {}).get("AI Strategy") or {}).get("enum")
+        allowed += enum or []
+    if allowed:
+        content = [
+            item
+            if "User" in item or item.get("AI Strategy") in allowed
+            else {**item, "AI Strategy": allowed[0]}
+            for item in content
+        ]
+    value = {key: record[key] for key in properties if key in record and key != "content"}
+    return {**value, "content": content} if "content" in properties else value
+
+
+def strict_problem(schema: dict[str, Any], where: str = "root") -> str | None:
+    """Why OpenAI's strict mode would refuse the schema, or None."""
+    if not isinstance(schema, dict):
+        return f"{where} is not a schema"
+    for name, definition in (schema.get("$defs") or {}).items():
+        problem = strict_problem(definition, f"$defs/{name}")
+        if problem:
+            return problem
+    if schema.get("type") == "object":
+        properties = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False:
+            return f"'additionalProperties' is required to be supplied and to be false at {where}"
+        if sorted(schema.get("required") or []) != sorted(properties):
+            return f"'required' is required to include every key in 'properties' at {where}"
+        for name, value in properties.items():
+            problem = strict_problem(value, f"{where}/{name}")
+            if problem:
+                return problem
+    for key in ("anyOf",):
+        for number, value in enumerate(schema.get(key) or []):
+            problem = strict_problem(value, f"{where}/{key}/{number}")
+            if problem:
+                return problem
+    if "items" in schema:
+        return strict_problem(schema["items"], f"{where}/items")
+    return None
+
+
 # ---- the server -----------------------------------------------------------------------------
 
 
@@ -398,6 +464,11 @@ class _Handler(BaseHTTPRequestHandler):
             return 500, _error_body(500, message, "server_error"), {}
         if not fake._pause(fake.latency):
             return None
+        refused = fake._refuse_format(body)
+        if refused is not None:
+            status, message = refused
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            return status, _error_body(status, message, kind), {}
         if behaviour == "rate_limited":
             message = "Rate limit reached for fake-teacher: please try again in 1s."
             return 429, _error_body(429, message, "rate_limit_error"), {"Retry-After": RETRY_AFTER}
@@ -430,13 +501,21 @@ class FakeTeacher:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 and a free port (see the module doc)."""
 
     def __init__(
-        self, *, latency: float = 0.0, default: str = "valid", esconv_file: Path | None = None
+        self,
+        *,
+        latency: float = 0.0,
+        default: str = "valid",
+        esconv_file: Path | None = None,
+        kind: str = "plain",
     ) -> None:
         if default not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {default!r}; known: {sorted(BEHAVIOURS)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known: {KINDS}")
         self.latency = latency
         self.default = default
-        self.ignore_n = False
+        self.kind = kind
+        self.ignore_n = kind == "llamacpp"  # llama.cpp sends one choice whatever n
         self.crisis_words: tuple[str, ...] = ("the bridge",)  # what its crisis check calls risk
         self.script: list[str] = []
         self.requests: list[dict[str, Any]] = []
@@ -527,6 +606,38 @@ class FakeTeacher:
             self._counters[counter] = index + 1
         return items[index % len(items)]
 
+    def _schema(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The schema this server enforces for the request, or None (free text)."""
+        form = body.get("response_format")
+        if not isinstance(form, dict):
+            return None
+        if self.kind == "llamacpp" and form.get("type") == "json_object":
+            schema = form.get("schema")
+            return schema if isinstance(schema, dict) else {}
+        if self.kind == "openai" and form.get("type") == "json_schema":
+            return form["json_schema"]["schema"]
+        if self.kind == "openai" and form.get("type") == "json_object":
+            return {}
+        return None
+
+    def _refuse_format(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        form = body.get("response_format")
+        if not isinstance(form, dict) or self.kind == "plain":
+            return None
+        kind = form.get("type")
+        if self.kind == "rejects_format":
+            return 400, "Unrecognized request argument supplied: response_format"
+        if self.kind == "llamacpp" and kind == "json_schema":
+            return 500, "Internal Server Error"
+        if self.kind == "openai" and kind == "json_schema":
+            spec = form.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                return 400, "Missing required parameter: 'response_format.json_schema.schema'."
+            problem = strict_problem(spec["schema"])
+            if problem:
+                return 400, f"Invalid schema for response_format '{spec.get('name')}': {problem}"
+        return None
+
     def _crisis_verdict(self, body: dict[str, Any], behaviour: str) -> tuple[str, str]:
         """A judge for the crisis gate's teacher check: risk when the seeker's words hold one of
         `crisis_words` (the sentence that holds it is the evidence). Deterministic, for wiring."""
@@ -543,6 +654,34 @@ class FakeTeacher:
             verdict = {"crisis": False, "category": "none", "evidence": ""}
         return json.dumps(verdict), "stop"
 
+    def _structured_choice(
+        self, index: int, kind: str, schema: dict[str, Any], behaviour: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A choice that follows `schema` ({} for bare JSON), as a server enforcing it writes."""
+        message: dict[str, Any] = {"role": "assistant"}
+        if behaviour == "refusal" and self.kind == "openai":
+            message |= {"content": None, "refusal": REFUSAL}
+            return {"index": index, "message": message, "finish_reason": "stop", "logprobs": None}
+        properties = schema.get("properties") or {}
+        if kind == "crisis_check":
+            value: Any = json.loads(self._crisis_verdict(body, "valid")[0])
+        elif "replies" in properties:
+            count = int(properties["replies"].get("minItems") or 1)
+            value = {
+                "replies": [self._take("supporter", self.pool.supporter) for _ in range(count)]
+            }
+        elif kind == "dri":
+            value = {"reply": self._take("supporter", self.pool.supporter)}
+        else:
+            record = self._take("dialogue", self.pool.dialogues)
+            value = _conform(record, schema) if schema else record
+        text = json.dumps(value, ensure_ascii=False)
+        finish = "stop"
+        if behaviour == "truncated":
+            text, finish = text[: int(len(text) * 0.6)], "length"
+        message["content"] = text
+        return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+
     def _completion(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         kind = request_kind(body)
         try:
@@ -551,8 +690,12 @@ class FakeTeacher:
             n = 1
         if self.ignore_n:
             n = 1
+        schema = self._schema(body)
         choices: list[dict[str, Any]] = []
         for index in range(n):
+            if schema is not None:
+                choices.append(self._structured_choice(index, kind, schema, behaviour, body))
+                continue
             if kind == "crisis_check":
                 text, finish = self._crisis_verdict(body, behaviour)
             elif kind == "dialogue":
@@ -573,7 +716,9 @@ class FakeTeacher:
             _text_of(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
         )
         prompt_tokens = tokens(prompt)
-        completion_tokens = sum(tokens(c["message"]["content"]) for c in choices)
+        completion_tokens = sum(
+            tokens(c["message"]["content"] or c["message"].get("refusal") or "") for c in choices
+        )
         with self._lock:
             self._counters["id"] += 1
             number = self._counters["id"]

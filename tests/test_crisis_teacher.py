@@ -58,11 +58,13 @@ def test_the_teacher_flags_what_the_other_layers_miss_with_its_evidence(tmp_path
 
 
 def test_a_teacher_out_of_shape_or_down_gives_no_verdict_and_blocks_nothing(tmp_path, teacher):
-    teacher.script = ["invalid_json", "server_error"]
+    teacher.script = ["invalid_json"]  # one answer out of shape; then the server is down
+    teacher.default = "server_error"
     report = import_file(
         write(tmp_path / "in.json", [record(TEACHER_ONLY), record(TEACHER_ONLY + " Hm.")]),
         "extes",
     )
+    teacher.default = "valid"
     assert (report.imported, report.flagged) == (2, 0)  # the other layers saw nothing
     assert set(Dialogue.objects.values_list("safety_status", flat=True)) == {SafetyStatus.NONE}
     # Not cached: asked again, the teacher answers.

@@ -35,6 +35,8 @@ class Site:
             "EXTES_GENERATION_LEASE_SECONDS": "30",
             # Imports by `manage.py` here are screened where they run, not by a worker.
             "EXTES_SAFETY_SCREEN": "inline",
+            # The fake teacher's dialogues are ESConv's, on any topic (tests/conftest.py).
+            "EXTES_GENERATION_GATES": "repetition,role_confusion",
             "PYTHONUNBUFFERED": "1",
         }
         self.workers: list[subprocess.Popen[bytes]] = []

@@ -202,7 +202,8 @@ def test_crisis_disclosures_are_flagged_for_leads(fake):
     assert dialogue.safety_notes["categories"]
 
 
-def test_dri_job_writes_candidates_for_masked_turns(fake):
+def test_dri_job_writes_candidates_for_masked_turns(fake, settings):
+    settings.TEACHER_RESPONSE_FORMAT = "none"  # one reply sampled n times (structured: below)
     accepted = list(Dialogue.objects.filter(origin="seed").order_by("id")[:2])
     Dialogue.objects.filter(pk__in=[d.pk for d in accepted]).update(status="accepted")
     job = run_dri_job(fake.url, concurrency=2)
@@ -221,7 +222,8 @@ def test_dri_job_writes_candidates_for_masked_turns(fake):
     assert len(dri_requests) == 2 and all(r["n"] == 3 for r in dri_requests)
 
 
-def test_dri_with_embedding_filter_and_no_right_context(fake):
+def test_dri_with_embedding_filter_and_no_right_context(fake, settings):
+    settings.TEACHER_RESPONSE_FORMAT = "none"  # one reply sampled n times (structured: below)
     seed = Dialogue.objects.filter(origin="seed").order_by("id").first()
     Dialogue.objects.filter(pk=seed.pk).update(status="accepted")
     job = new_job(
@@ -305,7 +307,10 @@ class Watching:
         self.backend, self.model = teacher.backend, teacher.model
         self.seen: list[dict] = []
 
-    def chat(self, messages, sampling, n=1):
+    def structured_format(self):
+        return self.teacher.structured_format()
+
+    def chat(self, messages, sampling, n=1, schema=None, progress=None):
         unit = GenerationUnit.objects.get(pk=self.unit_id)
         self.seen.append(
             {
@@ -316,7 +321,7 @@ class Watching:
                 "job_calls": unit.job.progress()["calls"],
             }
         )
-        return self.teacher.chat(messages, sampling, n)
+        return self.teacher.chat(messages, sampling, n, schema, progress)
 
 
 def test_a_running_unit_counts_calls_tokens_and_turns_as_it_goes(fake, monkeypatch):
@@ -389,14 +394,16 @@ def test_the_unit_says_while_the_local_model_is_prepared(fake, monkeypatch):
 
     def load(config):  # stands in for loading SmolLM2: the fake HTTP teacher answers instead
         during.append(GenerationUnit.objects.get(pk=ids[0]).activity)
-        teachers._cache[config] = teachers.HttpTeacher(fake.url, "fake-teacher")
-        return teachers._cache[config]
+        teachers._cache[teachers.cache_key(config)] = teachers.HttpTeacher(fake.url, "fake-teacher")
+        return teachers._cache[teachers.cache_key(config)]
 
     monkeypatch.setattr(runner, "get_teacher", load)
     runner.process_unit(ids[0], "w")
     assert during == [runner.PREPARING_LOCAL_MODEL]
     assert GenerationUnit.objects.get(pk=ids[0]).activity == ""
-    monkeypatch.setattr(runner, "get_teacher", lambda config: teachers._cache[config])
+    monkeypatch.setattr(
+        runner, "get_teacher", lambda config: teachers._cache[teachers.cache_key(config)]
+    )
     monkeypatch.setattr(runner.GenerationUnit, "set_activity", None)  # loaded: not called again
     runner.process_unit(ids[1], "w")
     assert job.units.filter(status="done").count() == 2

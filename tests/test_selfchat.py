@@ -49,7 +49,10 @@ class ScriptedTeacher:
         self.answers = list(answers)
         self.calls: list[list[dict]] = []
 
-    def chat(self, messages, sampling, n=1):
+    def structured_format(self):
+        return "none"  # its answers are free text, read tolerantly
+
+    def chat(self, messages, sampling, n=1, schema=None, progress=None):
         self.calls.append(messages)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
