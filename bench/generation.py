@@ -46,6 +46,7 @@ def main(
     pool: str,
     workers: int,
     postgres: str,
+    gates: str,
 ) -> None:
     from tests.fake_teacher import FakeTeacher
 
@@ -61,6 +62,10 @@ def main(
             "EXTES_TEACHER_BASE_URL": fake.url,
             "EXTES_TEACHER_MODEL": "fake-teacher",
             "EXTES_TEACHER_MAX_CONCURRENCY": str(concurrency),
+            # The fake teacher's dialogues are ESConv's, on any topic: the off-scenario gate
+            # would reject them at random (it is measured with the near-duplicate filter's
+            # embedding, --gates ...,off_scenario).
+            "EXTES_GENERATION_GATES": gates,
         }
         from config import studio
 
@@ -114,7 +119,7 @@ def main(
             f"workers={workers} latency_s={latency} "
             f"duplicate_filter={'on' if threshold else 'off'} seconds={seconds:.2f} "
             f"dialogues_per_s={rate:.1f} ideal_per_s={ideal:.0f} ratio={rate / ideal:.2f} "
-            f"peak_teacher_requests={fake.peak_in_flight}"
+            f"peak_teacher_requests={fake.peak_in_flight} gates={gates}"
         )
         print(
             f"generation_cpu worker_ms_per_dialogue={1000 * worker_cpu / dialogues:.1f} "
@@ -224,6 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool", choices=["threads", "prefork"], default="threads")
     parser.add_argument("--workers", type=int, default=2, help="worker processes sharing the slots")
     parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--gates", default="repetition,role_confusion,prompt_leakage")
     parser.add_argument(
         "--postgres",
         default="",
@@ -243,4 +249,5 @@ if __name__ == "__main__":
         args.pool,
         args.workers,
         args.postgres,
+        args.gates,
     )

@@ -210,12 +210,19 @@ GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
 GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)
 # Gates for degenerate dialogues (generation/degenerate.py), each its own failure class, and
 # overrides of their thresholds as a JSON object, e.g. {"scenario_margin": 0.3}.
-GENERATION_GATES = envlist("EXTES_GENERATION_GATES", "repetition,role_confusion,off_scenario")
-_unknown_gates = set(GENERATION_GATES) - {"repetition", "role_confusion", "off_scenario"}
+GENERATION_GATES = envlist(
+    "EXTES_GENERATION_GATES", "repetition,role_confusion,prompt_leakage,off_scenario"
+)
+_unknown_gates = set(GENERATION_GATES) - {
+    "repetition",
+    "role_confusion",
+    "prompt_leakage",
+    "off_scenario",
+}
 if _unknown_gates:
     raise ImproperlyConfigured(
         f"EXTES_GENERATION_GATES: unknown gate(s) {sorted(_unknown_gates)}; "
-        "known: repetition, role_confusion, off_scenario"
+        "known: repetition, role_confusion, prompt_leakage, off_scenario"
     )
 try:
     GENERATION_GATE_THRESHOLDS = json.loads(envstr("EXTES_GENERATION_GATE_THRESHOLDS", "{}"))

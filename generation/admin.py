@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from generation.models import GenerationFailure, GenerationJob, GenerationUnit
+from generation.models import DialogueVector, GenerationFailure, GenerationJob, GenerationUnit
 
 
 @admin.register(GenerationJob)
@@ -23,6 +23,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
         "teacher",
         "sampling",
         "prompt_version",
+        "quality_gates",
         "request_token",
         "started_at",
         "finished_at",
@@ -55,3 +56,16 @@ class GenerationFailureAdmin(admin.ModelAdmin):
     list_filter = ["failure_class"]
     search_fields = ["detail", "raw_output"]
     raw_id_fields = ["job", "unit"]
+
+
+@admin.register(DialogueVector)
+class DialogueVectorAdmin(admin.ModelAdmin):
+    """Computed from the dialogue's text: looked at, never edited (a stale one is recomputed)."""
+
+    list_display = ["dialogue", "model", "content_hash"]
+    list_filter = ["model"]
+    raw_id_fields = ["dialogue"]
+    readonly_fields = ["dialogue", "model", "content_hash", "vector"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False

@@ -55,6 +55,34 @@ _INSTRUCTIONS = _grams(
 )
 
 
+def shared_instructions(text: str, instructions: set[tuple[str, ...]]) -> str | None:
+    """A run of LEAK_WORDS words of `text` found in our instructions, or None."""
+    shared = _grams(text) & instructions
+    return " ".join(sorted(shared)[0]) if shared else None
+
+
+# The whole-dialogue instructions' words (what the teacher is told, not the examples it is shown).
+DIALOGUE_INSTRUCTIONS = _grams(
+    "\n".join(
+        [
+            prompts.DIALOGUE_SYSTEM,
+            prompts.DIALOGUE_USER.format(
+                scenario="\n",
+                strategies="\n",
+                example_intro="\n",
+                examples="\n",
+                min_utterances="\n",
+                max_utterances="\n",
+                answer="\n",
+            ),
+            prompts.DIALOGUE_SHAPE_STRUCTURED,
+            prompts.DIALOGUE_SHAPE_FREE.format(scenario="\n"),
+            prompts.DIALOGUE_RETRY.format(scenario="\n", error="\n"),
+        ]
+    )
+)
+
+
 def prompt_leakage(text: str) -> str | None:
     """Why a candidate repeats the prompt instead of answering it, or None."""
     if MASK.lower() in text.lower() or "[mask" in text.lower():

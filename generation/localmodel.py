@@ -158,6 +158,26 @@ class GenerationResult:
 CONSTRAINED_REPETITION_PENALTY = 1.15
 
 
+class _CompletionRepetitionPenalty:
+    """transformers' repetition penalty on the tokens of the answer only. Its own processor
+    penalises the prompt's tokens too, and a long prompt (instructions, strategy definitions,
+    an example dialogue) then pushes a small model off every ordinary word."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty = penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        written = input_ids[:, self.prompt_length :]
+        if written.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        chosen = torch.gather(scores, 1, written)
+        chosen = torch.where(chosen < 0, chosen * self.penalty, chosen / self.penalty)
+        return scores.scatter(1, written, chosen)
+
+
 class _TokenCounter:
     """A transformers streamer that counts the new tokens of a single sequence."""
 
@@ -259,10 +279,10 @@ class LocalRunner:
             processor = constrained.schema_processor(
                 self.tokenizer, schema, batch=len(conversations) * n
             )
-            kwargs.update(
-                logits_processor=LogitsProcessorList([processor]),
-                repetition_penalty=CONSTRAINED_REPETITION_PENALTY,
+            penalty = _CompletionRepetitionPenalty(
+                CONSTRAINED_REPETITION_PENALTY, int(batch["input_ids"].shape[1])
             )
+            kwargs["logits_processor"] = LogitsProcessorList([penalty, processor])
         if progress is not None and len(conversations) * n == 1:
             kwargs["streamer"] = _TokenCounter(progress)
         if sampling.seed is not None:

@@ -30,9 +30,19 @@ conversation between the seeker ("User") and the supporter ("AI"): {min_utteranc
 {max_utterances} utterances, the seeker speaks first, they take turns, and it ends with the \
 supporter. Make it sound like two real people talking.
 
+{answer}"""
+
+# How the answer is asked for: with free text the shape is shown; under structured output the
+# server (or the local grammar) holds the shape, and placeholders would only be copied (a small
+# model wrote "<seeker>" into its turns).
+DIALOGUE_SHAPE_FREE = """\
 Answer with one JSON object and nothing else, in this shape:
 {{"scene": "{scenario}", "description": "<the seeker's situation in one to three sentences>", \
 "content": [{{"User": "<seeker>"}}, {{"AI Strategy": "<strategy>", "AI": "<supporter>"}}]}}"""
+DIALOGUE_SHAPE_STRUCTURED = """\
+Answer with one JSON object: "description" is the seeker's situation in one to three sentences, \
+and "content" lists the utterances in order, the seeker's under the key User, the supporter's \
+under the key AI with the strategy's name under "AI Strategy"."""
 
 DIALOGUE_RETRY = """\
 That answer could not be used: {error}
@@ -87,7 +97,13 @@ wording and in approach, one to three sentences each. Answer with one JSON objec
 else, in this shape: {{"replies": ["<first reply>", "<second reply>"]}}"""
 
 TEMPLATES = {
-    "dialogue": (DIALOGUE_SYSTEM, DIALOGUE_USER, DIALOGUE_RETRY),
+    "dialogue": (
+        DIALOGUE_SYSTEM,
+        DIALOGUE_USER,
+        DIALOGUE_SHAPE_FREE,
+        DIALOGUE_SHAPE_STRUCTURED,
+        DIALOGUE_RETRY,
+    ),
     "turns": (
         SITUATION_SYSTEM,
         SITUATION_USER,
@@ -117,7 +133,9 @@ def dialogue_messages(
     examples: list[dict[str, Any]],
     min_utterances: int,
     max_utterances: int,
+    structured: bool = False,
 ) -> list[dict[str, str]]:
+    """The whole-dialogue request; `structured`: the answer's shape is enforced, not shown."""
     intro = (
         "Here is an example of the kind of conversation we want:"
         if len(examples) == 1
@@ -131,6 +149,9 @@ def dialogue_messages(
         examples=shown,
         min_utterances=min_utterances,
         max_utterances=max_utterances,
+        answer=(DIALOGUE_SHAPE_STRUCTURED if structured else DIALOGUE_SHAPE_FREE).format(
+            scenario=scenario
+        ),
     )
     return [{"role": "system", "content": DIALOGUE_SYSTEM}, {"role": "user", "content": user}]
 

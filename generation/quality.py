@@ -3,7 +3,8 @@
 A job fixes, when it is created, which gates it runs and every threshold (the settings
 EXTES_GENERATION_GATES and EXTES_GENERATION_GATE_THRESHOLDS), so that its page and its
 dialogues' provenance say what they were held to even after the settings change. Each gate
-refuses a dialogue with a failure of its own class (repetition, role_confusion, off_scenario),
+refuses a dialogue with a failure of its own class (repetition, role_confusion, prompt_leakage:
+the instructions copied into the dialogue, off_scenario),
 before it is stored: no reviewer ever sees it.
 
 The off-scenario gate compares a dialogue with one centroid per scenario, made of that
@@ -23,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from curation.parsing import ParsedDialogue
-from generation import degenerate
+from generation import degenerate, inpainting
 from generation.selfchat import Failure
 
-GATES = ("repetition", "role_confusion", "off_scenario")
+GATES = ("repetition", "role_confusion", "prompt_leakage", "off_scenario")
 CENTROID_TTL = 60.0  # seconds between looks for newly accepted dialogues
 
 
@@ -68,6 +69,10 @@ def shown(recorded: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"-word phrase in {t.loop_fraction:.0%} of the supporter's turns"
         ),
         "role_confusion": "the seeker offering help or speaking as the supporter, role labels",
+        "prompt_leakage": (
+            f"{inpainting.LEAK_WORDS} words in a row of our instructions in any turn or the "
+            "description"
+        ),
         "off_scenario": (
             f"own scenario's similarity under {t.scenario_floor:.2f}, or another's higher by "
             f"over {t.scenario_margin:.2f}"
@@ -101,6 +106,12 @@ def gate_for(
             reason = degenerate.role_confusion(turns, t)
             if reason:
                 raise Failure("role_confusion", reason)
+        if "prompt_leakage" in gates:
+            for index, text in [(-1, dialogue.description), *enumerate(t for _, t in turns)]:
+                words = inpainting.shared_instructions(text, inpainting.DIALOGUE_INSTRUCTIONS)
+                if words:
+                    where = "the description" if index < 0 else f"turn {index}"
+                    raise Failure("prompt_leakage", f"{where} repeats our instructions (“{words}”)")
         if "off_scenario" in gates:
             known = scenario_centroids()
             if scenario in known and len(known) >= 2:

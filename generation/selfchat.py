@@ -172,7 +172,11 @@ def validate(
     if count > spec.max_utterances:
         raise Failure("schema", f"{count} utterances, at most {spec.max_utterances} wanted", raw)
     for gate in gates:
-        gate(dialogue)
+        try:
+            gate(dialogue)
+        except Failure as failure:
+            failure.raw = failure.raw or raw  # the sample on the job page shows what was refused
+            raise
     return dialogue
 
 
@@ -195,6 +199,7 @@ def write_dialogue(
         list(spec.examples),
         spec.min_utterances,
         spec.max_utterances,
+        structured=teacher.structured_format() != "none",
     )
     schema = schemas.dialogue_schema(
         [name for name, _ in spec.strategies], spec.min_utterances, spec.max_utterances

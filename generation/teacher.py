@@ -485,6 +485,9 @@ class LocalTeacher:
 # sentences) and short dialogues: at about 8 tokens a second here, 10 utterances of up to 240
 # characters fit the default 1,200 tokens with room to spare.
 LOCAL_MAX_CHARS = 240
+# The local model's default temperature: at 0.9 SmolLM2 drifts into code and placeholders
+# within a few sentences; at 0.7 it stays in plain English longer.
+LOCAL_TEMPERATURE = 0.7
 LOCAL_MAX_UTTERANCES = 10
 
 

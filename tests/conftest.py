@@ -79,7 +79,7 @@ def _screen_where_created(settings) -> None:
 def _gates_for_the_fake_teacher(settings) -> None:
     """The fake teacher's dialogues are ESConv's, on whatever topic, for any scenario asked: the
     off-scenario gate would reject them at random. Its own tests turn it on."""
-    settings.GENERATION_GATES = ["repetition", "role_confusion"]
+    settings.GENERATION_GATES = ["repetition", "role_confusion", "prompt_leakage"]
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ cuts the answer.
 How it answers is the behaviour: `script` entries are consumed one per request, `default` when the
 script is empty. Behaviours: "valid", "fenced_prose", "wrong_key_case", "object_utterances",
 "truncated", "refusal", "invalid_json" (shapes of the text, the dialogue-specific ones answer "valid"
-for the other kinds), "rate_limited" (429 with Retry-After: 1), "server_error" (500), "bad_request"
+for the other kinds), "looping", "role_swapped", "off_topic" (well-formed degenerate dialogues of our
+own, for the quality gates), "rate_limited" (429 with Retry-After: 1), "server_error" (500), "bad_request"
 (400), "slow" (answers validly after 3 seconds), and two malformed answers with status 200:
 "error_body_200" (an error object instead of a completion) and "no_choices" (an empty list). `latency` delays every answer and can be changed
 while the server runs. Besides `requests`, the server keeps `request_headers` (names lower-cased) and
@@ -87,6 +88,9 @@ BEHAVIOURS = frozenset(
         "server_error",
         "bad_request",
         "slow",
+        "looping",
+        "role_swapped",
+        "off_topic",
     }
 )
 
@@ -225,8 +229,64 @@ def _object_utterances(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "content": content}
 
 
+def _pairs(description: str, pairs: list[tuple[str, str, str]]) -> dict[str, Any]:
+    content: list[dict[str, str]] = []
+    for seeker, strategy, supporter in pairs:
+        content += [{"User": seeker}, {"AI Strategy": strategy, "AI": supporter}]
+    return {"scene": SCENE, "description": description, "content": content}
+
+
+# Degenerate dialogues, as small teachers write them (our own words), well-formed otherwise.
+DEGENERATE: dict[str, dict[str, Any]] = {
+    # The supporter loops on one phrase.
+    "looping": _pairs(
+        "I keep getting panic attacks before my morning lectures.",
+        [
+            ("My heart races every morning before class.", "Offer Hope",
+             "You can find your perfect path and your perfect path will find you."),
+            ("I tried breathing slowly but it did not help.", "Offer Hope",
+             "Keep going and find your perfect path, the perfect path is out there."),
+            ("Yesterday I had to leave the room halfway through.", "Offer Hope",
+             "That is hard, but find your perfect path and you will be fine."),
+            ("I am scared it will happen again tomorrow.", "Offer Hope",
+             "Trust yourself to find your perfect path one day at a time."),
+        ],
+    ),
+    # The seeker speaks as a helper from the first line.
+    "role_swapped": _pairs(
+        "A coach who talks about his clients.",
+        [
+            ("Hi, I'm a non-profit business coach. How can I support you today?", "Clarification",
+             "I have been feeling anxious about work lately."),
+            ("I'm here to help you find your way. What is on your mind?", "Emotional Validation",
+             "Mostly the deadlines, they keep me awake."),
+            ("That sounds really stressful. Let's work on it together.", "Suggest Options",
+             "Maybe I should plan my week better."),
+            ("Great idea. I can help you build a plan.", "Affirmation",
+             "Thank you, that would be helpful."),
+        ],
+    ),
+    # Nothing to do with anxiety: sourdough baking.
+    "off_topic": _pairs(
+        "I want my sourdough loaves to rise higher in the oven.",
+        [
+            ("My sourdough comes out flat every time I bake it.", "Clarification",
+             "How long do you let the dough proof before it goes in the oven?"),
+            ("About four hours on the counter, then straight into a hot pot.", "Share Information",
+             "A longer cold proof in the fridge overnight often gives a taller loaf."),
+            ("Should I use more flour or less water?", "Suggest Options",
+             "Try a slightly lower hydration and a stronger bread flour for structure."),
+            ("I will try rye in the starter too.", "Affirmation",
+             "Rye feeds a starter well, and scoring the top deeply helps the rise."),
+        ],
+    ),
+}  # fmt: skip
+
+
 def dialogue_text(record: dict[str, Any], behaviour: str) -> tuple[str, str]:
     """(text, finish_reason) of a dialogue answer shaped by `behaviour`."""
+    if behaviour in DEGENERATE:
+        return json.dumps(DEGENERATE[behaviour], ensure_ascii=False, indent=2), "stop"
     if behaviour == "refusal":
         return REFUSAL, "stop"
     if behaviour == "wrong_key_case":

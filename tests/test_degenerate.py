@@ -405,3 +405,99 @@ def test_esconv_rejection_rate_of_the_pattern_gates() -> None:
             rejected += bool(degenerate.repetition(turns, T) or degenerate.role_confusion(turns, T))
     assert dialogues == 1300
     assert rejected / dialogues <= 0.02
+
+
+# ---- in a job: each gate its own failure class, before any reviewer sees the dialogue ----------
+
+
+@pytest.mark.django_db(transaction=True)  # the job's threads write through their own connections
+def test_degenerate_dialogues_from_a_teacher_never_reach_a_reviewer(
+    settings, vocabulary_db, seeds, client, lead
+) -> None:
+    from django.urls import reverse
+
+    from curation.models import Dialogue, Scenario
+    from generation import runner
+    from generation.models import GenerationFailure, GenerationJob, new_job
+    from generation.teacher import Sampling, TeacherConfig
+    from tests.fake_teacher import DEGENERATE, FakeTeacher
+
+    settings.GENERATION_GATES = ["repetition", "role_confusion", "prompt_leakage", "off_scenario"]
+    settings.TEACHER_MAX_RETRIES = 0
+    with FakeTeacher() as fake:
+        fake.script = ["looping", "role_swapped", "off_topic"]
+        job = new_job(
+            GenerationJob.Kind.SELFCHAT,
+            teacher=TeacherConfig("http", "fake-teacher", fake.url).as_dict(),
+            sampling=Sampling(max_tokens=2000).as_dict(),
+            scenarios=[Scenario.objects.get(name="Anxiety and Panic")],
+            per_scenario=1,
+            duplicate_threshold=None,
+        )
+        job = runner.run_inline(job.pk, concurrency=1)
+    assert job.quality_gates["gates"] == [
+        "repetition",
+        "role_confusion",
+        "prompt_leakage",
+        "off_scenario",
+    ]
+    failures = list(
+        GenerationFailure.objects.filter(job=job)
+        .order_by("attempt")
+        .values_list("failure_class", "detail")
+    )
+    assert [kind for kind, _ in failures] == ["repetition", "role_confusion", "off_scenario"]
+    assert "find your perfect path" in failures[0][1]
+    assert "(seeker)" in failures[1][1]
+    assert "Anxiety and Panic" in failures[2][1]
+    texts = {t for d in Dialogue.objects.all() for t in d.turns.values_list("text", flat=True)}
+    for record in DEGENERATE.values():
+        assert not {u.get("User") or u.get("AI") for u in record["content"]} & texts
+    client.force_login(lead)
+    page = client.get(reverse("generation-job-detail", args=[job.pk])).content.decode()
+    assert "Quality gates" in page and "<code>off_scenario</code>" in page
+    for kind in ("repetition", "role_confusion", "off_scenario"):
+        assert f'href="?failure={kind}#failures">{kind}</a> 1' in page  # counted by class
+    sample = client.get(
+        reverse("generation-job-detail", args=[job.pk]), {"failure": "off_scenario"}
+    )
+    assert "sourdough" in sample.content.decode()  # the sample shows what the teacher wrote
+
+
+def test_a_dialogue_that_repeats_our_instructions_is_prompt_leakage_and_real_ones_are_not() -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    from curation.parsing import ParsedDialogue, ParsedTurn
+    from generation import quality
+    from generation.inpainting import DIALOGUE_INSTRUCTIONS, shared_instructions
+    from generation.selfchat import Failure
+
+    echo = ParsedDialogue(
+        scene="Anxiety and Panic",
+        description="The seeker's situation in one to three sentences, about panic at work.",
+        turns=[
+            ParsedTurn(role="seeker", text="My chest gets tight in meetings."),
+            ParsedTurn(role="supporter", text="That sounds frightening.", strategy="Others"),
+        ],
+        taxonomy="extes",
+    )
+    gate = quality.gate_for({"gates": ["prompt_leakage"], "thresholds": {}}, "Anxiety and Panic")
+    with pytest.raises(Failure) as caught:
+        gate(echo)
+    assert caught.value.failure_class == "prompt_leakage"
+    assert "the description" in caught.value.detail
+    # Real dialogues never share five words in a row with the instructions (measured: 0 of the
+    # 48 seeds and 0 of ESConv's 1,300).
+    seeds = json.loads(Path("curation/seeds/seed_dialogues.json").read_text())
+    for record in seeds:
+        for text in [record.get("description", "")] + [
+            list(u.values())[-1] for u in record["content"]
+        ]:
+            assert shared_instructions(text, DIALOGUE_INSTRUCTIONS) is None, text
+    esconv = Path(os.environ.get("EXTES_ESCONV_DIR", "../shared/data/esconv")) / "train.txt"
+    for line in esconv.read_text().splitlines():  # the fake teacher needs ESConv too
+        record = json.loads(line)
+        for text in [record.get("situation", "")] + [u["text"] for u in record["dialog"]]:
+            assert shared_instructions(text, DIALOGUE_INSTRUCTIONS) is None, text

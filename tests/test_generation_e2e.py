@@ -36,7 +36,7 @@ class Site:
             # Imports by `manage.py` here are screened where they run, not by a worker.
             "EXTES_SAFETY_SCREEN": "inline",
             # The fake teacher's dialogues are ESConv's, on any topic (tests/conftest.py).
-            "EXTES_GENERATION_GATES": "repetition,role_confusion",
+            "EXTES_GENERATION_GATES": "repetition,role_confusion,prompt_leakage",
             "PYTHONUNBUFFERED": "1",
         }
         self.workers: list[subprocess.Popen[bytes]] = []

@@ -10,11 +10,16 @@ from django.core.management.base import BaseCommand, CommandError
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
 from generation import runner
 from generation.models import GenerationJob
-from generation.teacher import Sampling, TeacherConfig
+from generation.teacher import LOCAL_TEMPERATURE, Sampling, TeacherConfig
 
 
 def add_teacher_arguments(parser: ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"default {Sampling.temperature}; {LOCAL_TEMPERATURE} with the local model",
+    )
     parser.add_argument("--top-p", type=float, default=Sampling.top_p)
     parser.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
     parser.add_argument("--seed", type=int, default=None)
@@ -33,9 +38,10 @@ def teacher_and_sampling(options: dict[str, Any]) -> tuple[dict[str, str], dict[
     config = TeacherConfig.from_env()
     if options.get("model"):
         config = TeacherConfig(config.backend, options["model"], config.base_url)
-    sampling = Sampling(
-        options["temperature"], options["top_p"], options["max_tokens"], options["seed"]
-    )
+    temperature = options["temperature"]
+    if temperature is None:
+        temperature = LOCAL_TEMPERATURE if config.backend == "local" else Sampling.temperature
+    sampling = Sampling(temperature, options["top_p"], options["max_tokens"], options["seed"])
     return config.as_dict(), sampling.as_dict()
 
 
