@@ -16,7 +16,6 @@ which would otherwise write one endless string.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,9 +38,6 @@ class Schema:
     @property
     def json_schema(self) -> dict[str, Any]:
         return _json_schema(self.model)
-
-    def key(self) -> str:
-        return json.dumps(self.json_schema, sort_keys=True)
 
 
 class _Closed(BaseModel):
