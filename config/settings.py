@@ -205,6 +205,9 @@ if TEACHER_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", "none")
         "EXTES_TEACHER_RESPONSE_FORMAT must be auto, json_schema, json_object or none, "
         f"not {TEACHER_RESPONSE_FORMAT!r}"
     )
+# Stream the teacher's answers (the job page shows a running unit's tokens as they come); an
+# endpoint that does not stream is found out and asked plainly. off: never stream.
+TEACHER_STREAM = envbool("EXTES_TEACHER_STREAM", True)
 # A claimed unit of generation work whose worker has not reported for this long is given to another.
 GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
 GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)

@@ -13,16 +13,18 @@ API keys are read from the environment when a teacher is built and are never sto
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, cast
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -161,6 +163,7 @@ class HttpTeacher:
     _limits: dict[tuple[str, int], threading.BoundedSemaphore] = {}
     _limits_lock = threading.Lock()
     _learned: dict[tuple[str, str], str] = {}  # (base_url, model) -> the form that worked
+    _no_stream: set[str] = set()  # endpoints that refused a streamed request
 
     def __init__(
         self,
@@ -175,6 +178,7 @@ class HttpTeacher:
         backoff_cap: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         response_format: str = "auto",
+        stream: bool = True,
     ) -> None:
         if response_format != "auto" and response_format not in RESPONSE_FORMATS:
             raise ValueError(
@@ -184,6 +188,7 @@ class HttpTeacher:
         self.model = model
         self.base_url = base_url
         self.response_format = response_format
+        self.stream = stream
         # The openai client's own retries are off: ours honour Retry-After and count attempts.
         self._client = openai.OpenAI(
             base_url=base_url,
@@ -218,14 +223,17 @@ class HttpTeacher:
         schema: Schema | None = None,
         progress: Progress | None = None,
     ) -> Reply:
-        # `progress` is not used: a server's answer arrives whole (the unit counts it then).
+        # `progress` hears the tokens of the first request as they stream in (the unit shows
+        # them live); the missing choices below come whole.
         formats = self._formats() if schema is not None else ["none"]
         learned = self._learned.get((self.base_url, self.model))
         for index, form in enumerate(formats):
             # A form that worked here before is not probed again: its errors are real errors.
             probing = index < len(formats) - 1 and form != learned
             try:
-                first = self._call(messages, sampling, n, form, schema, probing=probing)
+                first = self._call(
+                    messages, sampling, n, form, schema, probing=probing, progress=progress
+                )
             except _FormatRefused as refused:
                 logger.warning(
                     "%s refused response_format %s (%s); asking with %s",
@@ -280,26 +288,54 @@ class HttpTeacher:
         schema: Schema | None = None,
         *,
         probing: bool = False,
+        progress: Progress | None = None,
     ) -> Reply:
-        """One request, with our retries; `probing`: a refused form raises _FormatRefused."""
+        """One request, with our retries; `probing`: a refused form raises _FormatRefused.
+
+        With `progress` (and streaming on), the answer is streamed and `progress` hears the
+        tokens so far; an endpoint that refuses a streamed request is asked again at once
+        without streaming and is not streamed to again."""
         response_format = _response_format(form, schema)
         attempt = 0
         retried_probe = False
+        plain = False  # streaming failed in this call: asked without it from then on
         while True:
+            streamed = (
+                progress is not None
+                and self.stream
+                and not plain
+                and self.base_url not in self._no_stream
+            )
             try:
+                request: dict[str, Any] = {
+                    "model": self.model,
+                    "messages": cast(Any, messages),
+                    "temperature": sampling.temperature,
+                    "top_p": sampling.top_p,
+                    "max_tokens": sampling.max_tokens,
+                    "n": n,
+                    "seed": openai.omit if sampling.seed is None else sampling.seed,
+                    "response_format": response_format,
+                }
                 with self._limit:
-                    response = self._client.chat.completions.create(
-                        model=self.model,
-                        messages=cast(Any, messages),
-                        temperature=sampling.temperature,
-                        top_p=sampling.top_p,
-                        max_tokens=sampling.max_tokens,
-                        n=n,
-                        seed=openai.omit if sampling.seed is None else sampling.seed,
-                        response_format=response_format,
-                    )
+                    if streamed:
+                        assert progress is not None
+                        # The raw event stream, read line by line: one json.loads per token
+                        # rather than a pydantic model per chunk (a tenth of the CPU).
+                        with self._client.chat.completions.with_streaming_response.create(
+                            **request, stream=True, stream_options={"include_usage": True}
+                        ) as raw:
+                            response = _gather(raw.iter_lines(), progress)
+                    else:
+                        response = self._client.chat.completions.create(**request)
                 if not isinstance(response, ChatCompletion) or response.choices is None:
                     raise ValueError("not a chat completion")
+                if plain and not streamed:
+                    # Streaming failed and the same request without it worked: the endpoint
+                    # does not stream, and is not streamed to again.
+                    logger.warning("%s does not stream; asking it without streaming", self.base_url)
+                    with self._limits_lock:
+                        self._no_stream.add(self.base_url)
                 break
             except (
                 openai.APIResponseValidationError,
@@ -308,9 +344,17 @@ class HttpTeacher:
                 AttributeError,
             ) as exc:
                 # A 200 that is not a chat completion (an HTML page, an error object, cut JSON).
+                if streamed:  # perhaps a server that does not stream: asked plainly at once
+                    plain = True
+                    continue
                 status, wait = 200, None
                 error = f"malformed response from the teacher ({type(exc).__name__})"
             except openai.APIStatusError as exc:
+                if streamed and exc.status_code in STREAM_REFUSED_STATUS:
+                    # Asked once more at once without streaming: if that works, the endpoint
+                    # does not stream; if not, the refusal was of something else (the form).
+                    plain = True
+                    continue
                 if probing and exc.status_code in FORMAT_REFUSED_STATUS:
                     # A 500 may be a passing fault rather than a refusal: asked once more at
                     # once, a server that cannot take the form answers 500 again.
@@ -326,6 +370,9 @@ class HttpTeacher:
                 status = exc.status_code
                 wait = _retry_after_headers(exc.response.headers)
                 error = f"HTTP {status} from the teacher"
+            except (httpx2.HTTPError, StreamBroken) as exc:  # it broke off while streaming
+                status, wait = None, None
+                error = f"the teacher's answer broke off ({type(exc).__name__})"
             except openai.APITimeoutError:
                 status, wait, error = None, None, "the teacher did not answer in time"
             except openai.APIConnectionError as exc:
@@ -380,8 +427,79 @@ def _enforced(schema: Schema, reply: Reply) -> bool:
 
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# What a server that does not stream answers a streamed request with.
+STREAM_REFUSED_STATUS = {400, 404, 415, 422, 501}
 # What servers answer a response_format they do not take with (llama.cpp: 500 for json_schema).
 FORMAT_REFUSED_STATUS = {400, 404, 415, 422, 500, 501}
+
+
+class StreamBroken(Exception):
+    """A streamed answer that stopped before its end (no finish reason, no [DONE])."""
+
+
+def _gather(lines: Iterable[str], progress: Progress) -> ChatCompletion:
+    """A streamed answer (server-sent events, OpenAI's chunk format) put back together as one
+    chat completion, `progress` told the tokens so far: the server's count when it sends one,
+    otherwise one per content chunk (servers send a token per chunk). A stream without a single
+    chunk is not a chat completion (ValueError), nor is one whose events are not JSON."""
+    texts: dict[int, list[str]] = {}
+    refusals: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    usage: Any = None
+    chunks = 0
+    head: dict[str, Any] | None = None
+    done = False
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            done = True
+            break
+        chunk = json.loads(data)  # ValueError when it is not JSON
+        if not isinstance(chunk, dict) or "choices" not in chunk:
+            raise ValueError("not a chat completion chunk")
+        head = head or chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            delta = choice.get("delta") or {}
+            texts.setdefault(index, [])
+            if delta.get("content"):
+                texts[index].append(delta["content"])
+                chunks += 1
+            if delta.get("refusal"):
+                refusals.setdefault(index, []).append(delta["refusal"])
+            if choice.get("finish_reason") is not None:
+                finish[index] = choice["finish_reason"]
+        progress(chunks)
+    if head is None:
+        raise ValueError("an empty stream")
+    if not done and any(index not in finish for index in texts):
+        raise StreamBroken("the stream ended before the answer did")
+    choices = [
+        {
+            "index": index,
+            "message": {
+                "role": "assistant",
+                "content": "".join(texts[index]),
+                "refusal": "".join(refusals[index]) if index in refusals else None,
+            },
+            "finish_reason": finish.get(index) or "length",
+        }
+        for index in sorted(texts)
+    ]
+    body: dict[str, Any] = {
+        "id": head.get("id") or "streamed",
+        "object": "chat.completion",
+        "created": head.get("created") or 0,
+        "model": head.get("model") or "",
+        "choices": choices,
+        # No count from the server: one token per content chunk.
+        "usage": usage or {"prompt_tokens": 0, "completion_tokens": chunks, "total_tokens": chunks},
+    }
+    return ChatCompletion.model_validate(body)
 
 
 def _response_format(form: str, schema: Schema | None) -> Any:
@@ -493,7 +611,7 @@ LOCAL_MAX_UTTERANCES = 10
 
 # ---- choosing one ---------------------------------------------------------------------------
 
-_cache: dict[tuple[TeacherConfig, str], Teacher] = {}
+_cache: dict[tuple[TeacherConfig, str, bool], Teacher] = {}
 _cache_lock = threading.Lock()
 
 
@@ -516,11 +634,15 @@ def is_ready(config: TeacherConfig) -> bool:
     return cache_key(config) in _cache
 
 
-def cache_key(config: TeacherConfig) -> tuple[TeacherConfig, str]:
-    """A teacher is built per config and per structured-output setting."""
+def cache_key(config: TeacherConfig) -> tuple[TeacherConfig, str, bool]:
+    """A teacher is built per config and per structured-output and streaming setting."""
     from django.conf import settings
 
-    return config, str(getattr(settings, "TEACHER_RESPONSE_FORMAT", "auto"))
+    return (
+        config,
+        str(getattr(settings, "TEACHER_RESPONSE_FORMAT", "auto")),
+        bool(getattr(settings, "TEACHER_STREAM", True)),
+    )
 
 
 def _build(config: TeacherConfig) -> Teacher:
@@ -534,6 +656,7 @@ def _build(config: TeacherConfig) -> Teacher:
             max_concurrency=settings.TEACHER_MAX_CONCURRENCY,
             max_retries=settings.TEACHER_MAX_RETRIES,
             response_format=settings.TEACHER_RESPONSE_FORMAT,
+            stream=settings.TEACHER_STREAM,
         )
     if config.backend == "local":
         return LocalTeacher(settings.MODELS_DIR)

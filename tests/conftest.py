@@ -58,8 +58,12 @@ def redis_url():
 @pytest.fixture(autouse=True)
 def _fresh_generation_caches():
     from generation import runner
+    from generation.teacher import HttpTeacher
 
     runner.clear_caches()
+    # What the process learnt about endpoints: a later test's server may get the same port.
+    HttpTeacher._learned.clear()
+    HttpTeacher._no_stream.clear()
 
 
 @pytest.fixture(autouse=True)

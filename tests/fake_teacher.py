@@ -35,6 +35,12 @@ What it does with structured output (`response_format`) is its `kind`, after rea
   a strict refusal comes in the message's `refusal` field with no content;
 - "rejects_format": any `response_format` answered with HTTP 400.
 
+Streaming (`"stream": true`) is its `streaming`: "sse" (the default) sends the answer as real servers
+do, server-sent events of OpenAI's chunk format with one word per chunk (`chunk_delay` seconds
+apart), then a usage chunk when `stream_options.include_usage` asks for it, then ``[DONE]``;
+"refuse" answers a streamed request with HTTP 400; "ignore" sends the whole JSON completion anyway.
+Error behaviours answer as without streaming.
+
 An honoured schema overrides the shape behaviours (prose, fences, broken JSON); "truncated" still
 cuts the answer.
 
@@ -514,8 +520,73 @@ class _Handler(BaseHTTPRequestHandler):
             fake._left()
         if answer is None:
             self.close_connection = True  # stopped meanwhile: hang up without an answer
+        elif body.get("stream") and answer[0] == 200 and isinstance(answer[1].get("choices"), list):
+            if fake.streaming == "refuse":
+                message = "streaming is not supported by this server"
+                self._error(400, message, "invalid_request_error")
+            elif fake.streaming == "ignore":
+                self._send_json(*answer)
+            else:
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                self._send_events(answer[1], include_usage, fake)
         else:
             self._send_json(*answer)
+
+    def _send_events(self, completion: dict[str, Any], include_usage: bool, fake: Any) -> None:
+        """The completion as a real server streams it: chunked transfer, an event per word."""
+        head = {k: completion[k] for k in ("id", "created", "model")}
+        head["object"] = "chat.completion.chunk"
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+            event = {**head, "choices": choices}
+            if usage is not None:
+                event["usage"] = usage
+            return b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for choice in completion["choices"]:
+                index = choice.get("index", 0)
+                message = choice.get("message") or {}
+                first = {"role": "assistant", "content": ""}
+                self._write_chunk(chunk([{"index": index, "delta": first, "finish_reason": None}]))
+                for piece in re.findall(r"\s*\S+", message.get("content") or ""):
+                    if fake.chunk_delay and not fake._pause(fake.chunk_delay):
+                        self.close_connection = True  # stopped: hang up mid-answer
+                        return
+                    delta = {"content": piece}
+                    self._write_chunk(
+                        chunk([{"index": index, "delta": delta, "finish_reason": None}])
+                    )
+                if message.get("refusal"):
+                    delta = {"refusal": message["refusal"]}
+                    self._write_chunk(
+                        chunk([{"index": index, "delta": delta, "finish_reason": None}])
+                    )
+                end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+                self._write_chunk(chunk([end]))
+            if include_usage:
+                self._write_chunk(chunk([], completion.get("usage")))
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")
+        except OSError:
+            self.close_connection = True
+
+    def _write_chunk(self, data: bytes) -> None:
+        """One chunk of the body; without `chunk_delay` they go out together at the end."""
+        framed = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        if self.server.fake.chunk_delay:
+            self.wfile.write(framed)
+            self.wfile.flush()
+            return
+        self._pending = getattr(self, "_pending", b"") + framed
+        if not data:  # the last, empty chunk
+            self.wfile.write(self._pending)
+            self.wfile.flush()
+            self._pending = b""
 
     def _answer(self, fake: FakeTeacher, body: dict[str, Any], behaviour: str) -> _Answer | None:
         """(status, payload, headers) for a chat request, or None if the server stopped meanwhile."""
@@ -567,7 +638,11 @@ class FakeTeacher:
         default: str = "valid",
         esconv_file: Path | None = None,
         kind: str = "plain",
+        streaming: str = "sse",
+        chunk_delay: float = 0.0,
     ) -> None:
+        if streaming not in ("sse", "refuse", "ignore"):
+            raise ValueError(f"unknown streaming {streaming!r}: sse, refuse or ignore")
         if default not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {default!r}; known: {sorted(BEHAVIOURS)}")
         if kind not in KINDS:
@@ -575,6 +650,8 @@ class FakeTeacher:
         self.latency = latency
         self.default = default
         self.kind = kind
+        self.streaming = streaming
+        self.chunk_delay = chunk_delay
         self.ignore_n = kind == "llamacpp"  # llama.cpp sends one choice whatever n
         self.crisis_words: tuple[str, ...] = ("the bridge",)  # what its crisis check calls risk
         self.script: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import pytest
 from generation import embeddings
 from generation.embeddings import (
     DIM,
+    Combiner,
     Embedder,
     NearDuplicateIndex,
     dialogue_text,
     get_embedder,
     model_folder,
+    precision,
 )
 
 PARAPHRASES = [
@@ -75,10 +78,14 @@ def test_batching_and_length_sorting_keep_order(embedder: Embedder) -> None:
     texts = ["short", "a somewhat longer sentence about work stress " * 3, "mid length text here"]
     one_by_one = embedder.embed(texts, batch_size=1)
     together = embedder.embed(texts, batch_size=64)
-    np.testing.assert_allclose(one_by_one, together, atol=1e-5)
+    # bfloat16 (AMX CPUs) rounds differently with padding: a few thousandths, far from any
+    # threshold; float32 agrees to the fifth decimal.
+    atol = 5e-3 if embedder.dtype == "bfloat16" else 1e-5
+    np.testing.assert_allclose(one_by_one, together, atol=atol)
     # each row belongs to its own text
     singles = np.vstack([embedder.embed([t]) for t in texts])
-    np.testing.assert_allclose(singles, together, atol=1e-5)
+    np.testing.assert_allclose(singles, together, atol=atol)
+    assert np.all(np.einsum("ij,ij->i", singles, together) > 0.999)
 
 
 def test_long_texts_are_truncated_at_256_tokens(embedder: Embedder) -> None:
@@ -232,3 +239,137 @@ def test_index_finds_near_duplicate_dialogues(embedder: Embedder) -> None:
     key, score = index.nearest(embedder.embed([rewrite])[0])
     assert key == "job"
     assert score > 0.6
+
+
+# --------------------------------------------------------------------------------------------
+# Combiner: one call of fn for the items of every thread waiting at once (no model)
+
+
+def _doubling(sizes: list[int], pause: float = 0.0):
+    def fn(items: list[int]) -> tuple[list[int]]:
+        sizes.append(len(items))
+        time.sleep(pause)
+        return ([x * 2 for x in items],)
+
+    return fn
+
+
+def _wait_queued(combiner: Combiner, n: int) -> None:
+    """Until ``n`` callers wait in the combiner's queue (they block on its run lock)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with combiner._queue_lock:
+            if len(combiner._queue) >= n:
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"{n} callers never queued")
+
+
+def test_combiner_batches_concurrent_callers_and_returns_each_its_own() -> None:
+    sizes: list[int] = []
+    combiner = Combiner(_doubling(sizes, pause=0.05))
+    threads = 8
+    barrier = threading.Barrier(threads)
+    results: dict[int, tuple[list[int], ...]] = {}
+
+    def call(k: int) -> None:
+        barrier.wait()
+        for round_ in range(3):
+            items = [1000 * k + 10 * round_ + i for i in range(3)]
+            got = combiner(items)
+            assert got == ([2 * x for x in items],), (k, round_, got)
+            results[k * 10 + round_] = got
+
+    workers = [threading.Thread(target=call, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(results) == threads * 3  # every call returned, with its own rows
+    assert sum(sizes) == threads * 3 * 3 == combiner.items
+    assert combiner.calls == len(sizes) < threads * 3
+    assert max(sizes) > 3  # at least one call held more than one caller's items
+
+
+def test_combiner_error_reaches_every_caller_of_that_batch_then_recovers() -> None:
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> tuple[list[int]]:
+        sizes.append(len(items))
+        if -1 in items:
+            raise ValueError("bad item")
+        return ([x * 2 for x in items],)
+
+    combiner = Combiner(fn)
+    outcomes: dict[int, object] = {}
+
+    def call(k: int) -> None:
+        try:
+            outcomes[k] = combiner([-1] if k == 0 else [k])
+        except ValueError as exc:
+            outcomes[k] = exc
+
+    workers = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    with combiner.exclusive:  # the model busy: all four queue, then run as one batch
+        for w in workers:
+            w.start()
+        _wait_queued(combiner, 4)
+    for w in workers:
+        w.join()
+    assert sizes == [4]
+    assert len(outcomes) == 4
+    assert all(isinstance(o, ValueError) for o in outcomes.values()), outcomes
+    assert combiner.calls == 0
+    # nothing left behind: the next call runs alone and works
+    assert combiner([5, 6]) == ([10, 12],)
+    assert sizes == [4, 2]
+    assert (combiner.calls, combiner.items) == (1, 2)
+
+
+def test_combiner_lone_caller_runs_at_once_in_its_own_thread() -> None:
+    ran_in: list[int] = []
+
+    def fn(items: list[str]) -> tuple[list[str], list[int]]:
+        ran_in.append(threading.get_ident())
+        return [s.upper() for s in items], [len(s) for s in items]
+
+    combiner = Combiner(fn)
+    assert combiner(["ab", "c"]) == (["AB", "C"], [2, 1])
+    assert ran_in == [threading.get_ident()]  # no waiting for others, no helper thread
+    assert (combiner.calls, combiner.items) == (1, 2)
+
+
+def test_precision_honours_the_environment_and_rejects_bad_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    embeddings._precision.cache_clear()
+    try:
+        monkeypatch.setenv("EXTES_ENCODER_PRECISION", "float32")
+        assert precision() == "float32"
+        monkeypatch.setenv("EXTES_ENCODER_PRECISION", "bfloat16")
+        assert precision() == "float32"  # read once per process
+        embeddings._precision.cache_clear()
+        assert precision() == "bfloat16"
+        monkeypatch.setenv("EXTES_ENCODER_PRECISION", "auto")
+        embeddings._precision.cache_clear()
+        assert precision() in ("float32", "bfloat16")
+        monkeypatch.setenv("EXTES_ENCODER_PRECISION", "float16")
+        embeddings._precision.cache_clear()
+        with pytest.raises(ValueError, match="EXTES_ENCODER_PRECISION"):
+            precision()
+    finally:
+        embeddings._precision.cache_clear()  # read again, from the restored environment
+
+
+def test_bfloat16_vectors_stay_close_to_float32(embedder: Embedder) -> None:
+    texts = [t for pair in PARAPHRASES + UNRELATED for t in pair] + [
+        dialogue_text("The seeker is anxious about exams.", ["I can't sleep.", "I might fail."])
+    ]
+    f32 = embedder if embedder.dtype == "float32" else Embedder(dtype="float32")
+    bf16 = embedder if embedder.dtype == "bfloat16" else Embedder(dtype="bfloat16")
+    a, b = f32.embed(texts), bf16.embed(texts)
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(a * b, axis=1)
+    print(f"\nbfloat16 vs float32 cosines: min {cosines.min():.4f}")
+    assert cosines.min() > 0.99
