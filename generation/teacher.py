@@ -164,6 +164,7 @@ class HttpTeacher:
     _limits_lock = threading.Lock()
     _learned: dict[tuple[str, str], str] = {}  # (base_url, model) -> the form that worked
     _no_stream: set[str] = set()  # endpoints that refused a streamed request
+    _last_seconds: dict[tuple[str, str], float] = {}  # how long the endpoint's last answer took
 
     def __init__(
         self,
@@ -305,7 +306,9 @@ class HttpTeacher:
                 and self.stream
                 and not plain
                 and self.base_url not in self._no_stream
+                and self._answers_slowly()
             )
+            started = time.monotonic()
             try:
                 request: dict[str, Any] = {
                     "model": self.model,
@@ -330,6 +333,8 @@ class HttpTeacher:
                         response = self._client.chat.completions.create(**request)
                 if not isinstance(response, ChatCompletion) or response.choices is None:
                     raise ValueError("not a chat completion")
+                with self._limits_lock:
+                    self._last_seconds[(self.base_url, self.model)] = time.monotonic() - started
                 if plain and not streamed:
                     # Streaming failed and the same request without it worked: the endpoint
                     # does not stream, and is not streamed to again.
@@ -402,6 +407,14 @@ class HttpTeacher:
         ]
         return Reply(completions=completions, usage=usage, response_format=form)
 
+    def _answers_slowly(self) -> bool:
+        """Whether streaming shows anything: the job page reads a unit's tokens once a second,
+        so an endpoint whose last answer took less than STREAM_AFTER_SECONDS is asked plainly
+        (parsing a stream costs a worker about 10 ms of CPU per dialogue, bench/generation.py).
+        The first answer of an endpoint is streamed."""
+        last = self._last_seconds.get((self.base_url, self.model))
+        return last is None or last >= STREAM_AFTER_SECONDS
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full jitter on an exponential ceiling; never sooner than the server asked."""
         ceiling = min(self.backoff_cap, self.backoff_base * 2**attempt)
@@ -427,6 +440,8 @@ def _enforced(schema: Schema, reply: Reply) -> bool:
 
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# Answers quicker than this are not streamed (the job page would not show their progress).
+STREAM_AFTER_SECONDS = 1.0
 # What a server that does not stream answers a streamed request with.
 STREAM_REFUSED_STATUS = {400, 404, 415, 422, 501}
 # What servers answer a response_format they do not take with (llama.cpp: 500 for json_schema).

@@ -64,6 +64,7 @@ def _fresh_generation_caches():
     # What the process learnt about endpoints: a later test's server may get the same port.
     HttpTeacher._learned.clear()
     HttpTeacher._no_stream.clear()
+    HttpTeacher._last_seconds.clear()
 
 
 @pytest.fixture(autouse=True)

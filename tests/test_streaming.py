@@ -14,7 +14,7 @@ from django.urls import reverse
 from curation.models import Dialogue, Scenario
 from generation import runner, schemas
 from generation.models import GenerationJob, GenerationUnit, new_job
-from generation.teacher import HttpTeacher, Sampling, TeacherConfig
+from generation.teacher import STREAM_AFTER_SECONDS, HttpTeacher, Sampling, TeacherConfig
 from tests.fake_teacher import FakeTeacher
 
 PROMPT = [
@@ -75,6 +75,7 @@ def test_a_server_that_does_not_stream_is_asked_plainly_at_once_and_remembered(s
     with FakeTeacher(streaming=streaming) as fake:
         teacher = teacher_for(fake)
         first = teacher.chat(PROMPT, Sampling(), progress=heard.append)
+        HttpTeacher._last_seconds[(fake.url, "fake-teacher")] = 60.0  # slow: worth streaming
         second = teacher.chat(PROMPT, Sampling(), progress=heard.append)
     # Streamed once, asked again at once without it (no retry, no failed attempt), then never
     # streamed to again.
@@ -100,6 +101,20 @@ def test_a_stream_that_breaks_off_is_a_teacher_error_after_the_retries():
             teacher.chat(PROMPT, Sampling(), progress=hang_up)
     assert heard and heard[-1] >= 3
     assert "broke off" in str(caught.value), caught.value
+
+
+def test_only_an_endpoint_that_answers_slowly_is_streamed_to():
+    # The job page reads tokens once a second: a quicker answer is not worth a stream's CPU.
+    with FakeTeacher() as quick:
+        teacher = teacher_for(quick)
+        for _ in range(3):
+            teacher.chat(PROMPT, Sampling(), progress=lambda tokens: None)
+    assert [r.get("stream", False) for r in quick.requests] == [True, False, False]
+    with FakeTeacher(latency=STREAM_AFTER_SECONDS + 0.1) as slow:
+        teacher = teacher_for(slow)
+        for _ in range(2):
+            teacher.chat(PROMPT, Sampling(), progress=lambda tokens: None)
+    assert [r.get("stream", False) for r in slow.requests] == [True, True]
 
 
 def test_streaming_can_be_turned_off():
