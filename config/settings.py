@@ -208,6 +208,15 @@ if TEACHER_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", "none")
 # Stream the teacher's answers (the job page shows a running unit's tokens as they come); an
 # endpoint that does not stream is found out and asked plainly. off: never stream.
 TEACHER_STREAM = envbool("EXTES_TEACHER_STREAM", True)
+# The sentence embedder's and crisis classifier's dtype, read where they load
+# (generation.embeddings.precision); a wrong value stops the studio here rather than a worker.
+if envstr("EXTES_ENCODER_PRECISION", "auto").strip().lower() not in (
+    "",
+    "auto",
+    "float32",
+    "bfloat16",
+):
+    raise ImproperlyConfigured("EXTES_ENCODER_PRECISION must be auto, float32 or bfloat16")
 # A claimed unit of generation work whose worker has not reported for this long is given to another.
 GENERATION_LEASE_SECONDS = envint("EXTES_GENERATION_LEASE_SECONDS", 300)
 GENERATION_MAX_ATTEMPTS = envint("EXTES_GENERATION_MAX_ATTEMPTS", 3)

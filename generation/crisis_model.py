@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from generation.embeddings import Combiner, precision
+from generation.embeddings import BATCH_SIZE, Combiner, precision
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / "crisis_classifier"
@@ -180,7 +180,9 @@ class CrisisClassifier:
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._bank_vectors: tuple[list[tuple[str, str]], np.ndarray] | None = None
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, texts: Sequence[str], batch_size: int = BATCH_SIZE
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(n, 5) label probabilities in ``self.labels`` order, and (n, 384) unit vectors of
         the pooled text (the space the head reads, where look-alike exemplars are near).
         Results are cached per text (a re-import or a re-check costs nothing)."""
@@ -204,13 +206,15 @@ class CrisisClassifier:
         return probs, vectors
 
     def _encode(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        if batch_size != 64:
+        if batch_size != BATCH_SIZE:  # a caller's own batching: not combined with others
             with self._combiner.exclusive:
                 return self._encode_now(texts, batch_size)
         probs, vectors = self._combiner(texts)
         return np.asarray(probs), np.asarray(vectors)
 
-    def _encode_now(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_now(
+        self, texts: list[str], batch_size: int = BATCH_SIZE
+    ) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         vectors = np.zeros((len(texts), self._model.head.in_features), dtype=np.float32)

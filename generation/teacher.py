@@ -308,7 +308,6 @@ class HttpTeacher:
                 and self.base_url not in self._no_stream
                 and self._answers_slowly()
             )
-            started = time.monotonic()
             try:
                 request: dict[str, Any] = {
                     "model": self.model,
@@ -321,6 +320,7 @@ class HttpTeacher:
                     "response_format": response_format,
                 }
                 with self._limit:
+                    started = time.monotonic()  # the answer's time, not the wait for a slot
                     if streamed:
                         assert progress is not None
                         # The raw event stream, read line by line: one json.loads per token
@@ -454,9 +454,10 @@ class StreamBroken(Exception):
 
 def _gather(lines: Iterable[str], progress: Progress) -> ChatCompletion:
     """A streamed answer (server-sent events, OpenAI's chunk format) put back together as one
-    chat completion, `progress` told the tokens so far: the server's count when it sends one,
-    otherwise one per content chunk (servers send a token per chunk). A stream without a single
-    chunk is not a chat completion (ValueError), nor is one whose events are not JSON."""
+    chat completion, `progress` told the tokens so far, counted one per content chunk (servers
+    send a token per chunk). The usage is the server's final count when it sends one, else that
+    chunk count. A stream without a single chunk is not a chat completion (ValueError), nor is
+    one whose events are not JSON; one that ends before its answers do is StreamBroken."""
     texts: dict[int, list[str]] = {}
     refusals: dict[int, list[str]] = {}
     finish: dict[int, str | None] = {}

@@ -75,3 +75,11 @@ def test_data_dir_holds_the_sqlite_file(tmp_path):
 def test_bad_boolean_is_a_clear_error(tmp_path):
     result = manage("check", DEBUG="maybe", EXTES_DATA_DIR=str(tmp_path))
     assert "DEBUG must be a boolean" in result.stderr
+
+
+def test_bad_encoder_precision_or_stream_setting_stops_the_studio(tmp_path):
+    result = manage("check", EXTES_ENCODER_PRECISION="float16", EXTES_DATA_DIR=str(tmp_path))
+    assert result.returncode != 0
+    assert "EXTES_ENCODER_PRECISION must be auto, float32 or bfloat16" in result.stderr
+    result = manage("check", EXTES_TEACHER_STREAM="sometimes", EXTES_DATA_DIR=str(tmp_path))
+    assert "EXTES_TEACHER_STREAM must be a boolean" in result.stderr
