@@ -108,7 +108,9 @@ def start_server(command: list[str], port: int, log: Path) -> tuple[subprocess.P
     raise SystemExit(f"llama.cpp's server did not answer within 180 s; its log: {log}")
 
 
-def run(server: str, url: str, mode: str, form: str, units: int, max_tokens: int) -> None:
+def run(
+    server: str, url: str, mode: str, form: str, units: int, max_tokens: int, utterances: int
+) -> None:
     from django.conf import settings
 
     from curation.models import Dialogue, Scenario
@@ -126,6 +128,7 @@ def run(server: str, url: str, mode: str, form: str, units: int, max_tokens: int
         per_scenario=units,
         mode=mode,
         exchanges=4,
+        max_utterances=utterances,
         duplicate_threshold=None,
     )
     start = time.perf_counter()
@@ -154,6 +157,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--max-tokens", type=int, default=1500)
+    parser.add_argument(
+        "--max-utterances", type=int, default=10, help="a job's most utterances (the form's)"
+    )
     parser.add_argument(
         "--server", choices=["auto", "llama-server", "llama-cpp-python"], default="auto"
     )
@@ -203,7 +209,7 @@ def main() -> None:
             command = server_command(server, binary, find_gguf(), port, args.threads, args.context)
             process, url = start_server(command, port, log)
             try:
-                run(server, url, mode, form, args.units, args.max_tokens)
+                run(server, url, mode, form, args.units, args.max_tokens, args.max_utterances)
             finally:
                 crashed = process.poll()
                 if crashed is not None:

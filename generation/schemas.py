@@ -106,11 +106,15 @@ def _strip_titles(node: Any) -> Any:
     return node
 
 
-def local_schema(schema: Schema, max_chars: int, max_items: int | None = None) -> dict[str, Any]:
+def local_schema(
+    schema: Schema, max_chars: int, max_items: int | None = None, *, closed: bool = True
+) -> dict[str, Any]:
     """The schema as the local model's grammar enforces it: every free string bounded to
     `max_chars` (at least 2 characters) and, for a dialogue, the utterances alternating, the
     seeker first (servers are asked for the plain list of either kind, which strict mode takes;
-    a grammar takes the stricter form), at most `max_items` of them."""
+    a grammar takes the stricter form), at most `max_items` of them. `closed=False` leaves out
+    ``"items": false`` after the alternating ones (maxItems bounds them anyway), which
+    llama.cpp's server refuses ("schema must be an object")."""
     bounded = copy.deepcopy(schema.json_schema)
     content = bounded.get("properties", {}).get("content")
     if isinstance(content, dict) and "anyOf" in content.get("items", {}):
@@ -122,10 +126,11 @@ def local_schema(schema: Schema, max_chars: int, max_items: int | None = None) -
         bounded["properties"]["content"] = {
             "type": "array",
             "prefixItems": [seeker if i % 2 == 0 else supporter for i in range(high)],
-            "items": False,
             "minItems": low,
             "maxItems": high,
         }
+        if closed:
+            bounded["properties"]["content"]["items"] = False
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):

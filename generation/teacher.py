@@ -165,6 +165,7 @@ class HttpTeacher:
     _learned: dict[tuple[str, str], str] = {}  # (base_url, model) -> the form that worked
     _no_stream: set[str] = set()  # endpoints that refused a streamed request
     _last_seconds: dict[tuple[str, str], float] = {}  # how long the endpoint's last answer took
+    _llamacpp_servers: dict[str, bool] = {}  # endpoint -> it is llama.cpp's server
 
     def __init__(
         self,
@@ -296,7 +297,8 @@ class HttpTeacher:
         With `progress` (and streaming on), the answer is streamed and `progress` hears the
         tokens so far; an endpoint that refuses a streamed request is asked again at once
         without streaming and is not streamed to again."""
-        response_format = _response_format(form, schema)
+        llamacpp = self._llamacpp()
+        response_format = _response_format(form, schema, grammar=llamacpp)
         attempt = 0
         retried_probe = False
         plain = False  # streaming failed in this call: asked without it from then on
@@ -319,6 +321,8 @@ class HttpTeacher:
                     "seed": openai.omit if sampling.seed is None else sampling.seed,
                     "response_format": response_format,
                 }
+                if llamacpp:  # its own sampler settings, off by default there
+                    request["extra_body"] = dict(SERVER_SAMPLER)
                 with self._limit:
                     started = time.monotonic()  # the answer's time, not the wait for a slot
                     if streamed:
@@ -406,6 +410,28 @@ class HttpTeacher:
             for choice in response.choices
         ]
         return Reply(completions=completions, usage=usage, response_format=form)
+
+    def _llamacpp(self) -> bool:
+        """Whether the endpoint is llama.cpp's server, which says so in /models (`owned_by:
+        llamacpp`), asked once per endpoint. It turns schemas into a grammar of its own, so it is
+        given the tighter schema the local teacher decodes under (utterances alternating, strings
+        bounded), which OpenAI's strict mode would refuse; and its own sampler settings against
+        repetition (SERVER_SAMPLER), which other servers do not take. An endpoint that cannot be
+        reached is asked again next time."""
+        with self._limits_lock:
+            known = self._llamacpp_servers.get(self.base_url)
+        if known is not None:
+            return known
+        try:
+            listed = self._client.with_options(timeout=10).models.list()
+            known = any(getattr(m, "owned_by", "") == "llamacpp" for m in listed.data)
+        except (openai.APIConnectionError, httpx2.TransportError):
+            return False  # down for now: the portable request, and asked again next time
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError, TypeError, AttributeError):
+            known = False  # no /models, or not the usual answer
+        with self._limits_lock:
+            self._llamacpp_servers[self.base_url] = known
+        return known
 
     def _answers_slowly(self) -> bool:
         """Whether streaming shows anything: the job page reads a unit's tokens once a second,
@@ -518,18 +544,21 @@ def _gather(lines: Iterable[str], progress: Progress) -> ChatCompletion:
     return ChatCompletion.model_validate(body)
 
 
-def _response_format(form: str, schema: Schema | None) -> Any:
+def _response_format(form: str, schema: Schema | None, *, grammar: bool = False) -> Any:
+    """The request's response_format; `grammar`: the server compiles schemas to a grammar
+    (llama.cpp), so it gets them tightened as the local teacher does (SERVER_MAX_CHARS)."""
     if schema is None or form == "none":
         return openai.omit
+    shape = local_schema(schema, SERVER_MAX_CHARS, closed=False) if grammar else schema.json_schema
     if form == "json_schema":
         return {
             "type": "json_schema",
-            "json_schema": {"name": schema.name, "schema": schema.json_schema, "strict": True},
+            "json_schema": {"name": schema.name, "schema": shape, "strict": True},
         }
     if form == "json_object":
         # llama.cpp's server reads a schema beside json_object and enforces it with a grammar;
         # servers that do not still return a JSON object, which is then validated.
-        return {"type": "json_object", "schema": schema.json_schema}
+        return {"type": "json_object", "schema": shape}
     raise ValueError(f"unknown response format {form!r}")
 
 
@@ -619,6 +648,18 @@ class LocalTeacher:
 # sentences) and short dialogues: at about 8 tokens a second here, 10 utterances of up to 240
 # characters fit the default 1,200 tokens with room to spare.
 LOCAL_MAX_CHARS = 240
+# A grammar server's strings: a chat message's length (ExTES turns are shorter), so that a model
+# that loops inside a string stops there rather than at the token limit.
+SERVER_MAX_CHARS = 300
+# And its sampler against repetition: llama.cpp's repeat penalty over the last 256 tokens and
+# its DRY sampler (which penalises extending a sequence already in the context). Without them
+# SmolLM2 loops on one sentence until the token limit, and with the penalty alone it repeats
+# whole turns (bench/teacher_servers.py).
+SERVER_SAMPLER: dict[str, Any] = {
+    "repeat_penalty": 1.15,
+    "repeat_last_n": 256,
+    "dry_multiplier": 0.8,
+}
 # The local model's default temperature: at 0.9 SmolLM2 drifts into code and placeholders
 # within a few sentences; at 0.7 it stays in plain English longer.
 LOCAL_TEMPERATURE = 0.7

@@ -65,6 +65,7 @@ def _fresh_generation_caches():
     HttpTeacher._learned.clear()
     HttpTeacher._no_stream.clear()
     HttpTeacher._last_seconds.clear()
+    HttpTeacher._llamacpp_servers.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -490,7 +490,12 @@ class _Handler(BaseHTTPRequestHandler):
                             "id": MODEL_ID,
                             "object": "model",
                             "created": 0,
-                            "owned_by": "fake-teacher",
+                            # llama.cpp's server says who it is here.
+                            "owned_by": (
+                                "llamacpp"
+                                if self.server.fake.kind == "llamacpp"
+                                else "fake-teacher"
+                            ),
                         }
                     ],
                 },

@@ -14,7 +14,13 @@ from django.urls import reverse
 from curation.models import Candidate, Dialogue, Scenario
 from generation import runner, schemas
 from generation.models import GenerationFailure, GenerationJob, new_job
-from generation.teacher import HttpTeacher, Sampling, TeacherConfig
+from generation.teacher import (
+    SERVER_MAX_CHARS,
+    SERVER_SAMPLER,
+    HttpTeacher,
+    Sampling,
+    TeacherConfig,
+)
 from tests.fake_teacher import FakeTeacher, run_dri_job, strict_problem
 
 STRATEGIES = ["Reflective Statements", "Emotional Validation", "Suggest Options", "Others"]
@@ -67,7 +73,21 @@ def test_like_llamacpp_json_schema_500_falls_back_to_json_object_and_remembers_i
         assert reply.response_format == "json_object"
         # 500 twice (a passing fault would not repeat), then json_object with the schema beside it.
         assert [form_of(r) for r in fake.requests] == ["json_schema", "json_schema", "json_object"]
-        assert fake.requests[-1]["response_format"]["schema"] == SCHEMA.json_schema
+        # It says it is llama.cpp (/models): its grammar gets the tight schema, the utterances
+        # alternating from the seeker and every string bounded, as the local teacher's.
+        sent = fake.requests[-1]["response_format"]["schema"]
+        assert sent == schemas.local_schema(SCHEMA, SERVER_MAX_CHARS, closed=False)
+        assert "items" not in sent["properties"]["content"]  # llama.cpp refuses items: false
+        content = sent["properties"]["content"]
+        assert [item["$ref"].rsplit("/", 1)[1] for item in content["prefixItems"][:3]] == [
+            "SeekerUtterance",
+            "SupporterUtterance",
+            "SeekerUtterance",
+        ]
+        assert sent["properties"]["description"]["maxLength"] == SERVER_MAX_CHARS
+        # And llama.cpp's own sampler against repetition, on every request to it.
+        assert all(r["dry_multiplier"] == SERVER_SAMPLER["dry_multiplier"] for r in fake.requests)
+        assert all(r["repeat_penalty"] == SERVER_SAMPLER["repeat_penalty"] for r in fake.requests)
         assert SCHEMA.model.model_validate_json(reply.text)
         # Remembered for this endpoint and model: the next request goes straight to json_object.
         assert teacher.structured_format() == "json_object"
@@ -84,6 +104,8 @@ def test_like_openai_strict_json_schema_is_used_and_its_refusal_is_read():
         assert reply.response_format == "json_schema" and len(fake.requests) == 1
         sent = fake.requests[0]["response_format"]["json_schema"]
         assert sent["strict"] is True and sent["name"] == "extes_dialogue"
+        assert sent["schema"] == SCHEMA.json_schema  # the portable one: strict takes no bounds
+        assert "dry_multiplier" not in fake.requests[0]  # nor llama.cpp's sampler settings
         assert SCHEMA.model.model_validate_json(reply.text)
         fake.script = ["refusal"]  # OpenAI puts a strict refusal in its own field, content null
         refused = teacher.chat(PROMPT, Sampling(), schema=SCHEMA)
@@ -224,3 +246,26 @@ def test_the_local_teacher_writes_schema_valid_json_under_its_grammar(tiny_base,
     assert SCHEMA.model.model_validate_json(reply.text)
     # Without a schema the same teacher writes free text.
     assert local.chat(PROMPT, Sampling(max_tokens=5, seed=1)).response_format == "none"
+
+
+def test_llamacpp_is_told_by_its_models_list_once_and_gets_its_sampler_on_plain_requests_too():
+    turn = [{"role": "user", "content": "Say something kind."}]
+    with FakeTeacher(kind="llamacpp") as fake:
+        teacher = teacher_for(fake)
+        teacher.chat(turn, Sampling())
+        teacher.chat(turn, Sampling())
+    # A turn (no schema) still gets llama.cpp's sampler settings against repetition.
+    assert all(r["dry_multiplier"] == SERVER_SAMPLER["dry_multiplier"] for r in fake.requests)
+    assert HttpTeacher._llamacpp_servers == {fake.url: True}
+    with FakeTeacher() as plain:
+        teacher_for(plain).chat(turn, Sampling())
+    assert "dry_multiplier" not in plain.requests[0] and "repeat_penalty" not in plain.requests[0]
+    assert HttpTeacher._llamacpp_servers[plain.url] is False
+
+
+def test_an_endpoint_that_cannot_be_reached_is_asked_who_it_is_again_later():
+    with FakeTeacher(kind="llamacpp") as fake:
+        url = fake.url
+    teacher = HttpTeacher(url, "fake-teacher", "sk-test", max_retries=0)
+    assert teacher._llamacpp() is False  # down: the portable request
+    assert url not in HttpTeacher._llamacpp_servers  # and not remembered as "not llama.cpp"
