@@ -47,6 +47,7 @@ def main(
     workers: int,
     postgres: str,
     gates: str,
+    warmup: int,
 ) -> None:
     from tests.fake_teacher import FakeTeacher
 
@@ -99,6 +100,10 @@ def main(
             if not studio._worker_answers(redis_url, timeout=60):
                 raise SystemExit("the worker did not start")
             time.sleep(2)  # let every worker process connect
+            if warmup:
+                # Every process loads its models (embedder, classifier: seconds of CPU each) on
+                # first use; a first job does that, so the figures are the steady state's.
+                _run_job(warmup, threshold, fake)
             cpu_before = _cpu_seconds([w.pid for w in worker_processes])
             own_before = time.process_time()
             seconds = _run_job(dialogues, threshold, fake)
@@ -119,7 +124,7 @@ def main(
             f"workers={workers} latency_s={latency} "
             f"duplicate_filter={'on' if threshold else 'off'} seconds={seconds:.2f} "
             f"dialogues_per_s={rate:.1f} ideal_per_s={ideal:.0f} ratio={rate / ideal:.2f} "
-            f"peak_teacher_requests={fake.peak_in_flight} gates={gates}"
+            f"peak_teacher_requests={fake.peak_in_flight} gates={gates} warmup={warmup}"
         )
         print(
             f"generation_cpu worker_ms_per_dialogue={1000 * worker_cpu / dialogues:.1f} "
@@ -133,7 +138,7 @@ def main(
 def _run_job(dialogues: int, threshold: float, fake) -> float:
     from django.db import transaction
 
-    from curation.models import Dialogue, Scenario
+    from curation.models import Scenario
     from generation.models import GenerationJob, new_job
     from generation.tasks import start_job
     from generation.teacher import Sampling, TeacherConfig
@@ -158,7 +163,7 @@ def _run_job(dialogues: int, threshold: float, fake) -> float:
             break
         time.sleep(0.02)
     seconds = time.perf_counter() - start
-    made = Dialogue.objects.filter(origin="generated").count()
+    made = job.units.filter(dialogue__isnull=False).count()
     if job.status != "completed" or made != dialogues:
         raise SystemExit(f"job ended {job.status} with {made} dialogues: {job.progress()}")
     return seconds
@@ -231,6 +236,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--gates", default="repetition,role_confusion,prompt_leakage")
     parser.add_argument(
+        "--warmup", type=int, default=20, help="dialogues of a first, unmeasured job (0: none)"
+    )
+    parser.add_argument(
         "--postgres",
         default="",
         help="server URL (e.g. postgres://postgres@127.0.0.1:5432/postgres): run on a new database there",
@@ -250,4 +258,5 @@ if __name__ == "__main__":
         args.workers,
         args.postgres,
         args.gates,
+        args.warmup,
     )
