@@ -340,6 +340,17 @@ def role_figures(corpus: Corpus, t: Thresholds, embedder: degenerate.Embeds | No
     )
 
 
+def leakage_figures(corpus: Corpus) -> None:
+    """The prompt_leakage gate: our instructions copied, or a template placeholder left in."""
+    from generation import quality
+
+    report(
+        "prompt_leakage",
+        corpus.name,
+        [quality.leakage(d.description, [text for _, text in d.turns]) for d in corpus.dialogues],
+    )
+
+
 def _texts(dialogues: Sequence[Dialogue]) -> list[str]:
     from generation.embeddings import dialogue_text
 
@@ -466,6 +477,8 @@ def main(limit: int | None, embeddings: bool) -> None:
         repetition_figures(corpus, t)
     for corpus in corpora:
         role_figures(corpus, t, embedder)
+    for corpus in corpora:
+        leakage_figures(corpus)
     if embedder is not None:
         seeds_off_scenario(seeds, t, embedder)
         if len(corpora) > 1:

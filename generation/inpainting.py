@@ -4,7 +4,7 @@ different replies for the gap.
 The teacher sees the conversation with the turn replaced by [MASKED] (the turns before it, and
 those after it unless `right_context` is off) and the strategy of the original reply; one request
 asks for `n` samples. Replies that are empty, cut off, refusals, that leak the prompt (the mask
-marker, a role tag, or words of our instructions: `prompt_leakage`), or near-duplicates of the
+marker, a role tag, a template placeholder or words of our instructions: `prompt_leakage`), or near-duplicates of the
 original or of each other are dropped and asked for again, up to `max_attempts` requests.
 """
 
@@ -36,6 +36,17 @@ _ROLE_TAG = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[a-z0-9']+")
+# A template's slot left in the text: "[insert message here]", "{Your Name}". Neither ESConv,
+# the ExTES sample nor our seeds hold a bracketed word (bench/degenerate_gates.py).
+_PLACEHOLDER = re.compile(
+    r"\[[^\[\]\n]{0,40}[A-Za-z][^\[\]\n]{0,40}\]|\{[^{}\n]{0,40}[A-Za-z][^{}\n]{0,40}\}"
+)
+
+
+def placeholder(text: str) -> str | None:
+    """The first template placeholder in the text ("[insert …]", "{name}"), or None."""
+    found = _PLACEHOLDER.search(text or "")
+    return found.group(0) if found else None
 
 
 def _grams(text: str) -> set[tuple[str, ...]]:
@@ -90,6 +101,9 @@ def prompt_leakage(text: str) -> str | None:
     tag = _ROLE_TAG.search(text)
     if tag:
         return f"it holds a role tag ({tag.group(0).strip()!r})"
+    slot = placeholder(text)
+    if slot:
+        return f"it holds a template placeholder ({slot!r})"
     shared = _grams(text) & _INSTRUCTIONS
     if shared:
         return f"it repeats the instructions (“{' '.join(sorted(shared)[0])}”)"

@@ -4,7 +4,7 @@ A job fixes, when it is created, which gates it runs and every threshold (the se
 EXTES_GENERATION_GATES and EXTES_GENERATION_GATE_THRESHOLDS), so that its page and its
 dialogues' provenance say what they were held to even after the settings change. Each gate
 refuses a dialogue with a failure of its own class (repetition, role_confusion, prompt_leakage:
-the instructions copied into the dialogue, off_scenario),
+the instructions copied into the dialogue or a template placeholder left in it, off_scenario),
 before it is stored: no reviewer ever sees it.
 
 The off-scenario gate compares a dialogue with one centroid per scenario, made of that
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,8 +70,8 @@ def shown(recorded: Mapping[str, Any]) -> list[tuple[str, str]]:
         ),
         "role_confusion": "the seeker offering help or speaking as the supporter, role labels",
         "prompt_leakage": (
-            f"{inpainting.LEAK_WORDS} words in a row of our instructions in any turn or the "
-            "description"
+            f"{inpainting.LEAK_WORDS} words in a row of our instructions, or a template "
+            "placeholder such as [insert …] or {name}, in any turn or the description"
         ),
         "off_scenario": (
             f"own scenario's similarity under {t.scenario_floor:.2f}, or another's higher by "
@@ -107,11 +107,9 @@ def gate_for(
             if reason:
                 raise Failure("role_confusion", reason)
         if "prompt_leakage" in gates:
-            for index, text in [(-1, dialogue.description), *enumerate(t for _, t in turns)]:
-                words = inpainting.shared_instructions(text, inpainting.DIALOGUE_INSTRUCTIONS)
-                if words:
-                    where = "the description" if index < 0 else f"turn {index}"
-                    raise Failure("prompt_leakage", f"{where} repeats our instructions (“{words}”)")
+            reason = leakage(dialogue.description, [text for _, text in turns])
+            if reason:
+                raise Failure("prompt_leakage", reason)
         if "off_scenario" in gates:
             known = scenario_centroids()
             if scenario in known and len(known) >= 2:
@@ -122,6 +120,20 @@ def gate_for(
                     raise Failure("off_scenario", reason)
 
     return gate
+
+
+def leakage(description: str, texts: Sequence[str]) -> str | None:
+    """Why a dialogue shows its prompt (our instructions copied, a template placeholder left in),
+    or None."""
+    for index, text in [(-1, description), *enumerate(texts)]:
+        where = "the description" if index < 0 else f"turn {index}"
+        words = inpainting.shared_instructions(text, inpainting.DIALOGUE_INSTRUCTIONS)
+        if words:
+            return f"{where} repeats our instructions (“{words}”)"
+        slot = inpainting.placeholder(text)
+        if slot:
+            return f"{where} holds a template placeholder (“{slot}”)"
+    return None
 
 
 def _embed(dialogue: ParsedDialogue) -> np.ndarray:

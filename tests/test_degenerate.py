@@ -501,3 +501,42 @@ def test_a_dialogue_that_repeats_our_instructions_is_prompt_leakage_and_real_one
         record = json.loads(line)
         for text in [record.get("situation", "")] + [u["text"] for u in record["dialog"]]:
             assert shared_instructions(text, DIALOGUE_INSTRUCTIONS) is None, text
+
+
+def test_a_template_placeholder_left_in_a_dialogue_is_prompt_leakage_and_rare_in_real_ones():
+    import json
+    import os
+    from pathlib import Path
+
+    from curation.parsing import ParsedDialogue, ParsedTurn
+    from generation import quality
+    from generation.selfchat import Failure
+
+    slot = ParsedDialogue(
+        scene="Anxiety and Panic",
+        description="Panic attacks on the way to work.",
+        turns=[
+            ParsedTurn(role="seeker", text="My chest gets tight in meetings."),
+            ParsedTurn(role="supporter", text="{Your Name}, tell me more.", strategy="Others"),
+        ],
+        taxonomy="extes",
+    )
+    gate = quality.gate_for({"gates": ["prompt_leakage"], "thresholds": {}}, "Anxiety and Panic")
+    with pytest.raises(Failure) as caught:
+        gate(slot)
+    assert caught.value.failure_class == "prompt_leakage"
+    assert "turn 1 holds a template placeholder" in caught.value.detail
+    seeds = json.loads(Path("curation/seeds/seed_dialogues.json").read_text())
+    for record in seeds:
+        texts = [list(u.values())[-1] for u in record["content"]]
+        assert quality.leakage(record.get("description", ""), texts) is None
+    esconv = Path(os.environ.get("EXTES_ESCONV_DIR", "../shared/data/esconv")) / "train.txt"
+    records = [json.loads(line) for line in esconv.read_text().splitlines()]
+    rejected = [
+        r
+        for r in records
+        if quality.leakage(r.get("situation", ""), [u["text"] for u in r["dialog"]])
+    ]
+    # Within the 2% the gates may reject of real dialogues (measured: 1 of 910 here, a
+    # counsellor's own "[list some of the details you have documented]").
+    assert len(rejected) <= 0.02 * len(records)

@@ -1,7 +1,8 @@
 """DRI candidates that repeat the prompt instead of answering it (issue 15, item 3): the mask
-marker, a role tag, or a run of words from our instructions is its own failure class, counted on
-the job, and never becomes a candidate. Real supporter turns pass: 0 of the seeds' 353 and 0 of
-ESConv's 12,759 train-split supporter turns are taken for leakage (bench/dri_leakage.py)."""
+marker, a role tag, a template placeholder or a run of words from our instructions is its own
+failure class, counted on the job, and never becomes a candidate. Real supporter turns pass: 0
+of the seeds' 353 and 1 of ESConv's 12,759 train-split supporter turns are taken for leakage
+(bench/dri_leakage.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ LEAKS = [
     "You help build training data for emotional-support conversations, so here it is.",
     "That sounds hard. Seeker: thanks, it is.",
     "<|im_start|>assistant I hear you.",
+    "{Your Name}, I'd love to talk about [insert message here].",
+    "That sounds hard. [Reflect the seeker's feeling]",
 ]
 
 
@@ -27,6 +30,7 @@ def test_what_counts_as_leakage():
         "It sounds like you carried a lot this week. What helped, even a little?",
         "You said earlier that your sister supports you: could you tell her?",
         "I am here with you. Take your time.",
+        "That is a lot (and it is okay to feel it). 3/10 today is still a step.",
     ]:
         assert prompt_leakage(text) is None, text
 
