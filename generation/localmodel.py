@@ -158,6 +158,14 @@ class GenerationResult:
 CONSTRAINED_REPETITION_PENALTY = 1.15
 
 
+# Free text (a message in turns mode, a DRI reply): SmolLM2 copies the message it answers, or a
+# line of its instructions, word for word. No run of PROMPT_NGRAM_BAN tokens of the prompt may be
+# written again (transformers' encoder n-gram ban, given the prompt as the "encoder" input), and
+# the answer's own tokens get a milder penalty than under a grammar.
+PROMPT_NGRAM_BAN = 5
+FREE_REPETITION_PENALTY = 1.1
+
+
 class _CompletionRepetitionPenalty:
     """transformers' repetition penalty on the tokens of the answer only. Its own processor
     penalises the prompt's tokens too, and a long prompt (instructions, strategy definitions,
@@ -245,6 +253,7 @@ class LocalRunner:
 
         With a JSON `schema`, decoding is constrained to it (`generation.constrained`), with a
         mild repetition penalty: a small model held to a grammar otherwise loops inside a string.
+        Without one, no five tokens of the prompt are written again (PROMPT_NGRAM_BAN).
         `progress`, for a single reply, is called with the count of tokens written as they come.
         """
         if not conversations:
@@ -283,6 +292,17 @@ class LocalRunner:
                 CONSTRAINED_REPETITION_PENALTY, int(batch["input_ids"].shape[1])
             )
             kwargs["logits_processor"] = LogitsProcessorList([penalty, processor])
+        else:
+            from transformers import EncoderNoRepeatNGramLogitsProcessor, LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [
+                    _CompletionRepetitionPenalty(
+                        FREE_REPETITION_PENALTY, int(batch["input_ids"].shape[1])
+                    ),
+                    EncoderNoRepeatNGramLogitsProcessor(PROMPT_NGRAM_BAN, batch["input_ids"]),
+                ]
+            )
         if progress is not None and len(conversations) * n == 1:
             kwargs["streamer"] = _TokenCounter(progress)
         if sampling.seed is not None:

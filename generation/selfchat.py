@@ -17,7 +17,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -278,7 +278,15 @@ def write_dialogue_by_turns(
     while produced.attempts < max_attempts:
         produced.attempts += 1
         try:
-            record = _play_turns(teacher, spec, definitions, turn_sampling, rng, produced, on_call)
+            record = _play_turns(
+                teacher,
+                spec,
+                definitions,
+                attempt_sampling(turn_sampling, produced.attempts),
+                rng,
+                produced,
+                on_call,
+            )
             text = json.dumps(record, ensure_ascii=False)
             produced.dialogue = validate(
                 record,
@@ -292,6 +300,18 @@ def write_dialogue_by_turns(
         except Failure as failure:
             produced.failures.append(failure)
     return produced
+
+
+# A seeded attempt that failed would fail the same way again with the same seed and prompts (turns
+# mode asks again with the same messages), so attempt k samples from seed + ATTEMPT_SEED_STEP·(k-1).
+ATTEMPT_SEED_STEP = 1000
+
+
+def attempt_sampling(sampling: Sampling, attempt: int) -> Sampling:
+    """The sampling of attempt `attempt` (1-based): the first keeps the job's seed."""
+    if sampling.seed is None or attempt <= 1:
+        return sampling
+    return replace(sampling, seed=sampling.seed + ATTEMPT_SEED_STEP * (attempt - 1))
 
 
 def _play_turns(

@@ -20,7 +20,7 @@ def test_local_model_writes_a_dialogue_in_turns_mode(settings):
     job = new_job(
         GenerationJob.Kind.SELFCHAT,
         teacher=TeacherConfig("local", LOCAL_MODEL_NAME).as_dict(),
-        sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=48, seed=7).as_dict(),
+        sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=80, seed=7).as_dict(),
         scenarios=[Scenario.objects.get(name="Academic Stress")],
         mode=GenerationJob.Mode.TURNS,
         exchanges=2,

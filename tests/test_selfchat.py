@@ -48,12 +48,14 @@ class ScriptedTeacher:
     def __init__(self, *answers):
         self.answers = list(answers)
         self.calls: list[list[dict]] = []
+        self.seeds: list[int | None] = []
 
     def structured_format(self):
         return "none"  # its answers are free text, read tolerantly
 
     def chat(self, messages, sampling, n=1, schema=None, progress=None):
         self.calls.append(messages)
+        self.seeds.append(sampling.seed)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -221,6 +223,26 @@ def test_turns_mode_when_the_teacher_chooses_the_strategy():
         "Offer Hope",
         "Affirmation",
     ]
+
+
+def test_a_seeded_turns_attempt_is_retried_with_another_seed():
+    """Turns mode asks again with the same messages, so a seeded retry must not reuse the seed
+    (with it, a local model writes the same cut-off message three times)."""
+    cut = Reply(
+        [Completion("I keep thinking about how my exams and my", "length")], Usage(10, 48, 1)
+    )
+    answers = [cut, "My exams start Monday.", "I can't sleep.", "Many students feel this."]
+    teacher = ScriptedTeacher(*answers)
+    spec = TurnsSpec("Academic Stress", STRATEGIES, exchanges=1, shares={"Affirmation": 1.0})
+    produced = selfchat.write_dialogue_by_turns(
+        teacher, spec, VOCAB, Sampling(seed=7), random.Random(1)
+    )
+    assert [f.failure_class for f in produced.failures] == ["truncated"]
+    assert produced.dialogue is not None
+    assert teacher.seeds == [7, 1007, 1007, 1007]  # attempt 1 keeps the job's seed
+    unseeded = ScriptedTeacher(cut, "My exams start Monday.", "I can't sleep.", "Fine.")
+    selfchat.write_dialogue_by_turns(unseeded, spec, VOCAB, Sampling(), random.Random(1))
+    assert unseeded.seeds == [None] * 4
 
 
 def test_dri_turn_choice():
