@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from scipy.stats import spearmanr
+from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 
 from curation.lead.agreement import (
@@ -69,6 +70,22 @@ def test_cohen_kappa_matches_the_hand_computed_table():
     assert k.expected == pytest.approx(0.34)
     assert k.value == pytest.approx(6 / 11)
     assert k.description == "moderate"
+
+
+def test_cohen_kappa_matches_scikit_learn_on_random_data():
+    rng = random.Random(11)
+    labels = ["X", "Y", "Z", "W"]
+    for size in (5, 40, 300):
+        first = [rng.choice(labels) for _ in range(size)]
+        # The second rater agrees more often than chance, and uses the labels unevenly.
+        second = [a if rng.random() < 0.5 else rng.choice(labels[:3]) for a in first]
+        items = {
+            f"i{k}": {"ana": a, "ben": b}
+            for k, (a, b) in enumerate(zip(first, second, strict=True))
+        }
+        assert cohen_kappa(items, "ana", "ben").value == pytest.approx(
+            cohen_kappa_score(first, second), abs=1e-12
+        )
 
 
 def test_cohen_kappa_uses_only_items_both_labelled():

@@ -469,10 +469,11 @@ def agreement_report() -> AgreementReport:
         for k, raters in items.items()
     }
     labels = sorted({v for raters in items.values() for v in raters.values() if v is not None})
+    pairs = agreement.pairwise_cohen(humans_only)
     return AgreementReport(
         fleiss=agreement.fleiss_kappa(humans_only),
-        mean_cohen=agreement.mean_pairwise_cohen(humans_only),
-        pairs=agreement.pairwise_cohen(humans_only),
+        mean_cohen=agreement.mean_kappa(pairs),
+        pairs=pairs,
         teacher=agreement.humans_vs_teacher(items),
         categories=agreement.per_category(humans_only),
         decisions=agreement.percent_agreement(decision_items()),
