@@ -158,7 +158,7 @@ class GenerationResult:
 CONSTRAINED_REPETITION_PENALTY = 1.15
 
 
-# Free text (a message in turns mode, a DRI reply): SmolLM2 copies the message it answers, or a
+# Free text (a message in turns mode; anything asked without a grammar): SmolLM2 copies the message it answers, or a
 # line of its instructions, word for word. No run of PROMPT_NGRAM_BAN tokens of the prompt may be
 # written again (transformers' encoder n-gram ban, given the prompt as the "encoder" input), and
 # the answer's own tokens get a milder penalty than under a grammar.
@@ -280,29 +280,22 @@ class LocalRunner:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if schema is not None:
-            from transformers import LogitsProcessorList
+        from transformers import EncoderNoRepeatNGramLogitsProcessor, LogitsProcessorList
 
+        prompt_end = int(batch["input_ids"].shape[1])
+        if schema is not None:
             from generation import constrained
 
-            processor = constrained.schema_processor(
-                self.tokenizer, schema, batch=len(conversations) * n
-            )
-            penalty = _CompletionRepetitionPenalty(
-                CONSTRAINED_REPETITION_PENALTY, int(batch["input_ids"].shape[1])
-            )
-            kwargs["logits_processor"] = LogitsProcessorList([penalty, processor])
+            processors = [
+                _CompletionRepetitionPenalty(CONSTRAINED_REPETITION_PENALTY, prompt_end),
+                constrained.schema_processor(self.tokenizer, schema, batch=len(conversations) * n),
+            ]
         else:
-            from transformers import EncoderNoRepeatNGramLogitsProcessor, LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [
-                    _CompletionRepetitionPenalty(
-                        FREE_REPETITION_PENALTY, int(batch["input_ids"].shape[1])
-                    ),
-                    EncoderNoRepeatNGramLogitsProcessor(PROMPT_NGRAM_BAN, batch["input_ids"]),
-                ]
-            )
+            processors = [
+                _CompletionRepetitionPenalty(FREE_REPETITION_PENALTY, prompt_end),
+                EncoderNoRepeatNGramLogitsProcessor(PROMPT_NGRAM_BAN, batch["input_ids"]),
+            ]
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
         if progress is not None and len(conversations) * n == 1:
             kwargs["streamer"] = _TokenCounter(progress)
         if sampling.seed is not None:
