@@ -4,6 +4,9 @@ Every drift kind named in DOMAIN.md is repaired here and recorded as a `Repair`;
 repaired raises `Rejected` with a kind and a reason. Nothing here touches the database: names are
 matched against a `Vocabulary`, which `curation.importing.load_reference` builds from its rows.
 
+ESConv files come in more than one spelling of the two roles; `_assign_roles` works out which
+speaker is which, per dialogue, and says how in a `roles_mapped` repair.
+
 Hostile input is refused here too, per record: nesting deeper than `MAX_DEPTH`, numbers no strict
 JSON holds (see `read_json`), text no database column takes (NUL, unpaired surrogates), and more
 turns than `settings.MAX_UTTERANCES`.
@@ -11,20 +14,22 @@ turns than `settings.MAX_UTTERANCES`.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 import math
 import re
 import sys
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.vocabulary import SCENARIOS, STRATEGIES, normalize
+from curation.vocabulary import ESCONV_FORM_ALIASES, SCENARIOS, STRATEGIES, normalize
 
 Role = Literal["seeker", "supporter"]
 Format = Literal["extes", "esconv"]
@@ -38,6 +43,32 @@ _EXTES_TOP_KEYS = {"scene", "description", "content"}
 MAX_DEPTH = 100
 # PostgreSQL refuses NUL in text and JSON; no UTF-8 encoder (SQLite's included) takes a lone surrogate.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+# Pairs of role names (seeker side, supporter side) used by ESConv's releases, its derivatives and
+# chat formats, matched after `speaker_key`. A dialogue whose two names are on opposite sides
+# needs no other evidence; the pairs need not match ("user" with "therapist" is read too).
+_ROLE_PAIRS = (
+    ("seeker", "supporter"),
+    ("usr", "sys"),
+    ("help seeker", "supporter"),
+    ("user", "system"),
+    ("user", "assistant"),
+    ("human", "ai"),
+    ("human", "bot"),
+    ("client", "therapist"),
+    ("client", "counselor"),
+    ("client", "counsellor"),
+    ("patient", "doctor"),
+    ("speaker", "listener"),
+    ("caller", "helper"),
+)
+# The names ESConv itself writes: mapped without a repair.
+_CANONICAL_ROLES: dict[str, Role] = {
+    "seeker": "seeker",
+    "usr": "seeker",
+    "supporter": "supporter",
+    "sys": "supporter",
+}
 
 
 class Rejected(Exception):
@@ -88,6 +119,8 @@ class Vocabulary:
     strategies: dict[str, dict[str, str]]  # taxonomy -> key -> canonical name
     scenarios: dict[str, str]  # key -> canonical name
     official_scenarios: set[str] = field(default_factory=set)  # canonical names of the 36
+    # taxonomy -> `_form` of every key -> canonical name, or None where two names share a form.
+    _forms: dict[str, dict[str, str | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -100,6 +133,12 @@ class Vocabulary:
         for taxonomy, name, aliases in strategies:
             for alias in (name, *aliases):
                 vocab.strategies[taxonomy].setdefault(normalize(alias), name)
+        esconv = vocab.strategies["esconv"]
+        present = set(esconv.values())
+        for name, aliases in ESCONV_FORM_ALIASES.items():
+            if name in present:
+                for alias in aliases:
+                    esconv.setdefault(normalize(alias), name)
         for name, aliases, is_official in scenarios:
             for alias in (name, *aliases):
                 vocab.scenarios.setdefault(normalize(alias), name)
@@ -119,10 +158,20 @@ class Vocabulary:
         key = normalize(label)
         name = self.strategies[taxonomy].get(key)
         if name is None:
-            return None, "strategy_unknown"
+            name = self._forms_of(taxonomy).get(_form(key))
+            return (name, "strategy_alias") if name else (None, "strategy_unknown")
         if name == label:
             return name, None
         return name, "strategy_case" if normalize(name) == key else "strategy_alias"
+
+    def _forms_of(self, taxonomy: str) -> dict[str, str | None]:
+        if taxonomy not in self._forms:
+            forms: dict[str, str | None] = {}
+            for key, name in self.strategies[taxonomy].items():
+                form = _form(key)
+                forms[form] = name if forms.get(form, name) == name else None
+            self._forms[taxonomy] = forms
+        return self._forms[taxonomy]
 
     def match_scenario(self, scene: str) -> tuple[str, str | None]:
         """(scenario name, repair kind or None); an unmatched scene comes back as a new name."""
@@ -143,6 +192,16 @@ class Vocabulary:
 
     def add_scenario(self, name: str) -> None:
         self.scenarios.setdefault(normalize(name), name)
+
+
+def _form(key: str) -> str:
+    """A `normalize`d name with less still: no "and"/"or", no plural "s", no spaces, so that
+    "Restatements/Paraphrasing" and "Self disclosures" meet "Restatement or Paraphrasing" and
+    "Self-disclosure"."""
+    words = [w for w in key.split() if w not in ("and", "or")]
+    return "".join(
+        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words
+    )
 
 
 class ParsedTurn(BaseModel):
@@ -166,6 +225,10 @@ class ParsedDialogue(BaseModel):
     turns: list[ParsedTurn]
     taxonomy: Literal["extes", "esconv"]
     repairs: list[Repair] = Field(default_factory=list)
+    # ESConv: the record's fields besides problem_type, situation and dialog (survey_score,
+    # emotion_type, the questionnaire answers…), plus "utterance_fields" for what single
+    # utterances carry besides speaker, text and strategy (feedback). Empty for ExTES.
+    source_fields: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -215,17 +278,6 @@ class _EsconvUtterance(BaseModel):
     annotation: _EsconvAnnotation | None = None
 
     @property
-    def role(self) -> Role:
-        speaker = self.speaker.strip().lower()
-        if speaker in {"usr", "seeker", "user"}:
-            return "seeker"
-        if speaker in {"sys", "supporter", "system"}:
-            return "supporter"
-        raise Rejected(
-            "unknown_speaker", f"speaker {self.speaker!r} is neither seeker nor supporter"
-        )
-
-    @property
     def label(self) -> str | None:
         if self.strategy is not None:
             return self.strategy
@@ -242,16 +294,23 @@ class _EsconvRecord(BaseModel):
 # ---- the parser ----------------------------------------------------------------------------
 
 
-def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
-    """Repair and validate one record; raises `Rejected` with a kind and a reason."""
+def parse_record(
+    raw: Any, fmt: Format, vocab: Vocabulary, roles: Mapping[str, str] | None = None
+) -> ParsedDialogue:
+    """Repair and validate one record; raises `Rejected` with a kind and a reason.
+
+    ``roles`` (ESConv only) forces who is who: speaker name, as written or in any case and
+    separators, to "seeker" or "supporter". A speaker it does not name is rejected.
+    """
     repairs: list[Repair] = []
+    source_fields: dict[str, Any] = {}
     if not isinstance(raw, dict):
         raise Rejected("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     _check_storable(raw)
     if fmt == "extes":
         scene, description, utterances = _read_extes(raw, repairs)
     else:
-        scene, description, utterances = _read_esconv(raw, repairs)
+        scene, description, utterances = _read_esconv(raw, repairs, roles, source_fields)
 
     scene_name, scene_repair = vocab.match_scenario(scene)
     if scene_repair:
@@ -271,6 +330,7 @@ def parse_record(raw: Any, fmt: Format, vocab: Vocabulary) -> ParsedDialogue:
             turns=turns,
             taxonomy=fmt,
             repairs=repairs,
+            source_fields=source_fields,
         )
     except ValidationError as exc:
         message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
@@ -393,7 +453,12 @@ def _utterance_text(value: Any, position: int, repairs: list[Repair]) -> str:
     )
 
 
-def _read_esconv(raw: dict[str, Any], repairs: list[Repair]) -> tuple[str, str, list[_Utterance]]:
+def _read_esconv(
+    raw: dict[str, Any],
+    repairs: list[Repair],
+    roles: Mapping[str, str] | None,
+    source_fields: dict[str, Any],
+) -> tuple[str, str, list[_Utterance]]:
     try:
         record = _EsconvRecord.model_validate(raw)
     except ValidationError as exc:
@@ -405,11 +470,140 @@ def _read_esconv(raw: dict[str, Any], repairs: list[Repair]) -> tuple[str, str, 
         raise Rejected(kind, f"{where}: {error['msg']}") from None
     if record.situation is None:
         repairs.append(Repair("description_missing"))
+
+    role_of = _assign_roles(record.dialog, roles, repairs)
     utterances = [
-        _Utterance(u.role, u.text if u.text is not None else (u.content or ""), u.label)
+        _Utterance(
+            role_of[speaker_key(u.speaker)],
+            u.text if u.text is not None else (u.content or ""),
+            u.label,
+        )
         for u in record.dialog
     ]
+
+    source_fields.update(copy.deepcopy(record.model_extra or {}))
+    carried = []
+    for position, u in enumerate(record.dialog, start=1):
+        fields = dict(u.model_extra or {})
+        if u.annotation is not None and u.annotation.model_extra:
+            fields["annotation"] = dict(u.annotation.model_extra)
+        if fields:
+            carried.append({"utterance": position, "fields": copy.deepcopy(fields)})
+    if carried:
+        source_fields["utterance_fields"] = carried
     return record.problem_type, record.situation or "", utterances
+
+
+def speaker_key(name: str) -> str:
+    """A speaker name without case and separators: "Help-Seeker", "help_seeker" → "helpseeker"."""
+    return re.sub(r"[\W_]+", "", name.casefold()) or name.strip()
+
+
+_SIDES: tuple[Role, Role] = ("seeker", "supporter")
+_KNOWN_ROLES: dict[str, Role] = {
+    speaker_key(name): role for pair in _ROLE_PAIRS for name, role in zip(pair, _SIDES, strict=True)
+}
+
+
+def _assign_roles(
+    dialog: list[_EsconvUtterance], forced: Mapping[str, str] | None, repairs: list[Repair]
+) -> dict[str, Role]:
+    """Speaker key -> role for one dialogue, or `Rejected`. The evidence, strongest first:
+
+    1. ``forced`` (the importer's --roles) decides alone;
+    2. two names known from `_ROLE_PAIRS`, one on each side;
+    3. the strategy annotations: the one speaker who carries them is the supporter (refused if
+       it contradicts the one known name, when there is one);
+    4. one known name: the other speaker takes the other role.
+
+    Which speaker opens is no evidence: more than half of ESConv's dialogues open with the
+    supporter's greeting. So two unknown names with annotations on both or neither, more than
+    two speakers, or a single unknown one are `roles_unknown`, and --roles settles them.
+    A mapping other than ESConv's own names is reported as a `roles_mapped` repair.
+    """
+    written: dict[str, str] = {}
+    labelled: Counter[str] = Counter()
+    for utterance in dialog:
+        key = speaker_key(utterance.speaker)
+        written.setdefault(key, utterance.speaker.strip())
+        if (utterance.label or "").strip():
+            labelled[key] += 1
+    listed = ", ".join(repr(name) for name in written.values())
+
+    if forced is not None:
+        role_of = _forced_roles(forced)
+        for key, name in written.items():
+            if key not in role_of:
+                raise Rejected(
+                    "unknown_speaker",
+                    f"speaker {name!r} is not one of the roles given ({', '.join(forced)})",
+                )
+        found = {key: role_of[key] for key in written}
+        _report_roles(written, found, "forced", repairs)
+        return found
+
+    if len(written) > 2:
+        raise Rejected("roles_unknown", f"{len(written)} speakers ({listed}); a dialogue has two")
+    known = {key: _KNOWN_ROLES[key] for key in written if key in _KNOWN_ROLES}
+    if len(written) == 1:
+        # One speaker only: too short either way; a known name at least says who it was.
+        if known:
+            return known
+        raise Rejected(
+            "roles_unknown", f"one speaker only ({listed}): nothing tells seeker from supporter"
+        )
+
+    first, second = written
+    if len(known) == 2 and known[first] != known[second]:
+        _report_roles(written, known, "known pair", repairs)
+        return known
+    if len(known) == 2:
+        known = {}  # two seekers or two supporters by name: the names say nothing
+    other = {first: second, second: first}
+    annotated = [key for key in written if labelled[key]]
+    if len(annotated) == 1:
+        supporter = annotated[0]
+        found = {supporter: "supporter", other[supporter]: "seeker"}
+        for key, role in known.items():
+            if found[key] != role:
+                raise Rejected(
+                    "roles_unknown",
+                    f"the name {written[key]!r} says {role}, "
+                    f"the strategy annotations say {found[key]}",
+                )
+        _report_roles(written, found, "from strategy annotations", repairs)
+        return found
+    if len(known) == 1:
+        ((key, role),) = known.items()
+        found = {key: role, other[key]: "supporter" if role == "seeker" else "seeker"}
+        _report_roles(written, found, f"from the known name {written[key]!r}", repairs)
+        return found
+    why = "both carry" if annotated else "neither carries"
+    raise Rejected(
+        "roles_unknown",
+        f"speakers {listed}: {why} strategy annotations and the names do not tell; "
+        "say which is which with --roles",
+    )
+
+
+def _forced_roles(forced: Mapping[str, str]) -> dict[str, Role]:
+    role_of: dict[str, Role] = {}
+    for name, role in forced.items():
+        if role not in ("seeker", "supporter"):
+            raise ValueError(f"role of {name!r} must be 'seeker' or 'supporter', not {role!r}")
+        role_of[speaker_key(name)] = "seeker" if role == "seeker" else "supporter"
+    return role_of
+
+
+def _report_roles(
+    written: dict[str, str], found: dict[str, Role], how: str, repairs: list[Repair]
+) -> None:
+    if all(_CANONICAL_ROLES.get(key) == role for key, role in found.items()):
+        return
+    # Seeker first, then supporter.
+    pairs = sorted(found.items(), key=lambda item: item[1] != "seeker")
+    mapping = ", ".join(f"{written[key]}={role}" for key, role in pairs)
+    repairs.append(Repair("roles_mapped", f"{mapping} ({how})"))
 
 
 def _normalise_turns(
@@ -441,7 +635,9 @@ def _normalise_turns(
         strategy = None
         if utterance.label is not None:
             strategy, repair = vocab.match_strategy(utterance.label, taxonomy)
-            if repair:
+            if repair == "strategy_unknown":
                 repairs.append(Repair(repair, utterance.label))
+            elif repair:
+                repairs.append(Repair(repair, f"{utterance.label} → {strategy}"))
         turns.append(ParsedTurn(role=utterance.role, text=utterance.text, strategy=strategy))
     return turns

@@ -222,6 +222,33 @@ ESCONV_STRATEGIES: tuple[StrategySpec, ...] = (
 
 STRATEGIES: tuple[StrategySpec, ...] = EXTES_STRATEGIES + ESCONV_STRATEGIES
 
+# Other forms of the 8 ESConv names met in files of the ESConv family: shortened, reworded, or as
+# the paper and later releases write them. Kept here, not in the Strategy rows (`install` never
+# changes a row): `Vocabulary.build` merges them in. Plurals, "&", "/" and case need no entry,
+# `Vocabulary.match_strategy` matches those forms itself.
+ESCONV_FORM_ALIASES: dict[str, tuple[str, ...]] = {
+    "Question": ("Asking Questions", "Ask Questions", "Questioning", "Open Question"),
+    "Restatement or Paraphrasing": (
+        "Restatement",
+        "Paraphrasing",
+        "Paraphrase",
+        "Restatement or Paraphrase",
+        "Restating",
+    ),
+    "Reflection of feelings": ("Reflection", "Reflecting Feelings", "Reflection of Emotions"),
+    "Self-disclosure": ("Disclosure", "Selfdisclosure", "Personal Disclosure"),
+    "Affirmation and Reassurance": ("Affirmation", "Reassurance", "Affirming", "Reassuring"),
+    "Providing Suggestions": (
+        "Suggestion",
+        "Provide Suggestions",
+        "Giving Suggestions",
+        "Offering Suggestions",
+        "Suggest",
+    ),
+    "Information": ("Info", "Providing Information", "Provide Information", "Giving Information"),
+    "Others": ("Other",),
+}
+
 # Aliases include ESConv's problem types where an ExTES scenario clearly covers them.
 SCENARIOS: tuple[ScenarioSpec, ...] = (
     ScenarioSpec(

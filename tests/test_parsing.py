@@ -149,11 +149,11 @@ def test_esconv_json_lines_record():
     )
 
 
-def test_esconv_unknown_speaker_is_rejected():
+def test_esconv_lone_unknown_speaker_is_rejected():
     record = {"problem_type": "x", "dialog": [{"text": "Hi", "speaker": "narrator"}]}
     with pytest.raises(Rejected) as caught:
         parse_record(record, "esconv", VOCAB)
-    assert caught.value.kind == "unknown_speaker"
+    assert caught.value.kind == "roles_unknown"
 
 
 def test_content_hash_ignores_labels_and_scene():
