@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -151,11 +153,75 @@ class DialogueQuerySet(models.QuerySet["Dialogue"]):
         )
 
     def search(self, text: str) -> DialogueQuerySet:
+        """Dialogues whose description and turns (as written or as settled) hold every word of
+        `text`, the last one as a prefix: "lost my jo" finds "... lost my job". The index is
+        made by migration 0011; text without a letter or digit ("???") falls back to a
+        substring scan, as does an engine without an index."""
         text = text.strip()
         if not text:
             return self
+        words = _SEARCH_WORD.findall(text.lower())
+        vendor = connections[self.db].vendor
+        if words and vendor == "sqlite":
+            match = " ".join(f'"{word}"' for word in words) + "*"
+            if _sqlite_many_match(self.db, match):
+                # Reading every matching row by id then costs more than walking the small
+                # indexes of all rows (status, scenario) and checking each id against the
+                # matches; "id + 0" is what keeps SQLite from the lookups by id.
+                return self.alias(search_id=F("id") + 0).filter(
+                    search_id__in=_sqlite_search(match, words)
+                )
+            return self.filter(pk__in=_sqlite_search(match, words))
+        if words and vendor == "postgresql":
+            query = " & ".join(f"'{word}'" for word in words) + ":*"
+            return self.filter(pk__in=RawSQL(_POSTGRES_SEARCH, [query]))
         in_turns = Turn.objects.filter(text__icontains=text).values("dialogue_id")
         return self.filter(Q(description__icontains=text) | Q(pk__in=in_turns))
+
+
+# What both indexes take as a word: a run of letters and digits. Only such runs reach the index's
+# query language, each quoted, so its syntax (quotes, *, -, AND, OR, NEAR, brackets) cannot
+# appear in a query.
+_SEARCH_WORD = re.compile(r"[^\W_]+")
+
+_POSTGRES_SEARCH = (
+    "SELECT dialogue_id FROM curation_dialogue_search WHERE document @@ to_tsquery('simple', %s)"
+)
+
+
+# "Many" matches: more than one dialogue in ten (ids stand in for the table's size).
+_SQLITE_MANY = (
+    "WITH n AS (SELECT coalesce(max(id), 0) / %s AS share FROM curation_dialogue) "
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM curation_dialogue_search "
+    "WHERE curation_dialogue_search MATCH %s LIMIT (SELECT share + 1 FROM n))) "
+    "> (SELECT share FROM n)"
+)
+_SQLITE_MANY_SHARE = 10
+
+
+def _sqlite_many_match(db: str, match: str) -> bool:
+    """Whether `match` finds many dialogues: counts no further than it needs to know."""
+    with connections[db].cursor() as cursor:
+        cursor.execute(_SQLITE_MANY, [_SQLITE_MANY_SHARE, match])
+        return bool(cursor.fetchone()[0])
+
+
+def _sqlite_search(match: str, words: list[str]) -> RawSQL:
+    """The indexed documents that match, and the pending ones (the dialogue changed last, not yet
+    indexed: see migration 0011) matched here with GLOB on word boundaries."""
+    patterns = [f"*[^a-z0-9]{word}[^a-z0-9]*" for word in words[:-1]]
+    patterns.append(f"*[^a-z0-9]{words[-1]}*")
+    pending = " AND ".join(["document GLOB %s"] * len(patterns))
+    sql = (
+        "SELECT rowid FROM curation_dialogue_search WHERE curation_dialogue_search MATCH %s "
+        "UNION ALL SELECT dialogue_id FROM (SELECT dialogue_id, "
+        "' ' || lower(p.description || char(10) || coalesce((SELECT group_concat(t.text || "
+        "CASE WHEN t.final_text IS NOT NULL AND t.final_text != t.text "
+        "THEN char(10) || t.final_text ELSE '' END, char(10)) FROM curation_turn t "
+        "WHERE t.dialogue_id = p.dialogue_id), '')) || ' ' AS document "
+        f"FROM curation_dialogue_search_pending p) WHERE {pending}"
+    )
+    return RawSQL(sql, [match, *patterns])
 
 
 class SafetyStatus(models.TextChoices):
@@ -877,3 +943,4 @@ class ReleaseDialogue(models.Model):
 
     def __str__(self) -> str:
         return f"{self.release_id}:{self.dialogue_id}"
+

@@ -134,8 +134,14 @@ def dialogue_list(request: HtmxHttpRequest) -> HttpResponse:
     for row in rows:  # shown, never saved
         row.status = _shown_status(request.user, row.status)
 
+    # The status counts hold the total already: counting the rows again would run the filters
+    # (a text search's above all) a second time.
     cap = settings.DIALOGUE_COUNT_CAP
-    total = dialogues.order_by()[: cap + 1].count()
+    total = (
+        status_counts.get(filters["status"], 0)
+        if filters["status"]
+        else sum(status_counts.values())
+    )
     context = {
         "dialogues": rows,
         "filters": filters,
