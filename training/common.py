@@ -44,9 +44,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(*extra: str) -> dict[str, str]:
+    """Installed versions of PACKAGES and of `extra` ones ("missing" where not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
