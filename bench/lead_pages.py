@@ -11,8 +11,13 @@ Django test client and a lead logged in, measures:
     lead_dashboard          GET /lead/
     lead_agreement_cached   GET /lead/agreement/ while nothing changes
     lead_agreement_changed  GET /lead/agreement/ after one new label before each request: what a
-                            lead sees on a studio where annotators are at work
-and prints `name dialogues=N labelled_turns=M p50_ms=… p95_ms=… queries=…`.
+                            lead sees on a studio where annotators are at work (above
+                            EXTES_LEAD_FIGURES_INLINE_MAX labels: the last figures, marked as
+                            such, while a worker is asked for new ones; the request to the
+                            worker is counted here, not sent)
+and prints `name dialogues=N labelled_turns=M p50_ms=… p95_ms=… queries=…`, then
+    lead_agreement_refresh dialogues=N labelled_turns=M seconds=…
+the time the worker takes to compute new figures (how stale the page's figures can be).
 Target (issue 16): p95 < 500 ms for each at 100,000 dialogues and 80,000 labelled turns.
 """
 
@@ -45,6 +50,7 @@ def main(dialogues: int, labelled_turns: int, annotators: int, requests: int) ->
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
+    from curation.lead import insights
     from curation.models import Dialogue, TurnLabel
 
     call_command("migrate", verbosity=0)
@@ -65,6 +71,7 @@ def main(dialogues: int, labelled_turns: int, annotators: int, requests: int) ->
     client.force_login(lead)
 
     def timed(url: str) -> tuple[float, int]:
+        connection.queries_log.clear()  # full after the fill: a full log counts no new query
         with CaptureQueriesContext(connection) as queries:
             began = time.perf_counter()
             response = client.get(url)
@@ -74,6 +81,9 @@ def main(dialogues: int, labelled_turns: int, annotators: int, requests: int) ->
 
     changing = list(TurnLabel.objects.order_by("id").values_list("id", "strategy_id")[:requests])
     strategies = sorted({s for _, s in changing if s is not None})
+    asked: list[int] = []
+    insights._send_refresh = lambda: asked.append(1) or True  # type: ignore[assignment]
+    insights.refresh_agreement()  # the figures a worker computed last
     results: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
     for name, url, change in (
@@ -99,6 +109,11 @@ def main(dialogues: int, labelled_turns: int, annotators: int, requests: int) ->
             f"{name} dialogues={total} labelled_turns={labelled} "
             f"p50_ms={statistics.median(times):.1f} p95_ms={p95:.1f} queries={counts[name]}"
         )
+    refreshed = insights.refresh_agreement()
+    print(
+        f"lead_agreement_refresh dialogues={total} labelled_turns={labelled} "
+        f"seconds={refreshed.seconds:.2f} worker_asked={len(asked)}"
+    )
 
 
 def _fill(target: int, labelled_turns: int, annotators: int) -> None:

@@ -290,6 +290,11 @@ MAX_UTTERANCES = envint("EXTES_MAX_UTTERANCES", 100)
 DIALOGUES_PER_PAGE = envint("EXTES_DIALOGUES_PER_PAGE", 50)
 DIALOGUE_COUNT_CAP = envint("EXTES_DIALOGUE_COUNT_CAP", 100_000)
 
+# The agreement page: with up to this many submitted labels its figures are computed on the
+# request (well under a second); above it a worker computes them and the page shows the last
+# ones, with their time, until the new ones are in.
+LEAD_FIGURES_INLINE_MAX = envint("EXTES_LEAD_FIGURES_INLINE_MAX", 5_000)
+
 SESSION_COOKIE_AGE = envint("SESSION_COOKIE_AGE", 60 * 60 * 12)
 X_FRAME_OPTIONS = "DENY"
 

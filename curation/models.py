@@ -289,6 +289,10 @@ class Dialogue(models.Model):
             models.Index(fields=["status", "id"], name="dialogue_status_id"),
             models.Index(fields=["origin", "id"], name="dialogue_origin_id"),
             models.Index(fields=["scenario", "id"], name="dialogue_scenario_id"),
+            # The leads' dashboard: progress per scenario and the safety counts, from the
+            # index alone.
+            models.Index(fields=["scenario", "status"], name="dialogue_scenario_status"),
+            models.Index(fields=["safety_status"], name="dialogue_safety_status"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(version__gte=1), name="dialogue_version_positive"),
@@ -944,3 +948,61 @@ class ReleaseDialogue(models.Model):
     def __str__(self) -> str:
         return f"{self.release_id}:{self.dialogue_id}"
 
+
+class FigureSnapshot(models.Model):
+    """The last figures computed for a lead page (the agreement report), kept so that the page
+    answers at once on a large studio: a worker computes new ones when the data has changed
+    since, and the page shows these, with their time, until they are there
+    (curation.lead.insights.agreement_figures).
+
+    `version` is the data version the figures were computed from, read before computing: a
+    label that lands while they are computed makes them stale again. `payload` is the pickled
+    report; it is written only by this code, from the database's own rows.
+    """
+
+    name = models.CharField(max_length=40, unique=True)
+    version = models.CharField(max_length=64, blank=True)
+    computed_at = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)  # how long computing them took
+    payload = models.BinaryField(null=True, blank=True)
+    # When a worker was last asked for new figures, and for which version: asked again only
+    # once those figures are in or REFRESH_RETRY has passed (a lost message, a killed worker).
+    requested_at = models.DateTimeField(null=True, blank=True)
+    requested_version = models.CharField(max_length=64, blank=True)
+
+    REFRESH_RETRY = timedelta(minutes=2)
+
+    def __str__(self) -> str:
+        return f"{self.name} figures of {self.computed_at}"
+
+    @classmethod
+    def of(cls, name: str) -> FigureSnapshot:
+        snapshot, _ = cls.objects.get_or_create(name=name)
+        return snapshot
+
+    def ask(self, version: str, now: Any = None) -> bool:
+        """Note that new figures are wanted for `version`; True when the caller should send a
+        worker the request (nobody has for this version, or the last request is older than
+        REFRESH_RETRY), False when one is on its way already."""
+        now = now or timezone.now()
+        asked = (
+            FigureSnapshot.objects.filter(pk=self.pk)
+            .filter(
+                ~Q(requested_version=version)
+                | Q(requested_at__isnull=True)
+                | Q(requested_at__lt=now - self.REFRESH_RETRY)
+            )
+            .update(requested_at=now, requested_version=version)
+        )
+        return asked == 1
+
+    def store(self, version: str, payload: bytes, started: Any, seconds: float) -> bool:
+        """Keep figures computed from `version` since `started`, unless newer ones (computed
+        from a later start) are there already; True when they were kept."""
+        kept = (
+            FigureSnapshot.objects.filter(pk=self.pk)
+            .filter(Q(computed_at__isnull=True) | Q(computed_at__lt=started))
+            .update(version=version, payload=payload, computed_at=started, seconds=seconds)
+        )
+        self.refresh_from_db()
+        return kept == 1

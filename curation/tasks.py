@@ -1,5 +1,5 @@
-"""Celery tasks of curation: building a release's files, and the safety screen of new
-dialogues, in a worker."""
+"""Celery tasks of curation: building a release's files, the safety screen of new dialogues,
+and the agreement page's figures, in a worker."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ def screen_dialogues_task(ids: list[int] | None = None) -> str:
     """The classifier over new dialogues waiting for it (these ``ids``, or all). Each dialogue
     is settled once, by a conditional update, however often it is queued."""
     return str(screening.screen_waiting(ids))
+
+
+@shared_task(name="curation.refresh_agreement", acks_late=True, reject_on_worker_lost=True)
+def refresh_agreement_task() -> str:
+    """New figures for the agreement page (curation.lead.insights.agreement_figures): computed
+    from the data as it is when the task runs, however many requests queued it."""
+    from curation.lead import insights
+
+    if insights.agreement_up_to_date():
+        return "up to date"
+    snapshot = insights.refresh_agreement()
+    return f"computed in {snapshot.seconds:.1f} s"
 
 
 @worker_ready.connect

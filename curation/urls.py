@@ -37,6 +37,7 @@ urlpatterns = [
     path("lead/", lead_views.dashboard, name="curation-dashboard"),
     path("lead/dashboard/<str:name>.csv", lead_views.dashboard_csv, name="curation-dashboard-csv"),
     path("lead/agreement/", lead_views.agreement_page, name="curation-agreement"),
+    path("lead/agreement/state/", lead_views.agreement_state, name="curation-agreement-state"),
     path("lead/agreement/<str:name>.csv", lead_views.agreement_csv, name="curation-agreement-csv"),
     path("lead/adjudication/", lead_views.adjudication_list, name="curation-adjudication-list"),
     path("lead/adjudication/<int:pk>/", lead_views.adjudication_page, name="curation-adjudication"),

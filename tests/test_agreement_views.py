@@ -187,3 +187,70 @@ def test_the_cached_report_follows_new_reviews(reviewed, settings):
     reviewing.submit(reviewing.draft_for(third, c), "reject", ["off_scenario"], [], "")
     again = insights.cached_agreement_report()
     assert again.decisions.n == 3 and again.decisions.all_agree == pytest.approx(2 / 3)
+
+
+def test_on_a_large_studio_a_worker_computes_the_figures_and_the_page_shows_the_last_ones(
+    client, lead, reviewed, settings, monkeypatch
+):
+    # "Large": above the inline limit. The worker is asked through _send_refresh (its real
+    # delivery is tests/test_agreement_worker.py's); here the task's work is run by hand.
+    settings.LEAD_FIGURES_INLINE_MAX = 0
+    sent: list[int] = []
+    monkeypatch.setattr(insights, "_send_refresh", lambda: sent.append(1) or True)
+    client.force_login(lead)
+    url, state = reverse("curation-agreement"), reverse("curation-agreement-state")
+
+    page = client.get(url).content.decode()
+    assert "Computing the first figures" in page and 'hx-trigger="every 3s"' in page
+    assert "agreement-summary" not in page
+    assert client.get(reverse("curation-agreement-csv", args=["summary"])).status_code == 503
+    assert client.get(url).status_code == 200
+    assert sent == [1], "asked once while the request is on its way"
+    assert client.get(state).status_code == 204
+
+    insights.refresh_agreement()  # what the worker's task does
+    answer = client.get(state)
+    assert answer.headers["HX-Refresh"] == "true"
+    page = client.get(url).content.decode()
+    assert "agreement-freshness" not in page and "agreement-summary" in page
+    summary = client.get(reverse("curation-agreement-csv", args=["summary"])).content.decode()
+    assert "Accept/reject: all reviewers agree,0.5," in summary
+
+    # Another review lands: the page shows the last figures as such and asks for new ones.
+    b = User.objects.get(username="ann-b")
+    c = User.objects.create_user("ann-c")
+    c.groups.add(Group.objects.get(name="annotator"))
+    third = reviewed["third"]
+    assert reviewing.claim_next(b) == third and reviewing.claim_next(c) == third
+    reviewing.submit(reviewing.draft_for(third, b), "reject", ["off_scenario"], [], "")
+    reviewing.submit(reviewing.draft_for(third, c), "reject", ["off_scenario"], [], "")
+    page = client.get(url).content.decode()
+    assert "Figures as of" in page and "a worker is computing new figures" in page
+    assert "agreement-summary" in page  # the last figures, still readable
+    assert sent == [1, 1]
+    stale = client.get(reverse("curation-agreement-csv", args=["summary"])).content.decode()
+    assert stale == summary, "the CSV is what the page shows"
+    assert client.get(state).status_code == 204
+
+    insights.refresh_agreement()
+    assert client.get(state).headers["HX-Refresh"] == "true"
+    fresh = client.get(reverse("curation-agreement-csv", args=["summary"])).content.decode()
+    assert "Accept/reject: all reviewers agree,0.6667," in fresh
+
+
+def test_figures_computed_from_an_earlier_start_never_replace_later_ones(reviewed):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from curation.models import FigureSnapshot
+
+    snapshot = FigureSnapshot.of("agreement")
+    now = timezone.now()
+    assert snapshot.store("v2", b"later", now, 1.0)
+    assert not snapshot.store("v1", b"earlier", now - timedelta(seconds=5), 1.0)
+    assert (snapshot.version, bytes(snapshot.payload)) == ("v2", b"later")
+    # A request for new figures is sent once per version, again after REFRESH_RETRY.
+    assert snapshot.ask("v3", now) and not snapshot.ask("v3", now)
+    assert snapshot.ask("v4", now)
+    assert snapshot.ask("v4", now + FigureSnapshot.REFRESH_RETRY + timedelta(seconds=1))

@@ -218,3 +218,17 @@ def test_the_experiment_form_says_the_queue_is_down_and_keeps_its_values(client,
     assert UNREACHABLE in response.content
     assert b'name="seeds" value="3"' in response.content
     assert not Experiment.objects.exists()
+
+
+def test_the_agreement_page_computes_its_figures_itself_and_says_why(client, lead, settings):
+    from curation.models import FigureSnapshot
+
+    settings.LEAD_FIGURES_INLINE_MAX = -1  # a studio large enough for the worker to be asked
+    client.force_login(lead)
+    started = time.monotonic()
+    page = client.get(reverse("curation-agreement")).content.decode()
+    assert time.monotonic() - started < 15, "the publish should fail fast"
+    assert "No worker could be reached (the broker is down)" in page
+    assert "Computing the first figures" not in page and 'hx-trigger="every 3s"' not in page
+    snapshot = FigureSnapshot.objects.get(name="agreement")
+    assert snapshot.payload is not None and snapshot.requested_at is None  # asked again next time

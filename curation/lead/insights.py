@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
+import pickle
+import time
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from django.core.cache import cache
 from django.db.models import Count, Max, Q
 from django.db.models.fields.json import KT
 from django.db.models.functions import TruncHour
@@ -36,6 +38,7 @@ from curation.models import (
 )
 from curation.vocabulary import EXTES_STRATEGIES
 
+logger = logging.getLogger(__name__)
 Row = dict[str, Any]
 STATUSES = [s.value for s in Dialogue.Status]
 
@@ -167,6 +170,10 @@ def queue_state(now: Any = None) -> Table:
         .annotate(Count("id"))
         .values_list("status", "id__count")
     )
+    safety = _count_by(
+        Dialogue.objects.filter(safety_status__in=[SafetyStatus.FLAGGED, SafetyStatus.CLEARED]),
+        "safety_status",
+    )
     rows: list[Row] = [
         {"what": f"dialogues {s.label.lower()}", "count": by_status.get(s.value, 0)}
         for s in Dialogue.Status
@@ -180,56 +187,73 @@ def queue_state(now: Any = None) -> Table:
             "what": "open disagreements",
             "count": Adjudication.objects.filter(resolved_at__isnull=True).count(),
         },
-        {
-            "what": "waiting in the safety queue",
-            "count": Dialogue.objects.filter(safety_status=SafetyStatus.FLAGGED).count(),
-        },
-        {
-            "what": "crisis-flagged, cleared",
-            "count": Dialogue.objects.filter(safety_status=SafetyStatus.CLEARED).count(),
-        },
+        {"what": "waiting in the safety queue", "count": safety.get(SafetyStatus.FLAGGED, 0)},
+        {"what": "crisis-flagged, cleared", "count": safety.get(SafetyStatus.CLEARED, 0)},
     ]
     return Table("queue", "The queue now", ["what", "count"], rows)
 
 
-def acceptance_by(key: str) -> Table:
-    """Acceptance of generated dialogues per generation round, teacher or prompt version:
-    accepted / (accepted + rejected), adjudicated ones included."""
-    paths = {
-        "round": "provenance__round",
-        "teacher": "provenance__teacher__model",
-        "prompt_version": "provenance__prompt_version",
-    }
+_ACCEPTANCE_PATHS = {
+    "round": "provenance__round",
+    "teacher": "provenance__teacher__model",
+    "prompt_version": "provenance__prompt_version",
+}
+_ACCEPTANCE_TITLES = {
+    "round": "generation round",
+    "teacher": "teacher",
+    "prompt_version": "prompt version",
+}
+
+
+def acceptance_tables() -> list[Table]:
+    """Acceptance of generated dialogues per generation round, teacher and prompt version:
+    accepted / (accepted + rejected), adjudicated ones included. One pass over the dialogues,
+    grouped by all three (reading each one's provenance once), summed per key here."""
     grouped = (
         Dialogue.objects.filter(origin=Dialogue.Origin.GENERATED)
         .order_by()
-        .annotate(group=KT(paths[key]))
-        .values_list("group")
+        .annotate(**{f"g_{key}": KT(path) for key, path in _ACCEPTANCE_PATHS.items()})
+        .values_list(*(f"g_{key}" for key in _ACCEPTANCE_PATHS))
         .annotate(
             n=Count("id"),
             accepts=Count("id", filter=Q(status=Dialogue.Status.ACCEPTED)),
             rejects=Count("id", filter=Q(status=Dialogue.Status.REJECTED)),
         )
     )
-    rows = []
-    for group, total, accepted, rejected in grouped:
-        rows.append(
+    sums: dict[str, dict[str, list[int]]] = {key: {} for key in _ACCEPTANCE_PATHS}
+    for *groups, total, accepted, rejected in grouped:
+        for key, group in zip(_ACCEPTANCE_PATHS, groups, strict=True):
+            counts = sums[key].setdefault("" if group is None else str(group), [0, 0, 0])
+            counts[0] += total
+            counts[1] += accepted
+            counts[2] += rejected
+    tables = []
+    for key, by_group in sums.items():
+        rows = [
             {
-                key: "" if group is None else str(group),
+                key: group,
                 "generated": total,
                 "accepted": accepted,
                 "rejected": rejected,
                 "acceptance_rate": _rate(accepted, accepted + rejected),
             }
+            for group, (total, accepted, rejected) in by_group.items()
+        ]
+        rows.sort(key=lambda row: (len(str(row[key])), str(row[key])))  # rounds 2 before 10
+        tables.append(
+            Table(
+                f"acceptance_by_{key}",
+                f"Acceptance per {_ACCEPTANCE_TITLES[key]}",
+                [key, "generated", "accepted", "rejected", "acceptance_rate"],
+                rows,
+            )
         )
-    rows.sort(key=lambda r: (len(r[key]), r[key]))  # rounds 2 before 10
-    titles = {"round": "generation round", "teacher": "teacher", "prompt_version": "prompt version"}
-    return Table(
-        f"acceptance_by_{key}",
-        f"Acceptance per {titles[key]}",
-        [key, "generated", "accepted", "rejected", "acceptance_rate"],
-        rows,
-    )
+    return tables
+
+
+def acceptance_by(key: str) -> Table:
+    """One of `acceptance_tables`: "round", "teacher" or "prompt_version"."""
+    return next(t for t in acceptance_tables() if t.name == f"acceptance_by_{key}")
 
 
 def strategy_distribution() -> Table:
@@ -280,9 +304,7 @@ def dashboard_tables() -> dict[str, Table]:
         queue_state(),
         scenario_progress(),
         annotator_progress(),
-        acceptance_by("round"),
-        acceptance_by("teacher"),
-        acceptance_by("prompt_version"),
+        *acceptance_tables(),
         strategy_distribution(),
     ]
     return {t.name: t for t in tables}
@@ -451,15 +473,112 @@ def data_version() -> str:
     return ":".join(f"{p.get('n', '')}-{p['last']}" for p in parts)
 
 
+@dataclass(frozen=True)
+class Figures:
+    """The agreement report a page shows, and how old it is.
+
+    `report` is None only while the first figures of a large studio are computed. `stale`:
+    the data has changed since `as_of` (the figures are the last ones, new ones are on their
+    way unless `note` says why not). `note`: what the lead should know about them."""
+
+    report: AgreementReport | None
+    as_of: Any
+    seconds: float | None
+    stale: bool
+    note: str = ""
+
+
+AGREEMENT = "agreement"
+
+
+def _version_key() -> str:
+    return hashlib.sha256(data_version().encode()).hexdigest()
+
+
+def agreement_figures(inline: bool | None = None) -> Figures:
+    """The agreement report for the page: the stored one while it matches the data; else, on a
+    small studio (settings.LEAD_FIGURES_INLINE_MAX submitted labels or fewer) or with ``inline``,
+    computed here; else the last stored one, marked stale, while a worker computes new ones
+    (`refresh_agreement`). When no worker can be asked (the broker is down), the figures are
+    computed here after all, and the note says so."""
+    from django.conf import settings
+
+    from curation.models import FigureSnapshot
+
+    version = _version_key()
+    snapshot = FigureSnapshot.of(AGREEMENT)
+    if snapshot.version == version and snapshot.payload is not None:
+        return _figures(snapshot, stale=False)
+    if inline is None:
+        labels = TurnLabel.objects.filter(review__submitted_at__isnull=False).count()
+        inline = labels <= settings.LEAD_FIGURES_INLINE_MAX
+    if inline:
+        return _figures(refresh_agreement(version, snapshot), stale=False)
+    note = ""
+    if snapshot.ask(version) and not _send_refresh():
+        snapshot.requested_at = None
+        snapshot.save(update_fields=["requested_at"])
+        fresh = refresh_agreement(version, snapshot)
+        return _figures(
+            fresh,
+            stale=False,
+            note="No worker could be reached (the broker is down), so these figures were "
+            f"computed while you waited ({fresh.seconds:.1f} s). Start a worker to have them "
+            "kept up to date in the background.",
+        )
+    return _figures(snapshot, stale=True, note=note)
+
+
+def _figures(snapshot: Any, stale: bool, note: str = "") -> Figures:
+    report = pickle.loads(bytes(snapshot.payload)) if snapshot.payload is not None else None
+    return Figures(report, snapshot.computed_at, snapshot.seconds, stale, note)
+
+
+def _send_refresh() -> bool:
+    """Ask a worker for new agreement figures; False when the broker cannot be reached."""
+    from config.celery import BrokerUnreachable
+    from curation.tasks import refresh_agreement_task
+
+    try:
+        refresh_agreement_task.delay()
+    except BrokerUnreachable as exc:
+        logger.warning("agreement figures not queued (%s): computed on the request", exc)
+        return False
+    return True
+
+
+def refresh_agreement(version: str | None = None, snapshot: Any = None) -> Any:
+    """Compute the agreement report and store it (unless figures computed from a later start
+    are there already); the snapshot row. What the worker's task runs."""
+    from curation.models import FigureSnapshot
+
+    snapshot = snapshot or FigureSnapshot.of(AGREEMENT)
+    started = timezone.now()
+    clock = time.perf_counter()
+    version = version or _version_key()  # read before computing: changes meanwhile stay news
+    report = agreement_report()
+    snapshot.store(version, pickle.dumps(report), started, time.perf_counter() - clock)
+    return snapshot
+
+
+def agreement_up_to_date() -> bool:
+    """Whether the stored figures match the data (the page's poll asks this)."""
+    from curation.models import FigureSnapshot
+
+    snapshot = FigureSnapshot.objects.filter(name=AGREEMENT).first()
+    return (
+        snapshot is not None
+        and snapshot.payload is not None
+        and (snapshot.version == _version_key())
+    )
+
+
 def cached_agreement_report() -> AgreementReport:
-    """The report for the data as it is now, computed once per change of the data (the page and
-    its CSVs ask for it in a row; at tens of thousands of turns it takes seconds)."""
-    key = "agreement-report:" + hashlib.sha256(data_version().encode()).hexdigest()
-    report = cache.get(key)
-    if report is None:
-        report = agreement_report()
-        cache.set(key, report, timeout=3600)
-    return cast(AgreementReport, report)
+    """The report for the data as it is now, computed here if the stored one does not match
+    (the CSV downloads, which must be the current figures)."""
+    figures = agreement_figures(inline=True)
+    assert figures.report is not None
+    return figures.report
 
 
 def agreement_report() -> AgreementReport:

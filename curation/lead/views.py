@@ -102,13 +102,12 @@ def _heatmap(table: agreement.Confusion, title: str) -> str:
 
 @lead_required
 def agreement_page(request: HttpRequest) -> HttpResponse:
-    report = insights.cached_agreement_report()
-    summary = report.summary_table()
-    return render(
-        request,
-        "curation/lead/agreement.html",
-        {
-            "report": report,
+    figures = insights.agreement_figures()
+    report = figures.report
+    context: dict[str, Any] = {"figures": figures, "report": report}
+    if report is not None:
+        summary = report.summary_table()
+        context |= {
             "summary": summary,
             "few": [row for row in summary.rows if row["items"] and not row["reliable"]],
             "humans": report.humans_count(),
@@ -123,23 +122,43 @@ def agreement_page(request: HttpRequest) -> HttpResponse:
             "heatmap_teacher": _heatmap(report.teacher_vs_humans, "Teacher (rows) vs annotators")
             if report.teacher_vs_humans.total
             else "",
-        },
-    )
+        }
+    return render(request, "curation/lead/agreement.html", context)
+
+
+@lead_required
+def agreement_state(request: HttpRequest) -> HttpResponse:
+    """The page's poll while its figures are being computed: the page reloads once they match
+    the data (HX-Refresh), else the notice stays as it is."""
+    if insights.agreement_up_to_date():
+        response = HttpResponse("")
+        response["HX-Refresh"] = "true"
+        return response
+    return HttpResponse(status=204)  # htmx swaps nothing on 204
 
 
 @lead_required
 def agreement_csv(request: HttpRequest, name: str) -> HttpResponse:
-    report = insights.cached_agreement_report()
+    # The figures the page shows (the last ones, on a large studio while new ones are computed).
+    report = insights.agreement_figures().report
     tables = {
-        "summary": lambda: report.summary_table().csv(),
-        "per_strategy": lambda: report.category_table().csv(),
-        "pairs": lambda: report.pair_table().csv(),
-        "confusion_humans": lambda: agreement.confusion_csv(report.humans),
-        "confusion_teacher": lambda: agreement.confusion_csv(report.teacher_vs_humans),
+        "summary": lambda r: r.summary_table().csv(),
+        "per_strategy": lambda r: r.category_table().csv(),
+        "pairs": lambda r: r.pair_table().csv(),
+        "confusion_humans": lambda r: agreement.confusion_csv(r.humans),
+        "confusion_teacher": lambda r: agreement.confusion_csv(r.teacher_vs_humans),
     }
     if name not in tables:
         raise Http404("No such table.")
-    return _csv(tables[name](), name)
+    if report is None:
+        return HttpResponse(
+            "The agreement figures are being computed for the first time; download them once "
+            "the agreement page shows them.",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+            headers={"Retry-After": "10"},
+        )
+    return _csv(tables[name](report), name)
 
 
 # ---- adjudication ------------------------------------------------------------------------------
