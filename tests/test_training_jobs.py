@@ -431,3 +431,95 @@ def test_a_worker_beats_while_its_job_reports_nothing(release, settings, monkeyp
     monkeypatch.setattr("training.jobs._run", silent)
     jobs.run(job.pk, "training@test")
     assert beats == [True]
+
+
+@pytest.fixture
+def ranked_release() -> Release:
+    """Every dialogue accepted, each with its first supporter turn ranked below a DRI
+    candidate: a preference pair per dialogue, in every split."""
+    from django.contrib.auth.models import User
+
+    from curation.models import Candidate, Ranking
+
+    Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
+    ranker = User.objects.create_user("ranker", password="pw-ranker-1")
+    for dialogue in Dialogue.objects.all():
+        turn = dialogue.turns.filter(role="supporter").order_by("index").first()
+        better = Candidate.objects.create(
+            turn=turn, text="That sounds hard. What weighs on you most?", strategy=turn.strategy
+        )
+        Ranking.objects.create(
+            turn=turn,
+            annotator=ranker,
+            order=[[f"c{better.pk}"], [f"t{turn.pk}"]],
+            display_order=[],
+        )
+    return create_release("r-dpo")
+
+
+def test_an_sft_dpo_job_trains_sft_then_dpo_from_it_and_scores_the_student(
+    ranked_release, tiny_base
+):
+    job = make_job(ranked_release, tiny_base, dpo_lr=1e-2, dpo_max_steps=3, dpo_beta=0.1)
+    job.variant = TrainingJob.Variant.SFT_DPO
+    job.save(update_fields=["variant"])
+
+    jobs.run(job.pk, "training@test")
+
+    job.refresh_from_db()
+    assert (job.status, job.error) == (TrainingJob.Status.DONE, "")
+    run = Path(job.run_dir)
+    assert (run / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    assert Path(job.adapter_dir) == run / "adapter"
+    resolved = job.resolved_config
+    assert resolved["start_adapter"]["path"] == str(run / "sft" / "adapter")
+    assert resolved["beta"] == 0.1 and resolved["max_steps"] == 3
+    assert (job.step, job.total_steps) == (3, 3)
+    assert [step for step, _ in job.losses] == [1, 2, 3]  # the DPO stage's
+    assert job.metrics["student"]["perplexity"] != job.metrics["base"]["perplexity"]
+    card = Path(job.model_card).read_text()
+    assert "## Preference training (DPO)" in card and "Unigram F1" in card
+    assert "Preference training (DPO) on the release's pairs" in job.log_tail
+
+
+def test_an_sft_dpo_job_on_a_release_without_pairs_fails_and_says_why(release, tiny_base):
+    job = make_job(release, tiny_base)
+    job.variant = TrainingJob.Variant.SFT_DPO
+    job.save(update_fields=["variant"])
+
+    jobs.run(job.pk, "training@test")
+
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.FAILED
+    assert "has no preference pairs" in job.error
+    assert not (Path(job.run_dir) / "sft").exists(), "it stops before training anything"
+
+
+def test_an_sft_dpo_job_cancelled_in_its_dpo_stage_resumes_there(
+    ranked_release, tiny_base, monkeypatch
+):
+    job = make_job(ranked_release, tiny_base, dpo_lr=1e-2, dpo_max_steps=4, save_every=2)
+    job.variant = TrainingJob.Variant.SFT_DPO
+    job.save(update_fields=["variant"])
+    record = jobs.Reporter.training
+
+    def cancel_at_dpo_step_3(reporter, progress):
+        record(reporter, progress)
+        if reporter.stage.startswith("Preference") and progress.step == 3 and progress.loss:
+            TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+
+    monkeypatch.setattr(jobs.Reporter, "training", cancel_at_dpo_step_3)
+    jobs.run(job.pk, "training@test")
+    job.refresh_from_db()
+    assert (job.status, job.step, job.total_steps) == (TrainingJob.Status.CANCELLED, 3, 4)
+    sft_config = jobs.run_dir(job) / "sft" / "adapter" / "training_config.json"
+    trained_at = sft_config.stat().st_mtime_ns
+
+    monkeypatch.setattr(jobs.Reporter, "training", record)
+    assert job.requeue()
+    jobs.run(job.pk, "training@test")
+    job.refresh_from_db()
+    assert (job.status, job.error) == (TrainingJob.Status.DONE, "")
+    assert (job.step, job.attempts) == (4, 2)
+    assert sft_config.stat().st_mtime_ns == trained_at, "the SFT stage is not trained again"
+    assert "The SFT stage is trained already" in job.log_tail and "Resumed at" in job.log_tail

@@ -610,3 +610,27 @@ def test_the_student_without_dri_is_compared_only_when_trained_the_same_way(
     html = client.get(job.get_absolute_url()).content.decode()
     assert f'Student without DRI (<a href="{twin.get_absolute_url()}">#{twin.pk}</a>)' in html
     assert "trained with other settings" not in html
+
+
+def test_sft_then_dpo_takes_its_settings_and_needs_preference_pairs(
+    client, superuser, release, queued
+):
+    client.force_login(superuser)
+    page = client.get(NEW + f"?release={release.pk}").content.decode()
+    assert "SFT, then DPO on the release&#x27;s preference pairs" in page
+    assert 'name="dpo_beta"' in page and 'name="dpo_max_steps"' in page
+    jobs_release_files = release.folder / "dpo"
+    jobs_release_files.mkdir(parents=True)
+    (jobs_release_files / "train.jsonl").write_text("")  # written, and no pair in it
+    response = client.post(NEW, form(release, variant="sft_dpo", dpo_beta=0.2))
+    assert response.status_code == 200
+    assert "has no preference pairs in its training split" in response.content.decode()
+    assert (TrainingJob.objects.count(), queued) == (0, [])
+
+    (jobs_release_files / "train.jsonl").write_text('{"prompt": "a", "chosen": "b"}\n')
+    response = client.post(NEW, form(release, variant="sft_dpo", dpo_beta=0.2, dpo_max_steps=5))
+    assert response.status_code == 302
+    job = TrainingJob.objects.get()
+    assert job.variant == "sft_dpo"
+    assert (job.hyperparameters["dpo_beta"], job.hyperparameters["dpo_max_steps"]) == (0.2, 5)
+    assert "dpo_lr" not in job.hyperparameters  # left empty: training.dpo's default

@@ -141,6 +141,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "release_problems": problems,
             "lora_fields": form.fields_of(TrainForm.LORA),
             "optimisation_fields": form.fields_of(TrainForm.OPTIMISATION),
+            "dpo_fields": form.fields_of(TrainForm.DPO),
         }
         return TemplateResponse(request, "training/admin_new.html", context)
 

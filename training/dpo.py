@@ -623,9 +623,15 @@ CARD_HYPERPARAMETERS = (
 )
 
 
-def write_dpo_card(adapter_dir: Path, resolved: dict[str, Any]) -> Path:
+def write_dpo_card(
+    adapter_dir: Path,
+    resolved: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    variant: str = "dpo",
+) -> Path:
     """training.card's model card, its data line saying what DPO trained on, and a section with
-    the start adapter and the validation figures before and after."""
+    the start adapter and the validation figures before and after; `metrics`, the student's
+    evaluation when a training job has scored it (the job's `variant`, sft_dpo)."""
     from training.card import write_model_card
 
     release = resolved.get("release") or {}
@@ -641,9 +647,9 @@ def write_dpo_card(adapter_dir: Path, resolved: dict[str, Any]) -> Path:
         base=resolved["base"],
         release_name=release.get("name"),
         release_checksum=release.get("checksum"),
-        variant="dpo",
+        variant=variant,
         hyperparameters=hyperparameters,
-        metrics=None,
+        metrics=metrics,
         not_evaluated="Replies not scored yet: run `python -m training.evaluate --adapter` on "
         "it. The preference figures are below.",
     )

@@ -109,7 +109,34 @@ class TrainForm(forms.Form):
         help_text="A stopped or interrupted run continues from its last checkpoint; 0: never.",
     )
 
+    # Preference training (the sft_dpo data only; training.dpo's defaults).
+    dpo_beta = forms.FloatField(
+        required=False,
+        initial=0.1,
+        min_value=0.001,
+        max_value=10,
+        label="DPO beta",
+        help_text="How strongly the student is held near its SFT self while it learns the "
+        "preferences (DPO's beta). Empty: 0.1.",
+    )
+    dpo_lr = forms.FloatField(
+        required=False,
+        initial=5e-5,
+        min_value=1e-7,
+        max_value=1,
+        label="DPO learning rate (peak)",
+        help_text="Empty: 5e-5.",
+    )
+    dpo_max_steps = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        label="DPO max steps",
+        help_text="Empty: one pass over the release's preference pairs.",
+    )
+
     LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+    DPO = ("dpo_beta", "dpo_lr", "dpo_max_steps")
     OPTIMISATION = ("lr", "epochs", "max_steps", "batch_size", "max_length", "seed", "save_every")
 
     def clean(self) -> dict[str, Any]:
@@ -124,6 +151,10 @@ class TrainForm(forms.Form):
         problem = cannot_evaluate(release)
         if problem and not data.get("skip_evaluation"):
             raise forms.ValidationError(problem)
+        if data.get("variant") == TrainingJob.Variant.SFT_DPO:
+            problem = cannot_prefer(release)
+            if problem:
+                raise forms.ValidationError(problem)
         return data
 
     def clean_target_modules(self) -> list[str]:
@@ -150,7 +181,11 @@ class TrainForm(forms.Form):
             "batch_size": data["batch_size"],
             "max_length": data["max_length"],
             "save_every": data["save_every"],
-        }
+        } | (
+            {name: data[name] for name in self.DPO if data.get(name) is not None}
+            if data.get("variant") == TrainingJob.Variant.SFT_DPO
+            else {}
+        )
 
     def fields_of(self, names: tuple[str, ...]) -> list[forms.BoundField]:
         return [self[name] for name in names]
@@ -166,6 +201,19 @@ def cannot_train(release: Release) -> str | None:
     return (
         f"Release {release.name} has no training dialogues (split {_split(release)}): there is "
         "nothing to train the student on. Cut a release with a training share."
+    )
+
+
+def cannot_prefer(release: Release) -> str | None:
+    """Why DPO could not train on `release` (no preference pairs in its training split), or
+    None when it could or its files are not written yet (the job then says so itself)."""
+    pairs = release.folder / "dpo" / "train.jsonl"
+    if not pairs.is_file() or pairs.stat().st_size:
+        return None
+    return (
+        f"Release {release.name} has no preference pairs in its training split: DPO needs "
+        "ranked DRI candidates (or edited replies). Rank some, cut a new release, or train "
+        "with SFT only."
     )
 
 

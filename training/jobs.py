@@ -172,6 +172,7 @@ class Reporter(RunReporter[TrainingJob]):
         super().__init__(job)
         self.losses: list[list[float]] = [list(point) for point in job.losses]
         self.step_logged = -math.inf
+        self.stage = "Training"  # the phase shown while steps run
 
     def training(self, progress: Any) -> None:
         if progress.message:
@@ -197,7 +198,7 @@ class Reporter(RunReporter[TrainingJob]):
                 f"{progress.tokens_per_s:.0f} tokens/s"
             )
         self.set(
-            phase="Training",
+            phase=self.stage,
             step=progress.step,
             total_steps=progress.total_steps,
             loss=progress.loss,
@@ -250,6 +251,8 @@ def _run(job: TrainingJob, reporter: Reporter) -> None:
     adapter = run_dir(job) / "adapter"
     if (adapter / "training_config.json").is_file():
         reporter.log("The adapter is trained already: evaluating")
+    elif job.variant == TrainingJob.Variant.SFT_DPO:
+        _train_sft_then_dpo(job, reporter, data, base)
     else:
         from training.sft import train
 
@@ -269,6 +272,12 @@ def _run(job: TrainingJob, reporter: Reporter) -> None:
     from training.evaluate import replies_to_score
 
     def card_for(**outcome: Any) -> Path:
+        if job.variant == TrainingJob.Variant.SFT_DPO:
+            from training.dpo import write_dpo_card
+
+            return write_dpo_card(
+                adapter, resolved, metrics=outcome.get("metrics"), variant=job.variant
+            )
         return write_model_card(
             adapter,
             base=base,
@@ -304,6 +313,67 @@ def _run(job: TrainingJob, reporter: Reporter) -> None:
         model_card=str(card),
         report=str(run_dir(job) / "eval" / "student" / "report.html"),
     )
+
+
+# Job hyperparameters of the DPO stage of an sft_dpo job (the rest are the SFT stage's).
+DPO_HYPERPARAMETERS = {
+    "dpo_beta": "beta",
+    "dpo_lr": "learning_rate",
+    "dpo_max_steps": "max_steps",
+}
+
+
+def _train_sft_then_dpo(job: TrainingJob, reporter: Reporter, data: Path, base: str) -> None:
+    """An sft_dpo job's training: SFT on the release's dialogues into RUN/sft/, then DPO on its
+    preference pairs from that adapter (also the reference) into RUN/adapter/. Each stage
+    continues from its own checkpoints; a finished SFT stage is not trained again."""
+    from training.dpo import DPOTrainConfig, train_dpo
+
+    pairs = data / "dpo" / "train.jsonl"
+    if not pairs.is_file() or not pairs.read_text(encoding="utf-8").strip():
+        raise ValueError(
+            f"release {job.release.name} has no preference pairs (dpo/train.jsonl is empty): "
+            "rank DRI candidates, then cut a release, to train with DPO"
+        )
+    sft_out = run_dir(job) / "sft"
+    if (sft_out / "adapter" / "training_config.json").is_file():
+        reporter.log("The SFT stage is trained already")
+    else:
+        from training.sft import train
+
+        config = train_config(job, data, base)
+        config.out, config.variant = str(sft_out), TrainingJob.Variant.SFT.value
+        reporter.stage = "Training (SFT)"
+        result = train(config, on_progress=reporter.training, should_stop=reporter.should_stop)
+        if result.stopped:
+            raise Stop(reporter.reason)
+    reporter.log("Preference training (DPO) on the release's pairs, from the SFT adapter")
+    reporter.stage = "Preference training (DPO)"
+    reporter.losses = []  # the chart follows the stage that runs
+    stage = {
+        field: job.hyperparameters[key]
+        for key, field in DPO_HYPERPARAMETERS.items()
+        if job.hyperparameters.get(key) is not None
+    }
+    shared = {k: job.hyperparameters.get(k) for k in ("batch_size", "max_length", "save_every")}
+    preferred = train_dpo(
+        DPOTrainConfig(
+            data=str(data),
+            out=str(run_dir(job)),
+            adapter=str(sft_out / "adapter"),
+            base=base,
+            seed=job.seed,
+            resume=True,
+            **{k: v for k, v in shared.items() if v is not None},
+            **stage,
+        ),
+        on_progress=reporter.training,
+        should_stop=reporter.should_stop,
+    )
+    if preferred.stopped:
+        raise Stop(reporter.reason)
+    reporter.losses = [[step, round(loss, 5)] for step, loss in preferred.losses]
+    reporter.set(losses=reporter.losses)
 
 
 def not_evaluated_reason(job: TrainingJob) -> str:

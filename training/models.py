@@ -160,6 +160,7 @@ class TrainingJob(LeasedRun):
     class Variant(models.TextChoices):
         SFT = "sft", "SFT: whole dialogues"
         SFT_DRI = "sft_dri", "SFT + DRI: dialogues plus the release's DRI replies"
+        SFT_DPO = "sft_dpo", "SFT, then DPO on the release's preference pairs"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
