@@ -872,3 +872,26 @@ def test_a_worker_beats_while_the_engine_reports_nothing(release, settings, monk
     monkeypatch.setattr("training.experiments._run", silent)
     experiments.run(experiment.pk, "training@test")
     assert beats == [True]
+
+
+def test_sft_dpo_needs_preference_pairs_in_the_training_split(client, superuser, release, queued):
+    from curation.models import Ranking
+    from training.forms import dpo_train_pairs
+
+    client.force_login(superuser)
+    assert dpo_train_pairs(release) == 0
+    assert refusal(client.post(NEW, form(release, arms=["sft", "sft_dpo"]))) == (
+        "Release r-exp has no preference pairs in its training split: sft_dpo would have "
+        "nothing to learn after SFT. Rank DRI replies and cut a new release, or leave sft_dpo out."
+    )
+    ranker = make_user("rhea", "annotator", "pw-rhea-123")
+    for dialogue in Dialogue.objects.all():  # a candidate ranked above each first reply
+        turn = dialogue.turns.filter(role="supporter").order_by("index").first()
+        better = Candidate.objects.create(turn=turn, text="That sounds hard; I am here.")
+        order = [[f"c{better.pk}"], [f"t{turn.pk}"]]
+        Ranking.objects.create(turn=turn, annotator=ranker, order=order, display_order=[])
+    ranked = create_release("r-ranked")
+    assert dpo_train_pairs(ranked) == ranked.counts["train"]  # one per dialogue
+    response = client.post(NEW, form(ranked, arms=["sft", "sft_dpo"], token="tok-dpo"))
+    assert response.status_code == 302
+    assert Experiment.objects.get().arms == ["sft", "sft_dpo"]

@@ -192,3 +192,38 @@ def test_strategy_accuracy_is_scored_when_every_reference_is_tagged():
         "strategy-accuracy"
         not in experiment.summarise(REFERENCES, {"base": [run(REFERENCES)]})["base"]["metrics"]
     )
+
+
+def test_the_sft_dpo_arm_trains_sft_then_dpo_from_it_and_is_compared_with_sft(
+    release: Path,  # noqa: F811
+    tmp_path: Path,
+    tiny_base: Path,  # noqa: F811
+):
+    from tests.test_training_dpo import PAIRS, write_jsonl
+
+    write_jsonl(release / "dpo" / "train.jsonl", PAIRS)
+    seen: list[tuple[str, int, int]] = []
+    report = experiment.run_experiment(
+        release,
+        tmp_path / "out",
+        arms=["sft", "sft_dpo"],
+        base=str(tiny_base),
+        max_steps=2,
+        dpo={"max_steps": 3, "learning_rate": 1e-2},
+        decoding=experiment.Decoding(max_new_tokens=4),
+        log=lambda line: None,
+        on_progress=lambda p: seen.append((p.label, p.done, p.total)),
+    )
+    [budget] = report["arms"]["sft_dpo"]["budget"]
+    assert (budget["steps"], budget["dpo_steps"]) == (2, 3)  # the sft arm's steps, then DPO's
+    assert report["arms"]["sft"]["budget"][0]["steps"] == 2
+    assert set(report["arms"]["sft_dpo"]["versus"]) == {"sft"}
+    training = [(done, total) for label, done, total in seen if label == "sft_dpo seed 0: training"]
+    assert training[-1] == (5, 5), "the bar runs over both stages"
+    dpo_adapter = tmp_path / "out" / "sft_dpo-seed0" / "dpo" / "adapter"
+    config = json.loads((dpo_adapter / "training_config.json").read_text())
+    assert config["start_adapter"]["path"] == str(tmp_path / "out" / "sft_dpo-seed0" / "adapter")
+    lines = [
+        json.loads(line) for line in (tmp_path / "out" / "replies.jsonl").read_text().splitlines()
+    ]
+    assert {"sft", "sft_dpo"} <= set(lines[0])

@@ -8,7 +8,9 @@ same test turns, with 95% bootstrap intervals. Runs without Django.
 
 Arms: `base` (the base model as it is), `teacher` (an OpenAI-compatible teacher answering the
 same contexts through generation.teacher's seam; it has no perplexity), `sft` (LoRA on the
-release's whole dialogues), `sft_dri` (the same plus its DRI completions). Every trained arm starts from the same base with the same
+release's whole dialogues), `sft_dri` (the same plus its DRI completions), `sft_dpo` (the sft
+arm's training, then DPO with training.dpo on the release's preference pairs, from that adapter,
+which is also the reference; its budget reports the DPO steps on top). Every trained arm starts from the same base with the same
 hyperparameters and seed, and gets the same number of optimizer steps: `--max-steps`, or the
 steps `--epochs` makes over the `sft` data (so `sft_dri` is not rewarded with more steps). The
 report gives each arm's steps and tokens seen.
@@ -50,9 +52,9 @@ from training.evaluate import Decoding, Stopped
 
 __all__ = ["ARMS", "Decoding", "Progress", "Run", "Stopped", "run_experiment", "summarise"]
 
-ARMS = ("base", "teacher", "sft", "sft_dri")
+ARMS = ("base", "teacher", "sft", "sft_dri", "sft_dpo")
 DEFAULT_ARMS = ("base", "sft", "sft_dri")
-TRAINED = ("sft", "sft_dri")
+TRAINED = ("sft", "sft_dri", "sft_dpo")
 METRICS = (
     "bleu-1",
     "bleu-2",
@@ -207,9 +209,11 @@ def run_experiment(
     should_stop: Callable[[], bool] | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
+    dpo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every arm on the same test turns; writes OUT/report.json, report.html
-    and replies.jsonl and returns the report. `teacher` (a generation.teacher Teacher) answers
+    and replies.jsonl and returns the report. `dpo`: training.dpo's settings for the sft_dpo
+    arm's second stage (beta, learning_rate, max_steps, …; default one pass over the pairs). `teacher` (a generation.teacher Teacher) answers
     for the `teacher` arm. `should_stop()` is asked between steps and batches: Stopped."""
     from training import evaluate as ev
     from training.sft import TrainConfig, train
@@ -248,7 +252,7 @@ def run_experiment(
                     data=str(data),
                     out=str(out / f"{arm}-seed{seed}"),
                     base=base,
-                    variant=arm,
+                    variant="sft" if arm == "sft_dpo" else arm,
                     max_steps=steps,
                     seed=seed,
                     save_every=0,
@@ -261,9 +265,14 @@ def run_experiment(
             if trained.stopped:
                 raise Stopped
             adapter = trained.adapter_dir
-            budgets.setdefault(arm, []).append(
-                {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}
-            )  # fmt: skip
+            budget = {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}  # fmt: skip
+            if arm == "sft_dpo":
+                adapter, budget["dpo_steps"] = _dpo_stage(
+                    data, out / f"{arm}-seed{seed}", adapter, base, seed, device, dpo,
+                    _after(steps, progress), should_stop,
+                )  # fmt: skip
+                log(f"{label}: DPO {budget['dpo_steps']} steps")
+            budgets.setdefault(arm, []).append(budget)
             continue
         log(label)
         if arm == "teacher":
@@ -321,6 +330,47 @@ def run_experiment(
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
     (out / "report.html").write_text(report_html(report), encoding="utf-8")
     return report
+
+
+def _dpo_stage(
+    data: Path,
+    out: Path,
+    adapter: Path,
+    base: str | None,
+    seed: int,
+    device: str,
+    settings: dict[str, Any] | None,
+    on_progress: Callable[[Any], None],
+    should_stop: Callable[[], bool] | None,
+) -> tuple[Path, int]:
+    """The sft_dpo arm after its SFT stage (the same training as the sft arm's, into
+    OUT/<arm>-seed<seed>/): DPO on the release's preference pairs from that adapter, which is
+    also the reference; (the DPO adapter, its steps)."""
+    from training.dpo import DPOTrainConfig, train_dpo
+
+    preferred = train_dpo(
+        DPOTrainConfig(
+            data=str(data),
+            out=str(out / "dpo"),
+            adapter=str(adapter),
+            base=base,
+            seed=seed,
+            save_every=0,
+            device=device,
+            no_validation=True,
+            **(settings or {}),
+        ),
+        on_progress=lambda p: on_progress(p) if p.loss is not None else None,
+        should_stop=should_stop,
+    )
+    if preferred.stopped:
+        raise Stopped
+    return preferred.adapter_dir, preferred.steps
+
+
+def _after(steps: int, progress: Callable[[int, int], None]) -> Callable[[Any], None]:
+    """A second stage's progress (training.sft's Progress), counted after `steps` done."""
+    return lambda p: progress(steps + p.step, steps + p.total_steps)
 
 
 def _steps(progress: Callable[[int, int], None]) -> Callable[[Any], None]:
@@ -422,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             decoding=decoding,
             teacher=teacher,
             batch_size=args.batch_size,
+            dpo={"beta": args.dpo_beta, "max_steps": args.dpo_max_steps},
             log=lambda line: print(line, file=sys.stderr, flush=True),
             on_progress=_printer(),
         )
@@ -454,7 +505,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="a release folder")
     parser.add_argument("--out", required=True, help="where report.json and the adapters go")
     parser.add_argument(
-        "--arms", default=",".join(DEFAULT_ARMS), help="comma-separated: base,teacher,sft,sft_dri"
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help="comma-separated: base,teacher,sft,sft_dri,sft_dpo",
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per trained arm (1-5)")
     budget = parser.add_mutually_exclusive_group()
@@ -471,6 +524,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoding-seed", type=int, default=0, help="with --decoding sampling")
     parser.add_argument("--teacher-url", help="the teacher arm's OpenAI-compatible /v1 URL")
     parser.add_argument("--teacher-model", help="the teacher arm's model name")
+    parser.add_argument("--dpo-beta", type=float, default=0.1, help="sft_dpo: DPO's beta")
+    parser.add_argument(
+        "--dpo-max-steps", type=int, help="sft_dpo: DPO steps (default: one pass over the pairs)"
+    )
     return parser
 
 

@@ -233,6 +233,7 @@ ARM_CHOICES = [
     ("teacher", "teacher: the configured teacher answers the same contexts"),
     ("sft", "sft: LoRA on the release's whole dialogues"),
     ("sft_dri", "sft_dri: the same plus the release's DRI replies"),
+    ("sft_dpo", "sft_dpo: sft, then DPO on the release's preference pairs"),
 ]
 
 
@@ -360,7 +361,23 @@ def cannot_experiment(release: Release, arms: list[str]) -> str | None:
             f"{release.dri_policy}): sft_dri would train on the same chats as sft. Rank DRI "
             "replies and cut a new release, or leave sft_dri out."
         )
+    if "sft_dpo" in arms and not dpo_train_pairs(release):
+        return (
+            f"Release {release.name} has no preference pairs in its training split: sft_dpo "
+            "would have nothing to learn after SFT. Rank DRI replies and cut a new release, "
+            "or leave sft_dpo out."
+        )
     return None
+
+
+def dpo_train_pairs(release: Release) -> int:
+    """The pairs dpo/train.jsonl holds (or will hold): counted from the frozen snapshots with
+    the release writer's own rule."""
+    from curation.releases.build import FileOptions, dpo_pairs
+
+    options = FileOptions.from_dict(release.file_options)
+    snapshots = release.items.filter(split="train").values_list("snapshot", flat=True)
+    return sum(len(list(dpo_pairs(snap, options))) for snap in snapshots.iterator())
 
 
 def dri_train_examples(release: Release) -> int:
