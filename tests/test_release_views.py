@@ -176,3 +176,37 @@ def test_a_ready_release_offers_training_to_those_who_may_train(client, lead, su
     client.force_login(lead)  # a lead may not train: no button that ends in a 403
     page = client.get(url).content.decode()
     assert "Train a student" not in page and "Run an experiment" not in page
+
+
+def test_a_release_page_shows_its_lineage(client, lead):
+    from curation.releases.build import create_release
+    from training.models import Experiment, TrainingJob
+
+    Dialogue.objects.update(status=Dialogue.Status.ACCEPTED)
+    generated = list(Dialogue.objects.order_by("id").values_list("pk", flat=True)[:5])
+    for n, pk in enumerate(generated):
+        Dialogue.objects.filter(pk=pk).update(
+            origin="generated", provenance={"job": 7, "round": 1 + n % 2}
+        )
+    first = create_release("r-line-1")
+    second = create_release("r-line-2")
+    assert second.previous == first
+    job = TrainingJob.objects.create(release=first, variant="sft_dpo")
+    experiment = Experiment.objects.create(release=first, arms=["sft", "sft_dpo"])
+    client.force_login(lead)
+
+    page = client.get(reverse("curation-release", args=[first.name])).content.decode()
+    section = page[page.index('id="lineage"') :]
+    seeds = first.items.count() - len(generated)
+    assert f"5 generated, {seeds} seed" in section
+    assert f'{reverse("generation-job-detail", args=[7])}">job #7</a> round 1: 3' in section
+    assert "job #7</a> round 2: 2" in section
+    assert f'href="{reverse("curation-release", args=["r-line-2"])}">r-line-2' in section
+    assert f"job #{job.pk}</a> sft_dpo (queued)" in section
+    assert f"experiment #{experiment.pk}</a> sft, sft_dpo" in section
+
+    later = client.get(reverse("curation-release", args=[second.name])).content.decode()
+    section = later[later.index('id="lineage"') :]
+    assert "none: no generated dialogue" not in section  # it holds the same dialogues
+    assert "none trained on it yet" in section and "none run on it yet" in section
+    assert f'href="{reverse("curation-release", args=["r-line-1"])}">r-line-1' in section

@@ -25,6 +25,7 @@ from curation.releases.build import (
     split_warnings,
 )
 from curation.releases.card import card_html
+from curation.releases.lineage import lineage
 from curation.roles import HtmxHttpRequest, lead_required
 from curation.tasks import build_release
 
@@ -193,6 +194,8 @@ def release_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
                 }
                 card = card_html((folder / "README.md").read_text(encoding="utf-8"), files)
     context = {"release": release, "manifest": manifest, "card": card, "warnings": warnings}
+    if release.status == Release.Status.READY:
+        context["lineage"] = lineage(release)
     if request.htmx and request.htmx.target == "release-progress":
         return render(request, "curation/release_detail.html#progress", context)
     return render(request, "curation/release_detail.html", context)
