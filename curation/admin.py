@@ -10,6 +10,7 @@ from curation.models import (
     Candidate,
     Dialogue,
     Event,
+    FigureSnapshot,
     RankHold,
     Ranking,
     Release,
@@ -147,6 +148,15 @@ class AssignmentAdmin(ReadOnly, admin.ModelAdmin):
 class RankHoldAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["id", "turn", "annotator", "expires_at", "released_at"]
     raw_id_fields = ["turn"]
+
+
+@admin.register(FigureSnapshot)
+class FigureSnapshotAdmin(ReadOnly, admin.ModelAdmin):
+    """The lead pages' stored figures: when they were computed, how long it took, and whether a
+    worker has been asked for new ones (the payload itself is the agreement page)."""
+
+    list_display = ["name", "computed_at", "seconds", "requested_at", "version"]
+    exclude = ["payload"]
 
 
 @admin.register(Event)

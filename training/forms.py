@@ -124,14 +124,14 @@ class TrainForm(forms.Form):
         initial=5e-5,
         min_value=1e-7,
         max_value=1,
-        label="DPO learning rate (peak)",
+        label="DPO learning rate",
         help_text="Empty: 5e-5.",
     )
     dpo_max_steps = forms.IntegerField(
         required=False,
         min_value=1,
         max_value=1_000_000,
-        label="DPO max steps",
+        label="DPO steps",
         help_text="Empty: one pass over the release's preference pairs.",
     )
 
