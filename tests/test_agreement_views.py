@@ -254,3 +254,15 @@ def test_figures_computed_from_an_earlier_start_never_replace_later_ones(reviewe
     assert snapshot.ask("v3", now) and not snapshot.ask("v3", now)
     assert snapshot.ask("v4", now)
     assert snapshot.ask("v4", now + FigureSnapshot.REFRESH_RETRY + timedelta(seconds=1))
+
+
+def test_stored_figures_that_no_longer_load_are_computed_again(client, lead, reviewed):
+    from curation.models import FigureSnapshot
+
+    insights.refresh_agreement()
+    # As an older version of the report's classes would have left them.
+    FigureSnapshot.objects.filter(name="agreement").update(payload=b"not a pickle")
+    client.force_login(lead)
+    page = client.get(reverse("curation-agreement")).content.decode()
+    assert "agreement-summary" in page and "agreement-freshness" not in page
+    assert insights.agreement_up_to_date()

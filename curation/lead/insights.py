@@ -507,7 +507,9 @@ def agreement_figures(inline: bool | None = None) -> Figures:
 
     version = _version_key()
     snapshot = FigureSnapshot.of(AGREEMENT)
-    if snapshot.version == version and snapshot.payload is not None:
+    if _report_of(snapshot) is None:
+        snapshot.version = ""  # nothing readable stored (or stored by another version of this)
+    if snapshot.version == version:
         return _figures(snapshot, stale=False)
     if inline is None:
         labels = TurnLabel.objects.filter(review__submitted_at__isnull=False).count()
@@ -529,9 +531,21 @@ def agreement_figures(inline: bool | None = None) -> Figures:
     return _figures(snapshot, stale=True, note=note)
 
 
+def _report_of(snapshot: Any) -> AgreementReport | None:
+    """The stored report, or None when there is none or it no longer loads (figures stored by
+    an earlier version of the report's classes): they are then computed again."""
+    if snapshot.payload is None:
+        return None
+    try:
+        report = pickle.loads(bytes(snapshot.payload))
+    except Exception:  # any unpickling error: AttributeError, TypeError, UnpicklingError…
+        logger.warning("stored agreement figures do not load: computed again", exc_info=True)
+        return None
+    return report if isinstance(report, AgreementReport) else None
+
+
 def _figures(snapshot: Any, stale: bool, note: str = "") -> Figures:
-    report = pickle.loads(bytes(snapshot.payload)) if snapshot.payload is not None else None
-    return Figures(report, snapshot.computed_at, snapshot.seconds, stale, note)
+    return Figures(_report_of(snapshot), snapshot.computed_at, snapshot.seconds, stale, note)
 
 
 def _send_refresh() -> bool:
@@ -568,8 +582,8 @@ def agreement_up_to_date() -> bool:
     snapshot = FigureSnapshot.objects.filter(name=AGREEMENT).first()
     return (
         snapshot is not None
-        and snapshot.payload is not None
-        and (snapshot.version == _version_key())
+        and snapshot.version == _version_key()
+        and _report_of(snapshot) is not None
     )
 
 
