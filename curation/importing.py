@@ -158,9 +158,11 @@ def _dialogue(parsed: ParsedDialogue, fields: dict[str, Any], where: str) -> Dia
     }
     if "content_hash" not in values:
         values["content_hash"] = parsed.content_hash()
-    source_fields = getattr(parsed, "source_fields", None)
-    if source_fields:
-        values["provenance"] = {**values.get("provenance", {}), "source_fields": source_fields}
+    if parsed.source_fields:
+        values["provenance"] = {
+            **values.get("provenance", {}),
+            "source_fields": parsed.source_fields,
+        }
     return Dialogue(**values)
 
 

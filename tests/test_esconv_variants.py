@@ -396,25 +396,17 @@ def test_bad_roles_options_are_refused(value, message):
         parse_roles(value)
 
 
-def test_roles_on_an_extes_file_are_refused(tmp_path):
-    with pytest.raises(CommandError, match="ESConv files only"):
+@pytest.mark.parametrize(
+    ("name", "fmt", "roles", "message"),
+    [
+        ("any.json", "extes", "User=seeker,AI=supporter", "ESConv files only"),
+        ("any.jsonl", "esconv", "Alex=seeker", "exactly two"),
+    ],
+)
+def test_a_roles_option_that_cannot_apply_stops_the_command(tmp_path, name, fmt, roles, message):
+    with pytest.raises(CommandError, match=message):
         call_command(
-            "import_dialogues",
-            str(tmp_path / "any.json"),
-            format="extes",
-            roles="User=seeker,AI=supporter",
-            stdout=StringIO(),
-        )
-
-
-def test_a_bad_roles_option_stops_the_command(tmp_path):
-    with pytest.raises(CommandError, match="exactly two"):
-        call_command(
-            "import_dialogues",
-            str(tmp_path / "any.jsonl"),
-            format="esconv",
-            roles="Alex=seeker",
-            stdout=StringIO(),
+            "import_dialogues", str(tmp_path / name), format=fmt, roles=roles, stdout=StringIO()
         )
 
 

@@ -62,6 +62,14 @@ def variant_files(data_dir: str | Path, variant: str, split: str = "train") -> l
     return files
 
 
+def has_lines(path: Path) -> bool:
+    """Whether a JSON Lines file exists and holds a line that is not blank (read up to it)."""
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as lines:
+        return any(line.strip() for line in lines)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -7,6 +7,7 @@ from django import forms
 
 from curation.models import Release
 from training import jobs
+from training.data import has_lines
 from training.experiment import ARMS, TRAINED, Decoding
 from training.models import TrainingJob
 from training.sft import TrainConfig
@@ -208,7 +209,7 @@ def cannot_prefer(release: Release) -> str | None:
     """Why DPO could not train on `release` (no preference pairs in its training split), or
     None when it could or its files are not written yet (the job then says so itself)."""
     pairs = release.folder / "dpo" / "train.jsonl"
-    if not pairs.is_file() or pairs.stat().st_size:
+    if not pairs.is_file() or has_lines(pairs):
         return None
     return (
         f"Release {release.name} has no preference pairs in its training split: DPO needs "

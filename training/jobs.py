@@ -327,10 +327,10 @@ def _train_sft_then_dpo(job: TrainingJob, reporter: Reporter, data: Path, base: 
     """An sft_dpo job's training: SFT on the release's dialogues into RUN/sft/, then DPO on its
     preference pairs from that adapter (also the reference) into RUN/adapter/. Each stage
     continues from its own checkpoints; a finished SFT stage is not trained again."""
+    from training.data import has_lines
     from training.dpo import DPOTrainConfig, train_dpo
 
-    pairs = data / "dpo" / "train.jsonl"
-    if not pairs.is_file() or not pairs.read_text(encoding="utf-8").strip():
+    if not has_lines(data / "dpo" / "train.jsonl"):
         raise ValueError(
             f"release {job.release.name} has no preference pairs (dpo/train.jsonl is empty): "
             "rank DRI candidates, then cut a release, to train with DPO"

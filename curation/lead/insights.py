@@ -507,16 +507,15 @@ def agreement_figures(inline: bool | None = None) -> Figures:
 
     version = _version_key()
     snapshot = FigureSnapshot.of(AGREEMENT)
-    if _report_of(snapshot) is None:
-        snapshot.version = ""  # nothing readable stored (or stored by another version of this)
-    if snapshot.version == version:
-        return _figures(snapshot, stale=False)
+    # None also when what is stored no longer loads (an earlier version of the report's classes).
+    report = _report_of(snapshot)
+    if report is not None and snapshot.version == version:
+        return Figures(report, snapshot.computed_at, snapshot.seconds, stale=False)
     if inline is None:
         labels = TurnLabel.objects.filter(review__submitted_at__isnull=False).count()
         inline = labels <= settings.LEAD_FIGURES_INLINE_MAX
     if inline:
         return _figures(refresh_agreement(version, snapshot), stale=False)
-    note = ""
     if snapshot.ask(version) and not _send_refresh():
         snapshot.requested_at = None
         snapshot.save(update_fields=["requested_at"])
@@ -528,7 +527,7 @@ def agreement_figures(inline: bool | None = None) -> Figures:
             f"computed while you waited ({fresh.seconds:.1f} s). Start a worker to have them "
             "kept up to date in the background.",
         )
-    return _figures(snapshot, stale=True, note=note)
+    return Figures(report, snapshot.computed_at, snapshot.seconds, stale=True)
 
 
 def _report_of(snapshot: Any) -> AgreementReport | None:
