@@ -13,6 +13,7 @@ from curation.models import (
     FigureSnapshot,
     RankHold,
     Ranking,
+    RankRound,
     Release,
     ReleaseDialogue,
     Review,
@@ -108,11 +109,22 @@ class TurnAdmin(ReadOnly, admin.ModelAdmin):
 
 @admin.register(Candidate)
 class CandidateAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ["id", "turn", "strategy", "created_at"]
-    list_filter = ["strategy"]
+    list_display = ["id", "turn", "author", "strategy", "created_at"]
+    list_filter = ["author", "strategy"]
     search_fields = ["text"]
     raw_id_fields = ["turn"]
     readonly_fields = ["provenance"]
+
+
+@admin.register(RankRound)
+class RankRoundAdmin(ReadOnly, admin.ModelAdmin):
+    """Later ranking rounds of a masked turn (a student's reply sent back): where they came
+    from and whether they wait for the teacher's candidates."""
+
+    list_display = ["id", "turn", "number", "status", "training_job_id", "dri_job_id", "created_at"]
+    list_filter = ["status"]
+    raw_id_fields = ["turn"]
+    readonly_fields = ["keys", "source"]
 
 
 class TurnLabelInline(ReadOnly, admin.TabularInline):
@@ -168,7 +180,7 @@ class EventAdmin(ReadOnly, admin.ModelAdmin):
 
 @admin.register(Ranking)
 class RankingAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ["id", "turn", "annotator", "adjudicated", "submitted_at"]
+    list_display = ["id", "turn", "round", "annotator", "adjudicated", "submitted_at"]
     list_filter = ["adjudicated"]
     raw_id_fields = ["turn"]
 

@@ -480,14 +480,21 @@ class Turn(models.Model):
 
 
 class Candidate(models.Model):
-    """A DRI reply written by the teacher for a masked supporter turn."""
+    """A reply for a masked supporter turn: written by the teacher (DRI), or a trained student's
+    reply sent back to be ranked (`author` student; never an SFT example of a release)."""
+
+    class Author(models.TextChoices):
+        TEACHER = "teacher", "Teacher (DRI)"
+        STUDENT = "student", "Student"
 
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="candidates")
     text = models.TextField()
+    author = models.CharField(max_length=10, choices=Author.choices, default=Author.TEACHER)
     strategy = models.ForeignKey(
         Strategy, null=True, blank=True, on_delete=models.PROTECT, related_name="candidates"
     )
-    # Job, unit, teacher, prompt version, sampling, attempts, usage, similarity to the original.
+    # Teacher: job, unit, teacher, prompt version, sampling, attempts, usage, similarity to the
+    # original. Student: training job, adapter, base, decoding, the rule that chose it, its score.
     provenance = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -675,18 +682,22 @@ class Ranking(models.Model):
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings"
     )
+    # The turn's ranking round (RankRound.number; 1 is the DRI round, which has no row).
+    round = models.PositiveSmallIntegerField(default=1)
     order = models.JSONField(default=list)
     unacceptable = models.JSONField(default=list, blank=True)
     display_order = models.JSONField(default=list)
     edited_best = models.TextField(blank=True)
     submitted_at = models.DateTimeField(auto_now_add=True)
-    # A lead's ranking that settles a conflict: releases use it alone for this turn.
+    # A lead's ranking that settles a conflict: releases use it alone for this turn and round.
     adjudicated = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["turn", "annotator"], name="ranking_one_per_annotator"),
+            models.UniqueConstraint(
+                fields=["turn", "round", "annotator"], name="ranking_one_per_annotator_round"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -701,6 +712,7 @@ class RankHold(models.Model):
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rank_holds"
     )
+    round = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     released_at = models.DateTimeField(null=True, blank=True)
@@ -709,11 +721,52 @@ class RankHold(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["turn", "annotator"], name="rank_hold_once"),
+            models.UniqueConstraint(
+                fields=["turn", "round", "annotator"], name="rank_hold_once_per_round"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"turn {self.turn_id} for {self.annotator_id}"
+
+
+class RankRound(models.Model):
+    """A later ranking round of a masked turn, e.g. a trained student's reply sent back among
+    the original and the teacher's DRI candidates. Round 1 (the DRI candidates and the original)
+    has no row; a turn's current round is its highest, and only that one is offered to rank.
+
+    `keys` are the items shown ("t<turn id>", "c<candidate id>"). A round waits while the teacher
+    writes DRI candidates for a gap that had none (`dri_job_id`); it opens when they land, or
+    when that job ends without them (then it holds the original and the student's reply)."""
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting for the teacher's candidates"
+        OPEN = "open", "Open for ranking"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="rank_rounds")
+    number = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    keys = models.JSONField(default=list)
+    # Where the round came from: {"kind": "student", "training_job", "rule", "score", ...}.
+    source = models.JSONField(default=dict, blank=True)
+    # The ids of what it came from and waits for (plain ids: training and generation sit
+    # downstream of curation).
+    training_job_id = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    dri_job_id = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["turn", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["turn", "number"], name="rank_round_unique_number"),
+            models.CheckConstraint(condition=Q(number__gte=2), name="rank_round_after_dri"),
+        ]
+
+    def __str__(self) -> str:
+        return f"round {self.number} of turn {self.turn_id}"
 
 
 class Adjudication(models.Model):

@@ -108,6 +108,8 @@ class GenerationJob(models.Model):
     dri_strategies = models.JSONField(default=list, blank=True)
     dri_candidates = models.PositiveIntegerField(default=4)
     dri_right_context = models.BooleanField(default=True)
+    # These turns only (a student's replies sent back to be ranked, where no candidates were).
+    dri_turn_ids = models.JSONField(default=list, blank=True)
 
     # Provenance shared by everything the job makes (the API key is never stored).
     teacher = models.JSONField(default=dict)  # TeacherConfig: backend, model, base_url
@@ -142,6 +144,7 @@ class GenerationJob(models.Model):
                 status=GenerationUnit.Status.CANCELLED, finished_at=now
             )
         self.refresh_from_db()
+        self.release_rounds()
         return updated == 1
 
     def finish(self, status: str, error: str = "") -> None:
@@ -149,6 +152,24 @@ class GenerationJob(models.Model):
             status=status, finished_at=timezone.now(), error=error
         )
         self.refresh_from_db()
+        self.release_rounds()
+
+    def finish_unstarted(self, error: str) -> None:
+        """A queued job that no worker will start (the queue was down) ends as failed."""
+        GenerationJob.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.FAILED, finished_at=timezone.now(), error=error
+        )
+        self.refresh_from_db()
+        self.release_rounds()
+
+    def release_rounds(self) -> int:
+        """Ranking rounds waiting for this DRI job's candidates open once it has ended, with
+        what it wrote (none at all: the original and the student's reply)."""
+        if self.kind != self.Kind.DRI or not self.dri_turn_ids or not self.is_finished:
+            return 0
+        from curation.review import rounds
+
+        return rounds.open_waiting(dri_job_id=self.pk)
 
     def progress(self) -> dict[str, Any]:
         """Counts derived from the units: one query for the units, one for failures."""

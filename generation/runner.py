@@ -78,6 +78,19 @@ def _plan_round(job: GenerationJob, round_number: int) -> None:
 
 
 def _plan_dri(job: GenerationJob) -> None:
+    if job.dri_turn_ids:  # chosen turns (a student's replies sent back)
+        GenerationUnit.objects.bulk_create(
+            [
+                GenerationUnit(
+                    job=job, turn=turn, dialogue=turn.dialogue, scenario=turn.dialogue.scenario
+                )
+                for turn in Turn.objects.filter(
+                    pk__in=job.dri_turn_ids, role=Turn.Role.SUPPORTER
+                ).select_related("dialogue__scenario")
+            ],
+            ignore_conflicts=True,
+        )
+        return
     rng = random.Random(f"dri-{job.pk}")
     dialogues = dri_dialogues(list(job.scenarios.all()), job.dri_source_status)
     units = []
@@ -287,6 +300,10 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
                     list(crisis.matches),
                     [r.as_dict() for r in crisis.reasons],
                 )
+            if result.texts and job.dri_turn_ids:
+                from curation.review import rounds
+
+                rounds.open_waiting(turn_ids=[turn.pk], dri_job_id=job.pk)
         _record(
             unit,
             result.failures,

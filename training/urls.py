@@ -10,6 +10,7 @@ urlpatterns = [
     path("training/jobs/<int:pk>/", views.job_detail, name="training-job-detail"),
     path("training/jobs/<int:pk>/cancel/", views.job_cancel, name="training-job-cancel"),
     path("training/jobs/<int:pk>/resume/", views.job_resume, name="training-job-resume"),
+    path("training/jobs/<int:pk>/send-back/", views.job_send_back, name="training-job-send-back"),
     # /training/jobs/<id>/ downloads
     path("training/jobs/<int:pk>/adapter.zip", views.adapter_zip, name="training-job-adapter"),
     path("training/jobs/<int:pk>/model-card.md", views.model_card, name="training-job-card"),

@@ -26,9 +26,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
-from curation.roles import HtmxHttpRequest
+from curation.roles import HtmxHttpRequest, is_lead
 from generation.teacher import TeacherConfig
-from training import experiments, noise
+from training import experiments, noise, sendback
 from training.card import METRIC_NAMES
 from training.experiment import LOWER_IS_BETTER as EXPERIMENT_LOWER_IS_BETTER
 from training.experiment import METRICS
@@ -124,6 +124,7 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "has_adapter": _artefact(job, job.adapter_dir, "adapter_model.safetensors") is not None,
         "has_card": _artefact(job, job.model_card) is not None,
         "has_report": _artefact(job, job.report) is not None,
+        "send_back": _send_back_context(job, request.user) if done else None,
     }
     if request.htmx and request.htmx.target == "live":
         return render(request, "training/job_detail.html#live", context)
@@ -138,6 +139,82 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, f"{job}: cancel asked. A running job stops at its next step.")
     else:
         messages.info(request, f"{job} had already ended ({job.get_status_display().lower()}).")
+    return redirect(job)
+
+
+def _send_back_context(job: TrainingJob, user: Any) -> dict[str, Any]:
+    """The job page's "back to annotators" section: the rounds sent from this job with their
+    rankings so far, and (for a lead) the form, each rule with why it cannot pick, if so."""
+    from curation.models import Ranking, RankRound
+
+    sent = list(
+        RankRound.objects.filter(training_job_id=job.pk)
+        .select_related("turn__dialogue")
+        .order_by("id")
+    )
+    counts: dict[tuple[int, int], int] = {}
+    for turn_id, number in Ranking.objects.filter(turn__in=[r.turn_id for r in sent]).values_list(
+        "turn_id", "round"
+    ):
+        counts[turn_id, number] = counts.get((turn_id, number), 0) + 1
+    needed = int(settings.REVIEWS_PER_DIALOGUE)
+    rows: list[dict[str, Any]] = [
+        {"round": r, "rankings": counts.get((r.turn_id, r.number), 0), "needed": needed}
+        for r in sent
+    ]
+    rules = [
+        {"key": key, "label": label, "problem": sendback.rule_problem(key, job.samples)}
+        for key, label in sendback.RULES.items()
+    ]
+    return {
+        "rows": rows,
+        "ranked": sum(1 for row in rows if row["rankings"] >= needed),
+        "may_send": is_lead(user),
+        "rules": rules,
+        "any_rule": any(not r["problem"] for r in rules),
+        "most": len(job.samples),
+    }
+
+
+@require_POST
+@login_required
+def job_send_back(request: HttpRequest, pk: int) -> HttpResponse:
+    """A lead sends the student's weakest replies to annotators as ranking rounds."""
+    job = _get_job_for_user(request, pk)
+    if not is_lead(request.user):
+        raise PermissionDenied("Sending replies to annotators is for leads.")
+    rule = request.POST.get("rule", "")
+    try:
+        count = int(request.POST.get("count", ""))
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 500:
+        messages.error(request, "How many replies: a number from 1 to 500.")
+        return redirect(job)
+    try:
+        outcome = sendback.send_back(job, rule, count, request.user)
+    except ValueError as exc:
+        messages.error(request, f"Nothing was sent: {exc}.")
+        return redirect(job)
+    sent = len(outcome.opened) + len(outcome.waiting)
+    if sent:
+        messages.success(
+            request,
+            f"{sent} of the student's replies sent to annotators to rank "
+            f"({len(outcome.opened)} open now).",
+        )
+    else:
+        messages.info(request, "No reply was sent.")
+    note = sendback.queue_teacher(outcome, request.user)
+    if note:
+        (messages.warning if "cannot be reached" in note else messages.info)(request, note)
+    if outcome.skipped:
+        shown = "; ".join(f"{where}: {why}" for where, why in outcome.skipped[:5])
+        more = len(outcome.skipped) - 5
+        messages.info(
+            request,
+            f"{len(outcome.skipped)} skipped: {shown}" + (f"; and {more} more" if more > 0 else ""),
+        )
     return redirect(job)
 
 

@@ -22,7 +22,6 @@ from django.utils import timezone
 from curation import settlement
 from curation.models import (
     Adjudication,
-    Candidate,
     Dialogue,
     Event,
     Ranking,
@@ -30,6 +29,7 @@ from curation.models import (
     Strategy,
     Turn,
 )
+from curation.review import rounds
 
 Reason = Adjudication.Reason
 
@@ -68,8 +68,9 @@ def open_for(dialogue: Dialogue, reasons: list[str], details: dict[str, Any]) ->
 
 
 def ranking_conflict(turn: Turn) -> bool:
-    """Two annotators put different replies first for this turn (no lead has settled it)."""
-    rankings = list(turn.rankings.all())
+    """Two annotators put different replies first in this turn's current round (no lead has
+    settled it)."""
+    rankings = list(turn.rankings.filter(round=rounds.current(turn)))
     if any(r.adjudicated for r in rankings):
         return False
     bests = {frozenset(r.order[0]) for r in rankings if r.order}
@@ -178,16 +179,16 @@ def starting_point(
 
 
 def _settle_ranking(turn: Turn, lead: Any, best: str) -> None:
-    """The lead's ranking: `best` first, every other reply after it, tied."""
-    keys = [
-        f"t{turn.pk}",
-        *(f"c{pk}" for pk in Candidate.objects.filter(turn=turn).values_list("pk", flat=True)),
-    ]
+    """The lead's ranking of the turn's current round: `best` first, every other reply after it,
+    tied."""
+    number = rounds.current(turn)
+    keys = rounds.keys(turn, number)
     if best not in keys:
         raise ValueError(f"{best!r} is not a reply of turn {turn.index}.")
     Ranking.objects.update_or_create(
         turn=turn,
         annotator=lead,
+        round=number,
         defaults={
             "order": [[best], sorted(k for k in keys if k != best)],
             "unacceptable": [],

@@ -345,15 +345,15 @@ def decision_items() -> dict[Hashable, dict[str, str]]:
 
 
 def ranking_groups() -> list[list[dict[str, float]]]:
-    """Per turn, each annotator's ranks (1 = best, tied items share a rank); leads' settling
+    """Per turn and round, each annotator's ranks (1 = best, tied items share a rank); leads' settling
     rankings are not annotators' opinions and are left out."""
-    by_turn: dict[int, list[dict[str, float]]] = defaultdict(list)
-    for turn_id, order in (
+    by_turn: dict[tuple[int, int], list[dict[str, float]]] = defaultdict(list)
+    for turn_id, number, order in (
         Ranking.objects.filter(adjudicated=False)
-        .order_by("turn_id", "id")
-        .values_list("turn_id", "order")
+        .order_by("turn_id", "round", "id")
+        .values_list("turn_id", "round", "order")
     ):
-        by_turn[turn_id].append(
+        by_turn[turn_id, number].append(
             {key: float(place) for place, group in enumerate(order, start=1) for key in group}
         )
     return [group for group in by_turn.values() if len(group) >= 2]

@@ -23,6 +23,7 @@ from curation.models import (
     Strategy,
     Turn,
 )
+from curation.review import rounds
 from curation.review.reviewing import StaleVersion
 from curation.roles import lead_required
 
@@ -179,6 +180,29 @@ def adjudication_list(request: HttpRequest) -> HttpResponse:
     return render(request, "curation/lead/adjudication_list.html", {"open": open_, "done": done})
 
 
+def _round_replies(turn: Turn, number: int) -> list[dict[str, Any]]:
+    """A round's replies for a lead, named: the original, the teacher's candidates by number,
+    the student's reply (leads see who wrote which; annotators never do)."""
+    keys = rounds.keys(turn, number)
+    texts = rounds.texts(turn, keys)
+    students = set(
+        Candidate.objects.filter(turn=turn, author=Candidate.Author.STUDENT).values_list(
+            "pk", flat=True
+        )
+    )
+    replies, n = [], 0
+    for key in keys:
+        if key.startswith("t"):
+            label = "original"
+        elif int(key[1:]) in students:
+            label = "student's reply"
+        else:
+            n += 1
+            label = f"candidate {n}"
+        replies.append({"key": key, "text": texts.get(key, ""), "label": label})
+    return replies
+
+
 def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the adjudication page shows: turns with each review's vote and proposed text
     side by side, and the final state the lead starts from (`adjudication.starting_point`)."""
@@ -215,10 +239,8 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
                 for name in names
             ]
         if turn.index in conflict_turns:
-            replies = [{"key": f"t{turn.pk}", "text": turn.current_text, "label": "original"}] + [
-                {"key": f"c{c.pk}", "text": c.text, "label": f"candidate {n}"}
-                for n, c in enumerate(Candidate.objects.filter(turn=turn).order_by("id"), 1)
-            ]
+            number = rounds.current(turn)
+            replies = _round_replies(turn, number)
             names_of = {r["key"]: r["label"] for r in replies}
             row["replies"] = replies
             row["rankings"] = [
@@ -227,7 +249,7 @@ def _page(adj: Adjudication, posted: dict[str, Any] | None = None) -> dict[str, 
                     "order": [[names_of.get(k, k) for k in group] for group in r.order],
                     "unacceptable": [names_of.get(k, k) for k in r.unacceptable],
                 }
-                for r in Ranking.objects.filter(turn=turn, adjudicated=False)
+                for r in Ranking.objects.filter(turn=turn, round=number, adjudicated=False)
                 .select_related("annotator")
                 .order_by("id")
             ]

@@ -369,9 +369,12 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
         ):
             ranked[ranking.turn_id].append(ranking)
         for turn_id, of_turn in ranked.items():  # a lead's settling ranking stands alone
-            settled = [r for r in of_turn if r.adjudicated]
-            if settled:
-                ranked[turn_id] = settled[-1:]
+            kept = []
+            for number in sorted({r.round for r in of_turn}):
+                in_round = [r for r in of_turn if r.round == number]
+                settled = [r for r in in_round if r.adjudicated]
+                kept += settled[-1:] or in_round
+            ranked[turn_id] = kept
         for candidate in (
             Candidate.objects.filter(**_among("turn__dialogue__pk", ids))
             .select_related("strategy", "turn")
@@ -387,6 +390,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                     "turn_index": candidate.turn.index,
                     "text": candidate.text,
                     "strategy": candidate.strategy.name if candidate.strategy else None,
+                    "author": candidate.author,
                     "acceptable": acceptable,
                     "provenance": candidate.provenance,
                 }
@@ -396,6 +400,7 @@ def _snapshots(ids: list[int], include_dri: bool) -> dict[int, dict[str, Any]]:
                 rankings[ranking.turn.dialogue_id].append(
                     {
                         "turn_index": ranking.turn.index,
+                        "round": ranking.round,
                         "original": f"t{turn_id}",
                         "order": ranking.order,
                         "unacceptable": ranking.unacceptable,
@@ -511,6 +516,7 @@ class ReleaseWriter:
         for example in dri_examples(snap, self.release.dri_policy, tags):
             files.line(f"sft_dri/{split}.jsonl", example)
         for pair in dpo_pairs(snap, self.options):
+            self.tally.pair(pair)
             files.line(f"dpo/{split}.jsonl", pair)
         files.line("esconv.jsonl", esconv_record(snap, self.esconv_names))
 
@@ -829,24 +835,30 @@ def dri_candidates(snap: dict[str, Any], policy: str) -> list[dict[str, Any]]:
     than that of every other reply of its turn, the original included, and that no one marked
     unacceptable: a tie at the top, or an original ranked best, gives none.
     """
+    teacher = [c for c in snap["candidates"] if c.get("author", "teacher") == "teacher"]
     if policy == Release.DriPolicy.ACCEPTABLE:
-        return [c for c in snap["candidates"] if c["acceptable"]]
+        return [c for c in teacher if c["acceptable"]]
     rejected = {(r["turn_index"], key) for r in snap["rankings"] for key in r["unacceptable"]}
-    fine = [c for c in snap["candidates"] if (c["turn_index"], c["key"]) not in rejected]
+    fine = [c for c in teacher if (c["turn_index"], c["key"]) not in rejected]
     if policy == Release.DriPolicy.UNREJECTED:
         return fine
     if policy != Release.DriPolicy.BEST:
         raise ValueError(f"unknown DRI policy {policy!r}")
-    by_turn: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ranking in snap["rankings"]:
-        by_turn[ranking["turn_index"]].append(ranking)
     best: set[tuple[int, str]] = set()
-    for index, rankings in by_turn.items():
+    for (index, _), rankings in _by_round(snap).items():
         mean = mean_ranks(rankings)
         ordered = sorted(mean, key=lambda key: mean[key])
         if ordered and (len(ordered) == 1 or mean[ordered[0]] < mean[ordered[1]]):
             best.add((index, ordered[0]))
     return [c for c in fine if (c["turn_index"], c["key"]) in best]
+
+
+def _by_round(snap: dict[str, Any]) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    """The snapshot's rankings per (turn index, round): rounds are ranked apart."""
+    found: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    for ranking in snap["rankings"]:
+        found[ranking["turn_index"], ranking.get("round", 1)].append(ranking)
+    return found
 
 
 def dri_examples(
@@ -868,25 +880,34 @@ def dri_examples(
 
 
 def dpo_pairs(snap: dict[str, Any], options: FileOptions) -> Iterator[dict[str, Any]]:
-    """Preference pairs from rankings (annotators combined by mean rank; ties never pair) and
-    from edits (the edited text is chosen over the original)."""
+    """Preference pairs from rankings (annotators combined by mean rank within a round; ties
+    never pair) and from edits (the edited text is chosen over the original). A pair whose
+    rejected reply is a student's sent back to be ranked has an id "<dialogue>-student-<turn>";
+    other pairs of later rounds end in "-r<round>"."""
     texts = {c["key"]: c["text"] for c in snap["candidates"]}
-    by_turn: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ranking in snap["rankings"]:
-        by_turn[ranking["turn_index"]].append(ranking)
+    students = {c["key"] for c in snap["candidates"] if c.get("author") == "student"}
+    rounds = _by_round(snap)
     edits = {e["turn_index"]: e for e in snap["edits"]}
     for turn in snap["turns"]:
-        rankings = by_turn.get(turn["index"], [])
-        edit = edits.get(turn["index"])
-        if turn["role"] != "supporter" or not (rankings or edit):
+        index = turn["index"]
+        ranked = sorted(number for i, number in rounds if i == index)
+        edit = edits.get(index)
+        if turn["role"] != "supporter" or not (ranked or edit):
             continue
-        prompt = _messages([t for t in snap["turns"] if t["index"] < turn["index"]], False)
-        if rankings:
+        prompt = _messages([t for t in snap["turns"] if t["index"] < index], False)
+        for number in ranked:
+            rankings = rounds[index, number]
             original = rankings[0]["original"]
-            texts[original] = edits.get(turn["index"], {}).get("before", turn["text"])
+            # Round 1 may have been ranked before an edit; later rounds show the settled text.
+            before = edits.get(index, {}).get("before", turn["text"])
+            texts[original] = before if number == 1 else turn["text"]
             for better, worse in rank_pairs(rankings, options):
                 if better in texts and worse in texts:
-                    yield _pair(prompt, texts[better], texts[worse], snap, f"rank-{turn['index']}")
+                    if worse in students:
+                        origin = f"student-{index}"
+                    else:
+                        origin = f"rank-{index}" + (f"-r{number}" if number > 1 else "")
+                    yield _pair(prompt, texts[better], texts[worse], snap, origin)
         if edit and edit["before"].strip() != edit["after"].strip():
             yield _pair(prompt, edit["after"], edit["before"], snap, f"edit-{turn['index']}")
 

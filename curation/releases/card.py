@@ -82,6 +82,12 @@ class Tally:
         self.fleiss = FleissTally()  # annotators' labels of turns with two or more
         # (teacher's label, final label) of supporter turns people labelled: Cohen's kappa.
         self.teacher_pairs: Counter[tuple[str, str]] = Counter()
+        # DPO pairs by where they came from: rankings, rankings of a student's reply, edits.
+        self.pairs: Counter[str] = Counter()
+
+    def pair(self, pair: dict[str, Any]) -> None:
+        origin = pair["id"].split("-")[1]
+        self.pairs[{"rank": "rankings", "student": "student_rankings"}.get(origin, "edits")] += 1
 
     def add(self, snap: dict[str, Any]) -> None:
         self.fingerprints[snap["id"]] = _fingerprint(snap)
@@ -108,7 +114,9 @@ class Tally:
                 self.teacher_n += 1
                 self.teacher_same += turn["strategy"] == turn["teacher_strategy"]
                 self.teacher_pairs[(turn["teacher_strategy"] or "", turn["strategy"] or "")] += 1
-        self.candidates += sum(1 for c in snap["candidates"] if c["acceptable"])
+        self.candidates += sum(
+            1 for c in snap["candidates"] if c["acceptable"] and c.get("author") != "student"
+        )
         self.dri_examples += len(dri_candidates(snap, self.dri_policy))
         self.crisis_cleared += snap.get("safety_status") == "cleared"
 
@@ -140,7 +148,18 @@ class Tally:
             "fleiss_kappa": _rounded(self.fleiss_kappa()),
             "teacher_kappa": _rounded(self.teacher_kappa()),
             "crisis_cleared": self.crisis_cleared,
+            "dpo_pairs": {k: self.pairs[k] for k in ("rankings", "student_rankings", "edits")},
         }
+
+
+def _pairs(counts: dict[str, int] | None) -> str:
+    if counts is None:  # a card of a release written before the counts were kept
+        return "counts not recorded"
+    return (
+        f"{counts['rankings']} pairs from rankings of teacher replies, "
+        f"{counts['student_rankings']} from rankings of a student's replies sent back to "
+        f"annotators (its reply rejected), {counts['edits']} from edits"
+    )
 
 
 def _or_na(value: float | None) -> str:
@@ -152,11 +171,14 @@ def _rounded(value: float | None) -> float | None:
 
 
 def tally(release: Release) -> Tally:
-    from curation.releases.build import snapshots
+    from curation.releases.build import FileOptions, dpo_pairs, snapshots
 
     result = Tally(release.dri_policy)
+    options = FileOptions.from_dict(release.file_options)
     for _split, snap in snapshots(release):
         result.add(snap)
+        for pair in dpo_pairs(snap, options):
+            result.pair(pair)
     return result
 
 
@@ -288,7 +310,8 @@ def write_card(release: Release, out: Path, gathered: Tally | None = None) -> di
         "- `sft_dri/`: the DRI examples only, in TRL's conversational prompt-completion form: "
         "`prompt` is the chat up to a masked supporter turn, `completion` one reply for it (the "
         "loss goes on the completion alone). SFT + DRI is `sft/` and `sft_dri/` together.",
-        "- `dpo/`: `prompt`, `chosen`, `rejected` from rankings and edits.",
+        "- `dpo/`: `prompt`, `chosen`, `rejected` from rankings and edits: "
+        f"{_pairs(stats.get('dpo_pairs'))}.",
         "- `parquet/`: the same splits as Parquet; `esconv.jsonl`: the ESConv JSON Lines format.",
         "- `manifest.json`: every file with its size and sha256.",
         "",

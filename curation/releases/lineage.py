@@ -1,5 +1,6 @@
 """Where a release sits in the loop: the generation rounds and files its dialogues came from,
-the releases before and after it, the students trained on it and the experiments run on it.
+the releases before and after it, the students trained on it and the experiments run on it,
+the ranking rounds sent back from those students and the releases that took their rankings.
 
 Read from the release's frozen snapshots (what it holds, whatever happened to the dialogues
 since) and from the rows that point at it; curation does not import training or generation,
@@ -8,13 +9,16 @@ their rows are reached through their foreign keys' related names.
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count
 from django.db.models.fields.json import KT
 
-from curation.models import Release
+from curation.models import Ranking, RankRound, Release, ReleaseDialogue
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class Lineage:
     next: list[Release]
     students: list[Any]  # training jobs on it, newest first
     experiments: list[Any]
+    # Per student job that sent replies back: {"job", "rounds", "ranked", "rankings"}.
+    sent_back: list[dict[str, Any]]
+    # Releases holding rankings of those rounds: {"release", "rankings"}.
+    took: list[dict[str, Any]]
 
     @property
     def empty(self) -> bool:
@@ -49,11 +57,54 @@ def lineage(release: Release) -> Lineage:
         .annotate(n=Count("id"))
         .order_by("origin")
     ]
+    students = list(release.training_jobs.order_by("-id")[:50])
+    sent_back, took = _sent_back([job.pk for job in students], release)
     return Lineage(
         rounds=rounds,
         sources=sources,
         previous=release.previous,
         next=list(Release.objects.filter(previous=release).order_by("id")),
-        students=list(release.training_jobs.order_by("-id")[:50]),
+        students=students,
         experiments=list(release.experiments.order_by("-id")[:50]),
+        sent_back=sent_back,
+        took=took,
     )
+
+
+def _sent_back(
+    job_ids: list[int], release: Release
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rounds sent back from these training jobs with their rankings so far, and the later
+    releases whose frozen snapshots hold rankings of those rounds."""
+    sent = list(
+        RankRound.objects.filter(training_job_id__in=job_ids).values_list(
+            "training_job_id", "turn_id", "turn__index", "turn__dialogue_id", "number"
+        )
+    )
+    if not sent:
+        return [], []
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for turn_id, number in Ranking.objects.filter(
+        turn_id__in={row[1] for row in sent}, round__gte=2
+    ).values_list("turn_id", "round"):
+        counts[turn_id, number] += 1
+    per_job: dict[int, dict[str, Any]] = {}
+    for job_id, turn_id, _, _, number in sent:
+        assert job_id is not None  # filtered on it
+        row = per_job.setdefault(job_id, {"job": job_id, "rounds": 0, "ranked": 0, "rankings": 0})
+        row["rounds"] += 1
+        row["rankings"] += counts[turn_id, number]
+        row["ranked"] += counts[turn_id, number] >= settings.REVIEWS_PER_DIALOGUE
+    wanted = {(dialogue, index, number) for _, _, index, dialogue, number in sent}
+    held: dict[int, int] = defaultdict(int)
+    for release_id, snapshot in ReleaseDialogue.objects.filter(
+        release_id__gt=release.pk, dialogue_id__in={d for d, _, _ in wanted}
+    ).values_list("release_id", "snapshot"):
+        snap = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
+        held[release_id] += sum(
+            (snap["id"], r["turn_index"], r.get("round", 1)) in wanted
+            for r in snap.get("rankings", [])
+        )
+    names = dict(Release.objects.filter(pk__in=held).values_list("pk", "name"))
+    took = [{"release": names[pk], "rankings": n} for pk, n in sorted(held.items()) if n]
+    return sorted(per_job.values(), key=lambda row: -row["job"]), took

@@ -1,4 +1,5 @@
-"""Rank mode: the DRI candidates and the original reply of a masked turn, ranked with ties."""
+"""Rank mode: the replies of a masked turn's current round (the original, the teacher's DRI
+candidates, a student's reply sent back), ranked with ties."""
 
 from __future__ import annotations
 
@@ -7,39 +8,41 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from curation.models import SAFETY_HELD, Candidate, Event, RankHold, Ranking, Turn
+from curation.models import SAFETY_HELD, Event, RankHold, Ranking, Turn
+from curation.review import rounds
 from curation.review.reviewing import NotAllowed, lease
+
+CHANGED = (
+    "The replies for this gap changed while you ranked them, so nothing was saved: rank the "
+    "replies it has now."
+)
 
 
 def rankable_for(user: Any, now: Any = None) -> QuerySet[Turn]:
-    """Masked turns with candidates that this annotator has not ranked, that no lead settled, and
+    """Masked turns whose current round this annotator has not ranked, that no lead settled, and
     that still have room among their rankers and others' live holds."""
     now = now or timezone.now()
     others = (
         RankHold.objects.live(now)
-        .filter(turn=OuterRef("pk"))
+        .filter(turn=OuterRef("pk"), round=OuterRef("rank_round"))
         .exclude(annotator=user)
         .order_by()
         .values("turn")
         .annotate(n=Count("id"))
         .values("n")
     )
-    rankers = (
-        Ranking.objects.filter(turn=OuterRef("pk"))
-        .order_by()
-        .values("turn")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
+    in_round = Ranking.objects.filter(turn=OuterRef("pk"), round=OuterRef("rank_round"))
+    rankers = in_round.order_by().values("turn").annotate(n=Count("id")).values("n")
     return (
-        Turn.objects.filter(Exists(Candidate.objects.filter(turn=OuterRef("pk"))))
+        Turn.objects.filter(rounds.rankable())
         .exclude(dialogue__safety_status__in=SAFETY_HELD)
-        .exclude(Exists(Ranking.objects.filter(turn=OuterRef("pk"), annotator=user)))
-        .exclude(Exists(Ranking.objects.filter(turn=OuterRef("pk"), adjudicated=True)))
+        .annotate(rank_round=rounds.current_number())
+        .exclude(Exists(in_round.filter(annotator=user)))
+        .exclude(Exists(in_round.filter(adjudicated=True)))
         .annotate(
             taken=Coalesce(Subquery(rankers), 0) + Coalesce(Subquery(others), 0),
         )
@@ -49,14 +52,24 @@ def rankable_for(user: Any, now: Any = None) -> QuerySet[Turn]:
 
 
 def held_turn(user: Any) -> Turn | None:
-    """The masked turn this annotator holds and has not ranked yet, if any. Reads only."""
-    hold = (
+    """The masked turn this annotator holds in its current round and has not ranked there yet,
+    if any. Reads only."""
+    holds = (
         RankHold.objects.live()
         .filter(annotator=user)
-        .exclude(turn__rankings__annotator=user)
+        .annotate(current=rounds.current_number("turn"))
+        .filter(round=F("current"))
+        .exclude(
+            Exists(
+                Ranking.objects.filter(
+                    turn=OuterRef("turn"), round=OuterRef("round"), annotator=user
+                )
+            )
+        )
+        .select_related("turn")
         .order_by("id")
-        .first()
     )
+    hold = holds.first()
     return hold.turn if hold else None
 
 
@@ -65,7 +78,9 @@ def claim_next(user: Any) -> Turn | None:
     now = timezone.now()
     held = held_turn(user)
     if held is not None:
-        RankHold.objects.filter(turn=held, annotator=user).update(expires_at=now + lease())
+        RankHold.objects.filter(turn=held, annotator=user, round=rounds.current(held)).update(
+            expires_at=now + lease()
+        )
         return held
     with transaction.atomic():
         for pk in rankable_for(user, now).values_list("pk", flat=True)[:20]:
@@ -73,27 +88,36 @@ def claim_next(user: Any) -> Turn | None:
             if connection.vendor == "postgresql":
                 rows = rows.select_for_update(skip_locked=True)
             turn = rows.first()
-            if turn is None or _places_taken(turn, user, now) >= settings.REVIEWS_PER_DIALOGUE:
+            if turn is None:
+                continue
+            number = rounds.current(turn)
+            if _places_taken(turn, number, user, now) >= settings.REVIEWS_PER_DIALOGUE:
                 continue
             RankHold.objects.update_or_create(
                 turn=turn,
                 annotator=user,
+                round=number,
                 defaults={"expires_at": now + lease(), "released_at": None},
             )
             return turn
     return None
 
 
-def _places_taken(turn: Turn, user: Any, now: Any) -> int:
-    others = RankHold.objects.live(now).filter(turn=turn).exclude(annotator=user).count()
-    return Ranking.objects.filter(turn=turn).exclude(annotator=user).count() + others
+def _places_taken(turn: Turn, number: int, user: Any, now: Any) -> int:
+    holds = RankHold.objects.live(now).filter(turn=turn, round=number).exclude(annotator=user)
+    rankings = Ranking.objects.filter(turn=turn, round=number).exclude(annotator=user)
+    return rankings.count() + holds.count()
 
 
-def items(turn: Turn, user: Any) -> list[dict[str, Any]]:
-    """The replies to rank, in the order this annotator sees them (stable across reloads)."""
-    replies = [{"key": f"t{turn.pk}", "text": turn.current_text}]
-    replies += [{"key": f"c{c.pk}", "text": c.text} for c in Candidate.objects.filter(turn=turn)]
-    random.Random(f"{turn.pk}-{user.pk}").shuffle(replies)
+def items(turn: Turn, user: Any, number: int | None = None) -> list[dict[str, Any]]:
+    """The replies of the turn's current round (or of round `number`) in the order this
+    annotator sees them (stable across reloads), unmarked: who wrote which is not shown."""
+    number = rounds.current(turn) if number is None else number
+    shown = rounds.keys(turn, number)
+    found = rounds.texts(turn, shown)
+    replies = [{"key": key, "text": found[key]} for key in shown if key in found]
+    seed = f"{turn.pk}-{user.pk}" if number == 1 else f"{turn.pk}-{number}-{user.pk}"
+    random.Random(seed).shuffle(replies)
     return replies
 
 
@@ -131,22 +155,32 @@ def save(
     try:
         with transaction.atomic():
             locked = Turn.objects.select_for_update().get(pk=turn.pk)
-            if Ranking.objects.filter(turn=locked, annotator=user).exists():
+            number = rounds.current(locked)
+            in_round = Ranking.objects.filter(turn=locked, round=number)
+            if in_round.filter(annotator=user).exists():
                 return False
-            hold = RankHold.objects.live(now).filter(turn=locked, annotator=user).first()
+            hold = (
+                RankHold.objects.live(now).filter(turn=locked, annotator=user, round=number).first()
+            )
+            changed = NotAllowed(409, CHANGED)
             if hold is None:
+                if RankHold.objects.live(now).filter(turn=locked, annotator=user).exists():
+                    raise changed  # held in an earlier round: a new one opened since
                 raise NotAllowed(
                     409,
                     "Your hold on these replies ran out or was never taken, so nothing was "
                     "saved: take the next replies to rank from the queue.",
                 )
-            if Ranking.objects.filter(turn=locked, adjudicated=True).exists() or (
-                Ranking.objects.filter(turn=locked).count() >= settings.REVIEWS_PER_DIALOGUE
+            if sorted(shown) != sorted(rounds.keys(locked, number)):
+                raise changed
+            if in_round.filter(adjudicated=True).exists() or (
+                in_round.count() >= settings.REVIEWS_PER_DIALOGUE
             ):
                 raise NotAllowed(403, "These replies have all the rankings they need.")
             Ranking.objects.create(
                 turn=locked,
                 annotator=user,
+                round=number,
                 order=order,
                 unacceptable=unacceptable,
                 display_order=shown,
@@ -158,7 +192,8 @@ def save(
                 actor=user,
                 action=Event.Action.RANKED,
                 target=f"turn {turn.index}",
-                after={"order": order, "unacceptable": unacceptable},
+                after={"order": order, "unacceptable": unacceptable}
+                | ({"round": number} if number > 1 else {}),
             )
     except IntegrityError:
         return False

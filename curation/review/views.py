@@ -25,7 +25,7 @@ from curation.models import (
     Turn,
     TurnEdit,
 )
-from curation.review import ranking, reviewing
+from curation.review import ranking, reviewing, rounds
 from curation.roles import HtmxHttpRequest, int_or_none, is_lead
 
 # ---- reviewing ---------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def _get_rank_turn_for_user(request: HttpRequest, pk: int) -> Turn:
     user = cast(User, request.user)
     turn = (
         Turn.objects.select_related("dialogue__scenario", "strategy")
-        .filter(pk=pk, role=Turn.Role.SUPPORTER, candidates__isnull=False)
+        .filter(rounds.rankable(), pk=pk, role=Turn.Role.SUPPORTER)
         .first()
     )
     if turn is None:
@@ -340,11 +340,15 @@ def rank_next(request: HttpRequest) -> HttpResponse:
 def rank(request: HttpRequest, pk: int) -> HttpResponse:
     turn = _get_rank_turn_for_user(request, pk)
     user = cast(User, request.user)
-    shown = ranking.items(turn, user)
-    done = Ranking.objects.filter(turn=turn, annotator=user).first()
+    number = rounds.current(turn)
+    shown = ranking.items(turn, user, number)
+    done = Ranking.objects.filter(turn=turn, annotator=user, round=number).first()
     error = refused = ""
     status = 200
-    if request.method == "POST" and done is None:
+    posted_round = int_or_none(request.POST.get("round", "")) if request.method == "POST" else None
+    if posted_round is not None and posted_round != number and done is None:
+        refused, status = ranking.CHANGED, 409  # a form of an earlier round of this gap
+    elif request.method == "POST" and done is None:
         try:
             order, unacceptable = ranking.parse(request.POST, shown)
         except ValueError as exc:
@@ -370,7 +374,7 @@ def rank(request: HttpRequest, pk: int) -> HttpResponse:
     for item in shown:  # after an error, what was typed stays in the form
         item["posted"] = request.POST.get(f"rank-{item['key']}", "") if error else ""
         item["bad"] = bool(request.POST.get(f"bad-{item['key']}")) if error else False
-    holds = RankHold.objects.live().filter(turn=turn, annotator=user).exists()
+    holds = RankHold.objects.live().filter(turn=turn, annotator=user, round=number).exists()
     return render(
         request,
         "curation/rank.html",
@@ -383,6 +387,7 @@ def rank(request: HttpRequest, pk: int) -> HttpResponse:
             "error": error,
             "refused": refused,
             "holds": holds and not refused,
+            "round": number,
             "edited_best": request.POST.get("edited_best", "") if error else "",
         },
         status=status,

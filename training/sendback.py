@@ -1,0 +1,256 @@
+"""A trained student's weakest replies, sent back to annotators as ranking rounds.
+
+From a finished training job's scored test turns, a lead picks a rule and how many: the turns
+where the student did worst become a new ranking round of their gap (curation.review.rounds),
+the student's reply among the original and the teacher's DRI candidates, unmarked and shuffled
+like every ranking. Where the gap has no teacher candidates, a DRI job for those turns is queued
+and the rounds wait until it ends. Releases turn the rankings into preference pairs.
+
+`weakest` is plain data in, plain data out; `send_back` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from curation.models import SAFETY_HELD, Candidate, RankRound, ReleaseDialogue, Strategy, Turn
+from curation.review import rounds
+from training.data import split_tag
+from training.models import TrainingJob
+
+RULES = {
+    "likelihood": "Lowest likelihood of the written reply under the student (highest loss per token)",
+    "overlap": "Lowest word overlap with the written reply (unigram F1)",
+    "strategy": "Strategy mismatch: the student's strategy tag differs from the written reply's",
+}
+
+
+@dataclass(frozen=True)
+class Weak:
+    """One scored test turn picked by a rule; `score` is what the rule sorted by."""
+
+    dialogue_id: int
+    message: int  # the assistant message's index in the SFT example (0 is the system prompt)
+    reply: str
+    reference: str
+    score: float
+
+
+def rule_problem(rule: str, samples: list[dict[str, Any]]) -> str:
+    """Why this rule cannot pick from these samples ("" when it can)."""
+    if rule not in RULES:
+        return f"unknown rule {rule!r}: one of {', '.join(RULES)}"
+    if not samples:
+        return "the job has no scored replies: it was not evaluated"
+    if rule == "likelihood" and not any(_nll_per_token(s) is not None for s in samples):
+        return "the job's scores have no reference likelihoods (scored by an older version)"
+    if rule == "overlap" and not any(_f1(s) is not None for s in samples):
+        return "the job's scores have no word overlap (scored by an older version)"
+    if rule == "strategy" and not any(split_tag(s["reference"])[0] for s in samples):
+        return (
+            "the release's replies carry no strategy tags, so the student names no strategy to "
+            "compare: train on a release written with strategy tags"
+        )
+    return ""
+
+
+def weakest(samples: list[dict[str, Any]], rule: str, count: int) -> list[Weak]:
+    """The `count` turns the student did worst on by `rule`, worst first (ties by id, turn).
+    `samples` are a job's rows (training.jobs.side_by_side)."""
+    problem = rule_problem(rule, samples)
+    if problem:
+        raise ValueError(problem)
+    scored: list[tuple[float, dict[str, Any]]] = []
+    for sample in samples:
+        if rule == "likelihood":
+            value = _nll_per_token(sample)
+            key = None if value is None else -value  # the highest loss first
+        elif rule == "overlap":
+            key = _f1(sample)
+        else:
+            wanted, _ = split_tag(sample["reference"])
+            written, _ = split_tag(sample["student"])
+            if wanted is None or (written or "").casefold() == wanted.casefold():
+                continue
+            key = _f1(sample) or 0.0  # the mismatches, least overlap first
+        if key is not None and math.isfinite(key):
+            scored.append((key, sample))
+    scored.sort(key=lambda pair: (pair[0], str(pair[1]["id"]), pair[1]["turn"]))
+    return [
+        Weak(
+            int(sample["id"]),
+            int(sample["turn"]),
+            sample["student"],
+            sample["reference"],
+            -key if rule == "likelihood" else key,
+        )
+        for key, sample in scored[: max(0, count)]
+    ]
+
+
+def _nll_per_token(sample: dict[str, Any]) -> float | None:
+    scores = sample.get("student_scores") or {}
+    nll, tokens = scores.get("nll"), scores.get("tokens")
+    return nll / tokens if nll is not None and tokens else None
+
+
+def _f1(sample: dict[str, Any]) -> float | None:
+    value = (sample.get("student_scores") or {}).get("unigram_f1")
+    return None if value is None else float(value)
+
+
+@dataclass
+class Outcome:
+    """What send_back did: rounds opened now, rounds waiting for the teacher, turns skipped
+    (with why), and the DRI job queued for the waiting ones."""
+
+    opened: list[int] = field(default_factory=list)  # RankRound ids
+    waiting: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+    dri_turns: list[int] = field(default_factory=list)
+
+
+def decoding_of(job: TrainingJob) -> dict[str, Any]:
+    """How the student's scored replies were decoded, as its evaluation recorded it."""
+    from training.jobs import run_dir
+
+    path = run_dir(job) / "eval" / "student" / "metrics.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("decoding") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def send_back(job: TrainingJob, rule: str, count: int, lead: Any) -> Outcome:
+    """Open a ranking round for each of the `count` weakest turns of a finished job. A turn
+    sent from this job before, held by the safety queue, waiting for the teacher already, or
+    changed since the release (reopened and edited) is skipped and said why."""
+    if job.status != TrainingJob.Status.DONE:
+        raise ValueError(
+            f"{job} is {job.get_status_display().lower()}: only a finished job's replies"
+        )
+    picked = weakest(job.samples, rule, count)
+    outcome = Outcome()
+    snapshots = dict(
+        ReleaseDialogue.objects.filter(
+            release=job.release, dialogue_id__in=[w.dialogue_id for w in picked]
+        ).values_list("dialogue_id", "snapshot")
+    )
+    tags = {s.name.casefold(): s for s in Strategy.objects.all()}
+    decoding = decoding_of(job)
+    with transaction.atomic():
+        for weak in picked:
+            where = f"dialogue {weak.dialogue_id}, reply {weak.message}"
+            turn, why = _turn_of(weak, snapshots.get(weak.dialogue_id))
+            if turn is None:
+                outcome.skipped.append((where, why))
+                continue
+            where = f"dialogue {turn.dialogue_id}, turn {turn.index}"
+            turn = Turn.objects.select_for_update().get(pk=turn.pk)
+            why = _not_sendable(turn, job)
+            if why:
+                outcome.skipped.append((where, why))
+                continue
+            tag, text = split_tag(weak.reply)
+            student = Candidate.objects.create(
+                turn=turn,
+                text=text.strip() or weak.reply,
+                author=Candidate.Author.STUDENT,
+                strategy=tags.get((tag or "").casefold()),
+                provenance={
+                    "source": "student",
+                    "training_job": job.pk,
+                    "release": job.release_id,
+                    "variant": job.variant,
+                    "base_model": job.resolved_config.get("base") or job.base_model,
+                    "adapter": job.adapter_dir,
+                    "decoding": decoding,
+                    "rule": rule,
+                    "score": weak.score,
+                    "sent_by": lead.get_username(),
+                },
+            )
+            keys = rounds.keys(turn, 1)  # the original and the teacher's candidates
+            waiting = len(keys) == 1
+            row = RankRound.objects.create(
+                turn=turn,
+                number=rounds.current(turn) + 1,
+                status=RankRound.Status.WAITING if waiting else RankRound.Status.OPEN,
+                keys=[*keys, f"c{student.pk}"],
+                source={"kind": "student", "rule": rule, "score": weak.score},
+                training_job_id=job.pk,
+                created_by=lead,
+            )
+            (outcome.waiting if waiting else outcome.opened).append(row.pk)
+            if waiting:
+                outcome.dri_turns.append(turn.pk)
+    return outcome
+
+
+def _turn_of(weak: Weak, snapshot: Any) -> tuple[Turn | None, str]:
+    """The stored turn a scored reply was written for, found through the release's snapshot
+    (the SFT example's messages are the snapshot's turns after the system prompt)."""
+    if snapshot is None:
+        return None, "the dialogue is not in the job's release"
+    snap = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
+    turns = snap["turns"]
+    if not 1 <= weak.message <= len(turns):
+        return None, "the reply's place is not in the released dialogue"
+    index = turns[weak.message - 1]["index"]
+    turn = Turn.objects.filter(dialogue_id=weak.dialogue_id, index=index).first()
+    if turn is None or turn.role != Turn.Role.SUPPORTER:
+        return None, "the dialogue no longer has that supporter turn"
+    if split_tag(weak.reference)[1].strip() != turns[weak.message - 1]["text"].strip():
+        return None, "the reply scored is not the released turn's text"
+    return turn, ""
+
+
+def _not_sendable(turn: Turn, job: TrainingJob) -> str:
+    if turn.dialogue.safety_status in SAFETY_HELD:
+        return "the dialogue is held by the safety queue"
+    if RankRound.objects.filter(turn=turn, training_job_id=job.pk).exists():
+        return "sent back from this job already"
+    if RankRound.objects.filter(turn=turn, status=RankRound.Status.WAITING).exists():
+        return "a round for this gap is waiting for the teacher's candidates already"
+    return ""
+
+
+def queue_teacher(outcome: Outcome, lead: Any) -> str:
+    """Queue a DRI job for the gaps that had no teacher candidates (run after send_back's
+    transaction committed); returns a note for the lead ("" when nothing had to be queued).
+    With the job queue down the rounds open at once with the original and the student's reply,
+    and the note says so: nothing waits for a job no worker will run."""
+    if not outcome.dri_turns:
+        return ""
+    from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
+    from generation.models import GenerationJob, new_job
+    from generation.tasks import start_job
+    from generation.teacher import Sampling, TeacherConfig
+
+    with transaction.atomic():
+        dri = new_job(
+            GenerationJob.Kind.DRI,
+            teacher=TeacherConfig.from_env().as_dict(),
+            sampling=Sampling().as_dict(),
+            created_by=lead,
+            dri_turn_ids=outcome.dri_turns,
+        )
+        RankRound.objects.filter(pk__in=outcome.waiting).update(dri_job_id=dri.pk)
+    try:
+        start_job.delay(dri.pk)
+    except BrokerUnreachable:
+        dri.finish_unstarted(f"{QUEUE_UNREACHABLE} The rounds opened without DRI candidates.")
+        return (
+            f"{QUEUE_UNREACHABLE} The teacher wrote no candidates for {len(outcome.waiting)} "
+            "gaps that had none: their rounds are open with the original and the student's "
+            "reply only."
+        )
+    return (
+        f"The teacher writes candidates for {len(outcome.waiting)} gaps that had none "
+        f"({dri}); their rounds open when it ends."
+    )
