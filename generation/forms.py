@@ -39,6 +39,18 @@ DRI_FIELDS = (
 )
 
 
+def evaluated_jobs() -> Any:
+    """Finished training jobs with scored replies, newest first: what a round can target."""
+    from training.models import TrainingJob
+
+    return (
+        TrainingJob.objects.filter(status=TrainingJob.Status.DONE)
+        .exclude(samples=[])
+        .select_related("release")
+        .order_by("-id")
+    )
+
+
 def dialogues_by_status(scenarios: Sequence[Scenario] = ()) -> str:
     """What DRI could take, per status: "49 pending, 2 in review, …, 0 accepted, 0 rejected"."""
     counts = dict(dri_dialogues(scenarios).values_list("status").annotate(n=Count("id")).order_by())
@@ -86,6 +98,23 @@ class JobForm(forms.Form):
         initial="target",
     )
 
+    # A round targeted from an evaluation (training.targeting)
+    target_job = forms.TypedChoiceField(
+        choices=[],
+        coerce=int,
+        required=False,
+        empty_value=None,
+        label="Plan from the evaluation of",
+    )
+    target_rule = forms.ChoiceField(choices=[], initial="likelihood", label="Weakest by")
+    target_emphasis = forms.FloatField(
+        initial=0.5,
+        min_value=0,
+        max_value=1,
+        label="Emphasis",
+        help_text="0: an even round; 1: shares in proportion to weakness alone.",
+    )
+
     # DRI
     dri_source_status = forms.ChoiceField(
         choices=Dialogue.Status.choices, initial="accepted", label="Take dialogues that are"
@@ -123,6 +152,13 @@ class JobForm(forms.Form):
         # A 135M local model rarely writes a whole dialogue as valid JSON: turn by turn works.
         self.fields["mode"].initial = "dialogue" if configured.backend == "http" else "turns"
         self.fields["dri_source_status"].help_text = f"Dialogues now: {dialogues_by_status()}."
+        from training.targeting import RULES
+
+        cast(forms.ChoiceField, self.fields["target_rule"]).choices = list(RULES.items())
+        cast(forms.ChoiceField, self.fields["target_job"]).choices = [
+            ("", "none: an even round")
+        ] + [(job.pk, f"{job} on {job.release.name}") for job in evaluated_jobs()[:50]]
+        self.plan: dict[str, Any] = {}
 
     @property
     def teacher_fields(self) -> list[forms.BoundField]:
@@ -136,13 +172,44 @@ class JobForm(forms.Form):
     def dri_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in DRI_FIELDS]
 
+    @property
+    def target_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in ("target_job", "target_rule", "target_emphasis")]
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("kind") == GenerationJob.Kind.SELFCHAT and not data.get("scenarios"):
             self.add_error("scenarios", "Pick at least one scenario.")
+        if data.get("kind") == GenerationJob.Kind.SELFCHAT and data.get("target_job"):
+            self._target(data)
         if data.get("kind") == GenerationJob.Kind.DRI and "dri_source_status" in data:
             self._check_dri_source(data["dri_source_status"], list(data.get("scenarios") or []))
         return data
+
+    def _target(self, data: dict[str, Any]) -> None:
+        """The targeted plan of the chosen scenarios, from the chosen evaluation."""
+        from training.sendback import targeted_plan
+
+        job = evaluated_jobs().filter(pk=data["target_job"]).first()
+        if job is None:
+            self.add_error("target_job", "That training job has no evaluation to plan from.")
+            return
+        scenarios = sorted(s.name for s in data.get("scenarios") or [])
+        if not scenarios or data.get("per_scenario") is None or data.get("target_emphasis") is None:
+            return
+        self.plan = targeted_plan(
+            job,
+            data.get("target_rule") or "likelihood",
+            scenarios,
+            data["per_scenario"] * len(scenarios),
+            data["target_emphasis"],
+        )
+        if not any(row["replies"] for row in self.plan["scenarios"]):
+            self.add_error(
+                "scenarios",
+                f"The evaluation of {job} scored no reply of these scenarios: pick some it "
+                "scored, or plan an even round.",
+            )
 
     def _check_dri_source(self, status: str, scenarios: list[Scenario]) -> None:
         """Refuse a DRI job with no dialogue to take now, rather than have it fail on a worker."""
@@ -184,4 +251,7 @@ class JobForm(forms.Form):
         if data["kind"] == GenerationJob.Kind.DRI:
             strategies = [s.strip() for s in (data["dri_strategies"] or "").split(",") if s.strip()]
             return common | {k: data[k] for k in DRI_FIELDS} | {"dri_strategies": strategies}
-        return common | {k: data[k] for k in SELFCHAT_FIELDS}
+        chosen = common | {k: data[k] for k in SELFCHAT_FIELDS}
+        if self.plan:
+            chosen |= {"plan": self.plan, "strategy_shares": self.plan["strategy_shares"]}
+        return chosen

@@ -94,6 +94,10 @@ class GenerationJob(models.Model):
     # turns mode: "target" samples each supporter strategy from `strategy_shares`; "teacher" lets it pick.
     strategy_policy = models.CharField(max_length=10, default="target")
     strategy_shares = models.JSONField(default=dict, blank=True)
+    # A round targeted from an evaluation (training.targeting): the training job and rule, the
+    # weakness and share of each scenario and strategy, and `counts`, the dialogues of each
+    # scenario a round (in place of `per_scenario`); empty for an even round.
+    plan = models.JSONField(default=dict, blank=True)
     duplicate_threshold = models.FloatField(
         null=True, blank=True, default=0.92, help_text="cosine; empty turns the filter off"
     )
@@ -219,7 +223,15 @@ class GenerationJob(models.Model):
         }
 
     def planned_units_per_round(self) -> int:
+        if self.plan.get("counts"):
+            return sum(self.per_round().values())
         return self.per_scenario * self.scenarios.count()
+
+    def per_round(self) -> dict[str, int]:
+        """Dialogues of each of the job's scenarios a round, by name."""
+        names = list(self.scenarios.order_by("name").values_list("name", flat=True))
+        counts = self.plan.get("counts") or {}
+        return {name: int(counts.get(name, self.per_scenario)) for name in names}
 
     @property
     def expected_turns(self) -> int:

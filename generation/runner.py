@@ -67,11 +67,12 @@ def start(job_id: int) -> list[int]:
 
 def _plan_round(job: GenerationJob, round_number: int) -> None:
     # ignore_conflicts: planning the same round twice (a redelivered task) adds nothing.
+    per_round = job.per_round()  # per_scenario each, or a targeted plan's counts
     GenerationUnit.objects.bulk_create(
         [
             GenerationUnit(job=job, round=round_number, scenario=scenario, slot=slot)
             for scenario in job.scenarios.order_by("name")
-            for slot in range(job.per_scenario)
+            for slot in range(per_round[scenario.name])
         ],
         ignore_conflicts=True,
     )

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import messages
 from django.db import IntegrityError, transaction
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.db.models.fields.json import KT
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from config.celery import QUEUE_UNREACHABLE, BrokerUnreachable
-from curation.roles import HtmxHttpRequest, is_lead, lead_required
+from curation.models import Scenario
+from curation.roles import HtmxHttpRequest, int_or_none, is_lead, lead_required
 from generation import quality
 from generation.forms import JobForm
 from generation.models import FAILURE_CLASSES, GenerationJob, new_job
@@ -32,6 +35,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = JobForm(request.POST)
+        if "preview" in request.POST:  # "Show the plan": the weights, no job
+            form.is_valid()
+            return render(request, "generation/job_new.html", {"form": form})
         if form.is_valid():
             token = form.cleaned_data["token"]
             existing = GenerationJob.objects.filter(request_token=token).first()
@@ -58,8 +64,52 @@ def job_new(request: HttpRequest) -> HttpResponse:
             return redirect("generation-job-detail", job.pk)
     else:
         kind = request.GET.get("kind", GenerationJob.Kind.SELFCHAT)
-        form = JobForm(initial={"kind": kind, "token": uuid.uuid4().hex})
+        initial: dict[str, Any] = {"kind": kind, "token": uuid.uuid4().hex}
+        target = int_or_none(request.GET.get("from_job"))
+        if target is not None:
+            initial |= _targeted_initial(target)
+        form = JobForm(initial=initial)
+        if "target_job" in initial:  # the weights are shown at once
+            bound = JobForm(_as_post(form, initial))
+            bound.is_valid()
+            form.plan = bound.plan
     return render(request, "generation/job_new.html", {"form": form})
+
+
+def _targeted_initial(job_id: int) -> dict[str, Any]:
+    """The new-job form planned from a training job's evaluation: self-chat, every official
+    scenario its scored replies came from."""
+    from generation.forms import evaluated_jobs
+
+    job = evaluated_jobs().filter(pk=job_id).first()
+    if job is None:
+        return {}
+    scenes = set(
+        job.release.items.filter(
+            dialogue_id__in=[int(s["id"]) for s in job.samples if str(s.get("id", "")).isdigit()]
+        )
+        .annotate(scene=KT("snapshot__scene"))
+        .values_list("scene", flat=True)
+    )
+    scenarios = list(Scenario.objects.filter(is_official=True, name__in=scenes).order_by("name"))
+    return {"kind": GenerationJob.Kind.SELFCHAT, "target_job": job.pk, "scenarios": scenarios}
+
+
+def _as_post(form: JobForm, initial: dict[str, Any]) -> QueryDict:
+    """The form's initial values as a submitted form would send them (to show the plan)."""
+    data = QueryDict(mutable=True)
+    for name, field in form.fields.items():
+        value = initial.get(name, field.initial)
+        if value is None:
+            continue
+        if name == "scenarios":
+            data.setlist(name, [str(s.pk) for s in value])
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = str(value)
+    return data
 
 
 LIVE_UNITS_SHOWN = 10

@@ -29,6 +29,9 @@ RULES = {
     "strategy": "Strategy mismatch: the student's strategy tag differs from the written reply's",
 }
 
+# What each rule's score measures (the strategy rule orders its mismatches by word overlap).
+MEASURES = {"likelihood": "loss per token", "overlap": "unigram F1", "strategy": "unigram F1"}
+
 
 @dataclass(frozen=True)
 class Weak:
@@ -182,7 +185,12 @@ def send_back(job: TrainingJob, rule: str, count: int, lead: Any) -> Outcome:
                 number=rounds.current(turn) + 1,
                 status=RankRound.Status.WAITING if waiting else RankRound.Status.OPEN,
                 keys=[*keys, f"c{student.pk}"],
-                source={"kind": "student", "rule": rule, "score": weak.score},
+                source={
+                    "kind": "student",
+                    "rule": rule,
+                    "score": weak.score,
+                    "measure": MEASURES[rule],
+                },
                 training_job_id=job.pk,
                 created_by=lead,
             )
@@ -254,3 +262,38 @@ def queue_teacher(outcome: Outcome, lead: Any) -> str:
         f"The teacher writes candidates for {len(outcome.waiting)} gaps that had none "
         f"({dri}); their rounds open when it ends."
     )
+
+
+def targeted_plan(
+    job: TrainingJob, rule: str, scenarios: list[str], total: int, emphasis: float = 0.5
+) -> dict[str, Any]:
+    """training.targeting's plan from this job's scored test turns: each reply's scenario and
+    strategy are its released dialogue's (the frozen snapshot)."""
+    from generation.runner import DEFAULT_SHARES
+    from training import targeting
+
+    ids = {int(s["id"]) for s in job.samples if str(s.get("id", "")).isdigit()}
+    snaps = dict(
+        ReleaseDialogue.objects.filter(release=job.release, dialogue_id__in=ids).values_list(
+            "dialogue_id", "snapshot"
+        )
+    )
+
+    def snap_of(sample: Any) -> dict[str, Any] | None:
+        found = snaps.get(int(sample["id"])) if str(sample.get("id", "")).isdigit() else None
+        return json.loads(found) if isinstance(found, str) else found
+
+    def scene_of(sample: Any) -> str | None:
+        snap = snap_of(sample)
+        return snap["scene"] if snap else None
+
+    def strategy_of(sample: Any) -> str | None:
+        snap, message = snap_of(sample), int(sample["turn"])
+        if not snap or not 1 <= message <= len(snap["turns"]):
+            return None
+        return snap["turns"][message - 1].get("strategy")
+
+    found = targeting.plan(
+        job.samples, scene_of, strategy_of, rule, scenarios, total, DEFAULT_SHARES, emphasis
+    )
+    return found | {"training_job": job.pk, "release": job.release.name}
