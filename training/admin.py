@@ -24,7 +24,7 @@ from curation import admin as curation_admin
 from curation.models import Release
 from training import jobs
 from training.forms import TrainForm, cannot_evaluate, cannot_train
-from training.models import Experiment, TrainingJob
+from training.models import Experiment, ReplyPool, TrainingJob
 from training.tasks import run_job
 
 
@@ -236,3 +236,14 @@ def _create_job(request: HttpRequest, form: TrainForm) -> TrainingJob | None:
         return None
     messages.success(request, f"{job} queued: training on {job.release}.")
     return job
+
+
+@admin.register(ReplyPool)
+class ReplyPoolAdmin(curation_admin.ReadOnly, admin.ModelAdmin):
+    """A student scored on accepted dialogues outside every release, its weakest replies sent to
+    annotators: started from its training job's page, shown there with its progress."""
+
+    list_display = ["id", "training_job", "rule", "count", "pool_size", "status", "replies_done"]
+    list_filter = ["status", "rule"]
+    raw_id_fields = ["training_job"]
+    readonly_fields = ["outcome"]

@@ -400,3 +400,47 @@ class Experiment(LeasedRun):
             return self.label
         counted = f" {self.done}/{self.total}" if self.total else ""
         return f"{self.label}{counted} (stage {self.stage + 1} of {self.stages})"
+
+
+class ReplyPool(LeasedRun):
+    """A trained student's replies on a pool of accepted dialogues that no release holds yet,
+    scored by a training worker, the weakest then sent to annotators (training.sendback). Its
+    rankings land in whatever split those dialogues get in the next release, where a student can
+    train on them; the test split a job was scored on would leave them in test.
+
+    Run under a lease like a training job; one that runs again scores its pool again."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Scoring"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
+    ACTIVE = (Status.RUNNING,)
+    ON_CLAIM = {"replies_done": 0, "replies_total": 0, "outcome": {}}
+    ON_ORPHANED = {"phase": "Queued again after its worker stopped: it scores the pool again"}
+
+    training_job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="pools")
+    rule = models.CharField(max_length=20)
+    count = models.PositiveIntegerField(help_text="how many of the weakest replies to send")
+    pool_size = models.PositiveIntegerField(help_text="dialogues scored, the oldest first")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    phase = models.CharField(max_length=200, blank=True)
+    replies_done = models.PositiveIntegerField(default=0)
+    replies_total = models.PositiveIntegerField(default=0)
+    # What send_back did: {"opened", "waiting", "skipped": [[where, why]], "note", "scored"}.
+    outcome = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Reply pool #{self.pk} of {self.training_job}"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return round(100 * self.replies_done / self.replies_total) if self.replies_total else 0

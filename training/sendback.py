@@ -21,7 +21,7 @@ from django.db import transaction
 from curation.models import SAFETY_HELD, Candidate, RankRound, ReleaseDialogue, Strategy, Turn
 from curation.review import rounds
 from training.data import split_tag
-from training.models import TrainingJob
+from training.models import ReplyPool, TrainingJob
 
 RULES = {
     "likelihood": "Lowest likelihood of the written reply under the student (highest loss per token)",
@@ -129,21 +129,32 @@ def decoding_of(job: TrainingJob) -> dict[str, Any]:
         return {}
 
 
-def send_back(job: TrainingJob, rule: str, count: int, lead: Any) -> Outcome:
-    """Open a ranking round for each of the `count` weakest turns of a finished job. A turn
-    sent from this job before, held by the safety queue, waiting for the teacher already, or
-    changed since the release (reopened and edited) is skipped and said why."""
+def send_back(
+    job: TrainingJob,
+    rule: str,
+    count: int,
+    lead: Any,
+    pool: ReplyPool | None = None,
+    samples: list[dict[str, Any]] | None = None,
+    snapshots: dict[int, Any] | None = None,
+) -> Outcome:
+    """Open a ranking round for each of the `count` weakest turns of a finished job: of the
+    test turns it was scored on, or of a pool's `samples` (with the `snapshots` they were made
+    from). A turn sent from this job before, held by the safety queue, waiting for the teacher
+    already, or changed since (reopened and edited) is skipped and said why."""
     if job.status != TrainingJob.Status.DONE:
         raise ValueError(
             f"{job} is {job.get_status_display().lower()}: only a finished job's replies"
         )
-    picked = weakest(job.samples, rule, count)
+    picked = weakest(job.samples if samples is None else samples, rule, count)
     outcome = Outcome()
-    snapshots = dict(
-        ReleaseDialogue.objects.filter(
-            release=job.release, dialogue_id__in=[w.dialogue_id for w in picked]
-        ).values_list("dialogue_id", "snapshot")
-    )
+    if snapshots is None:
+        snapshots = dict(
+            ReleaseDialogue.objects.filter(
+                release=job.release, dialogue_id__in=[w.dialogue_id for w in picked]
+            ).values_list("dialogue_id", "snapshot")
+        )
+    contexts = "test" if pool is None else "pool"
     tags = {s.name.casefold(): s for s in Strategy.objects.all()}
     decoding = decoding_of(job)
     with transaction.atomic():
@@ -175,7 +186,9 @@ def send_back(job: TrainingJob, rule: str, count: int, lead: Any) -> Outcome:
                     "decoding": decoding,
                     "rule": rule,
                     "score": weak.score,
-                    "sent_by": lead.get_username(),
+                    "contexts": contexts,
+                    "pool": None if pool is None else pool.pk,
+                    "sent_by": lead.get_username() if lead else None,
                 },
             )
             keys = rounds.keys(turn, 1)  # the original and the teacher's candidates
@@ -190,6 +203,7 @@ def send_back(job: TrainingJob, rule: str, count: int, lead: Any) -> Outcome:
                     "rule": rule,
                     "score": weak.score,
                     "measure": MEASURES[rule],
+                    "contexts": contexts,
                 },
                 training_job_id=job.pk,
                 created_by=lead,
@@ -204,7 +218,7 @@ def _turn_of(weak: Weak, snapshot: Any) -> tuple[Turn | None, str]:
     """The stored turn a scored reply was written for, found through the release's snapshot
     (the SFT example's messages are the snapshot's turns after the system prompt)."""
     if snapshot is None:
-        return None, "the dialogue is not in the job's release"
+        return None, "the dialogue is not in the job's release (or the pool)"
     snap = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
     turns = snap["turns"]
     if not 1 <= weak.message <= len(turns):
@@ -297,3 +311,102 @@ def targeted_plan(
         job.samples, scene_of, strategy_of, rule, scenarios, total, DEFAULT_SHARES, emphasis
     )
     return found | {"training_job": job.pk, "release": job.release.name}
+
+
+# ---- a pool of accepted dialogues that no release holds: scored by a training worker -----------
+
+
+def pool_dialogues(size: int | None = None) -> Any:
+    """Accepted dialogues outside every release, not held for safety, the oldest first: where a
+    student's replies can be scored and their rankings still reach a training split."""
+    from curation.models import Dialogue
+
+    found = (
+        Dialogue.objects.releasable()
+        .exclude(pk__in=ReleaseDialogue.objects.values("dialogue_id"))
+        .order_by("id")
+    )
+    return found if size is None else found[:size]
+
+
+def run_pool(pool_id: int, worker: str) -> None:
+    """Score the student on its pool and send the weakest replies (a training worker's task)."""
+    from training.evaluate import Stopped
+    from training.runs import RunReporter, heartbeat
+
+    pool = ReplyPool.objects.select_related("training_job__release", "created_by")
+    found = pool.filter(pk=pool_id).first()
+    if found is None or not found.claim(worker):
+        return
+    reporter: RunReporter[ReplyPool] = RunReporter(found)
+    reporter.log(f"Attempt {found.attempts} on {worker}")
+    try:
+        with heartbeat(found):
+            _score_pool(found, reporter)
+    except Stopped:
+        if reporter.reason == "cancelled":
+            found.finish(ReplyPool.Status.CANCELLED, phase="Cancelled")
+        elif reporter.reason == "shutdown":  # its next worker scores the pool again
+            found.held().update(status=ReplyPool.Status.QUEUED, phase="Queued again")
+    except Exception as exc:
+        reporter.fail(exc)
+
+
+def _score_pool(pool: ReplyPool, reporter: Any) -> None:
+    from django.conf import settings
+
+    from curation.releases.build import _snapshots, sft_example
+    from training.evaluate import evaluate
+    from training.jobs import run_dir
+
+    job = pool.training_job
+    ids = list(pool_dialogues(pool.pool_size).values_list("pk", flat=True))
+    if not ids:
+        raise ValueError(
+            "no accepted dialogue is outside every release: accept some (or import them) first"
+        )
+    reporter.set(force=True, phase=f"Writing {len(ids)} dialogues of the pool")
+    snaps = _snapshots(ids, include_dri=False)
+    tags = bool(job.release.file_options.get("strategy_tags"))
+    folder = run_dir(job) / f"pool-{pool.pk}"
+    (folder / "sft").mkdir(parents=True, exist_ok=True)
+    with (folder / "sft" / "test.jsonl").open("w", encoding="utf-8") as out:
+        for pk in ids:
+            out.write(json.dumps(sft_example(snaps[pk], tags), ensure_ascii=False) + "\n")
+    reporter.set(force=True, phase="Scoring the student's replies")
+    result = evaluate(
+        folder,
+        adapter=job.adapter_dir,
+        max_new_tokens=settings.TRAINING_EVAL_MAX_NEW_TOKENS,
+        on_progress=lambda done, total: reporter.set(replies_done=done, replies_total=total),
+        batch_size=settings.TRAINING_EVAL_BATCH,
+        should_stop=reporter.should_stop,
+    )
+    rows = [
+        {
+            "id": s["id"],
+            "turn": s["turn"],
+            "reference": s["reference"],
+            "student": s["reply"],
+            "student_scores": s.get("scores"),
+        }
+        for s in result["samples"]
+    ]
+    reporter.set(force=True, phase="Sending the weakest replies")
+    outcome = send_back(
+        job, pool.rule, pool.count, pool.created_by, pool=pool, samples=rows, snapshots=snaps
+    )
+    note = queue_teacher(outcome, pool.created_by)
+    reporter.log(f"Scored {len(rows)} replies; sent {len(outcome.opened) + len(outcome.waiting)}")
+    reporter.flush()
+    pool.finish(
+        ReplyPool.Status.DONE,
+        phase="Done",
+        outcome={
+            "scored": len(rows),
+            "opened": len(outcome.opened),
+            "waiting": len(outcome.waiting),
+            "skipped": outcome.skipped[:50],
+            "note": note,
+        },
+    )

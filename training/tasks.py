@@ -15,8 +15,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from training import experiments, jobs
-from training.models import Experiment, TrainingJob
+from training import experiments, jobs, sendback
+from training.models import Experiment, ReplyPool, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ def run_job(self: Any, job_id: int) -> None:
 @shared_task(name="training.run_experiment", bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_experiment(self: Any, experiment_id: int) -> None:
     experiments.run(experiment_id, self.request.hostname or "unknown-worker")
+
+
+@shared_task(name="training.score_pool", bind=True, acks_late=True, reject_on_worker_lost=True)
+def score_pool(self: Any, pool_id: int) -> None:
+    sendback.run_pool(pool_id, self.request.hostname or "unknown-worker")
 
 
 @worker_ready.connect
@@ -49,3 +54,6 @@ def _recover_after_start(sender: Any = None, **kwargs: Any) -> None:
         run_experiment.delay(experiment_id)
     if experiment_ids:
         logger.info("queued %d experiments again: %s", len(experiment_ids), experiment_ids)
+    pool_ids = ReplyPool.orphans_of(sender.hostname)
+    for pool_id in pool_ids:
+        score_pool.delay(pool_id)

@@ -34,8 +34,8 @@ from training.experiment import LOWER_IS_BETTER as EXPERIMENT_LOWER_IS_BETTER
 from training.experiment import METRICS
 from training.forms import ExperimentForm
 from training.jobs import not_evaluated_reason, valid_loss_text
-from training.models import Experiment, TrainingJob
-from training.tasks import run_experiment, run_job
+from training.models import Experiment, ReplyPool, TrainingJob
+from training.tasks import run_experiment, run_job, score_pool
 
 LOWER_IS_BETTER = {"perplexity"}
 SHOWN_METRICS = {**METRIC_NAMES, "reply_words": "Words per reply"}
@@ -166,8 +166,12 @@ def _send_back_context(job: TrainingJob, user: Any) -> dict[str, Any]:
         {"key": key, "label": label, "problem": sendback.rule_problem(key, job.samples)}
         for key, label in sendback.RULES.items()
     ]
+    pools = list(job.pools.order_by("-id")[:10])
     return {
         "rows": rows,
+        "pools": pools,
+        "pool_running": any(not p.is_finished for p in pools),
+        "pool_available": sendback.pool_dialogues().count(),
         "ranked": sum(1 for row in rows if row["rankings"] >= needed),
         "may_send": is_lead(user),
         "rules": rules,
@@ -191,6 +195,8 @@ def job_send_back(request: HttpRequest, pk: int) -> HttpResponse:
     if not 1 <= count <= 500:
         messages.error(request, "How many replies: a number from 1 to 500.")
         return redirect(job)
+    if request.POST.get("contexts") == "pool":
+        return _send_from_pool(request, job, rule, count)
     try:
         outcome = sendback.send_back(job, rule, count, request.user)
     except ValueError as exc:
@@ -215,6 +221,49 @@ def job_send_back(request: HttpRequest, pk: int) -> HttpResponse:
             request,
             f"{len(outcome.skipped)} skipped: {shown}" + (f"; and {more} more" if more > 0 else ""),
         )
+    return redirect(job)
+
+
+def _send_from_pool(request: HttpRequest, job: TrainingJob, rule: str, count: int) -> HttpResponse:
+    """Queue the scoring of the student on a pool of accepted, unreleased dialogues."""
+    try:
+        size = int(request.POST.get("pool_size", ""))
+    except ValueError:
+        size = 0
+    available = sendback.pool_dialogues().count()
+    problem = ""
+    if job.status != TrainingJob.Status.DONE or not job.adapter_dir:
+        problem = "only a finished job's student can be scored"
+    elif rule not in ("likelihood", "overlap") and not job.release.file_options.get(
+        "strategy_tags"
+    ):
+        problem = f"the rule {rule!r} needs strategy tags or is unknown"
+    elif not available:
+        problem = "no accepted dialogue is outside every release: accept some first"
+    elif not 1 <= size <= 5000:
+        problem = "how many dialogues to score: a number from 1 to 5000"
+    if problem:
+        messages.error(request, f"Nothing was queued: {problem}.")
+        return redirect(job)
+    pool = ReplyPool.objects.create(
+        training_job=job,
+        rule=rule,
+        count=count,
+        pool_size=min(size, available),
+        created_by=cast(User, request.user),
+        phase="Waiting for a training worker",
+    )
+    try:
+        score_pool.delay(pool.pk)
+    except BrokerUnreachable:
+        pool.delete()  # no worker would ever score it
+        messages.error(request, f"{QUEUE_UNREACHABLE} Try again once it is back.")
+        return redirect(job)
+    messages.success(
+        request,
+        f"{pool} queued: a training worker scores the student on {pool.pool_size} accepted "
+        f"dialogues outside every release, then sends the {count} weakest replies.",
+    )
     return redirect(job)
 
 
