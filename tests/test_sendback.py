@@ -321,3 +321,20 @@ def test_a_new_round_of_a_turn_ranked_before_is_ranked_again_by_the_same_people(
     assert not Ranking.objects.filter(annotator=other).exists()
     first.refresh_from_db()
     assert len(first.order) == 2  # the first round's ranking is untouched
+
+
+def test_a_student_reply_at_risk_goes_to_a_lead_before_any_annotator(released):
+    from curation.models import SafetyStatus
+
+    [(dialogue, message, turn)] = supporter_messages(released, 1)
+    Candidate.objects.create(turn=turn, text="Tell me more about it.", provenance={"job": 1})
+    job = finished_job(released, [(dialogue, message)])
+    risky = "I want to end my life."
+    job.samples = [dict(s, student=risky) if s["student"] == WEAK else s for s in job.samples]
+    job.save(update_fields=["samples"])
+    outcome = sendback.send_back(job, "overlap", 1, person("lena", "lead"))
+    assert len(outcome.opened) == 1
+    held = Dialogue.objects.get(pk=dialogue)
+    assert held.safety_status == SafetyStatus.FLAGGED
+    assert held.safety_notes["source"] == "student reply gate"
+    assert rank_all(person("ann", "annotator")) == []  # not offered while a lead holds it

@@ -208,6 +208,18 @@ def send_back(
                 training_job_id=job.pk,
                 created_by=lead,
             )
+            # The gate every DRI candidate passes: a reply at risk sends its dialogue to a lead
+            # first (the round waits out of the queue while the dialogue is held).
+            from generation import crisis_gate
+
+            crisis = crisis_gate.check([student.text])
+            if crisis.flagged:
+                turn.dialogue.flag_by_gate(
+                    "student reply gate",
+                    list(crisis.categories),
+                    list(crisis.matches),
+                    [r.as_dict() for r in crisis.reasons],
+                )
             (outcome.waiting if waiting else outcome.opened).append(row.pk)
             if waiting:
                 outcome.dri_turns.append(turn.pk)
