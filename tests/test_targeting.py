@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 
 from curation.models import Scenario
+from curation.releases.lineage import lineage
 from generation import runner
 from generation.models import GenerationJob
 from tests.test_sendback import finished_job, person, released, row, supporter_messages
@@ -145,3 +146,4 @@ def test_the_form_shows_the_weights_and_the_job_plans_by_them(client, released, 
     assert planned == {name: n for name, n in counts.items() if n}
     detail = client.get(reverse("generation-job-detail", args=[made.pk])).content.decode()
     assert f'from training job <a href="{job.get_absolute_url()}">#{job.pk}</a>' in detail
+    assert lineage(released).targeted == [made]  # the release's page links the round

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db.models import Count
 from django.db.models.fields.json import KT
@@ -33,6 +34,8 @@ class Lineage:
     sent_back: list[dict[str, Any]]
     # Releases holding rankings of those rounds: {"release", "rankings"}.
     took: list[dict[str, Any]]
+    # Generation jobs planned from its students' evaluations (a targeted round).
+    targeted: list[Any]
 
     @property
     def empty(self) -> bool:
@@ -68,7 +71,15 @@ def lineage(release: Release) -> Lineage:
         experiments=list(release.experiments.order_by("-id")[:50]),
         sent_back=sent_back,
         took=took,
+        targeted=_targeted([job.pk for job in students]),
     )
+
+
+def _targeted(job_ids: list[int]) -> list[Any]:
+    if not job_ids:
+        return []
+    jobs = apps.get_model("generation", "GenerationJob")._default_manager
+    return list(jobs.filter(plan__training_job__in=job_ids).order_by("-id")[:20])
 
 
 def _sent_back(
