@@ -238,6 +238,7 @@ def run_experiment(
     budgets: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
     adapter: Path | None = None
+    sft_stage: dict[int, tuple[Path, dict[str, Any]]] = {}  # seed: a plain SFT adapter, its budget
     for stage, (arm, seed, kind) in enumerate(plan):
         label = f"{arm} seed {seed}: {kind}" if arm in TRAINED else f"{arm}: {kind}"
 
@@ -245,6 +246,21 @@ def run_experiment(
             report_progress(Progress(stage, len(plan), label, done, total))
 
         progress(0, steps if kind == "training" else 0)
+        variant = "sft" if arm == "sft_dpo" else arm
+        if kind == "training" and variant == "sft" and seed in sft_stage:
+            # sft and sft_dpo train the same SFT stage (same data, steps and seed): once.
+            adapter, first = sft_stage[seed]
+            log(f"{label}: the {steps} SFT steps of the other arm with this seed, reused")
+            progress(steps, steps)
+            budget = dict(first)
+            if arm == "sft_dpo":
+                adapter, budget["dpo_steps"] = _dpo_stage(
+                    data, out / f"{arm}-seed{seed}", adapter, base, seed, device, dpo,
+                    _after(steps, progress), should_stop,
+                )  # fmt: skip
+                log(f"{label}: DPO {budget['dpo_steps']} steps")
+            budgets.setdefault(arm, []).append(budget)
+            continue
         if kind == "training":
             log(f"{label}: {steps} steps")
             trained = train(
@@ -266,6 +282,8 @@ def run_experiment(
                 raise Stopped
             adapter = trained.adapter_dir
             budget = {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}  # fmt: skip
+            if variant == "sft":
+                sft_stage[seed] = (adapter, dict(budget))
             if arm == "sft_dpo":
                 adapter, budget["dpo_steps"] = _dpo_stage(
                     data, out / f"{arm}-seed{seed}", adapter, base, seed, device, dpo,
