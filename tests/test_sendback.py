@@ -68,7 +68,7 @@ def test_a_rule_that_cannot_pick_says_why():
     assert sendback.rule_problem("overlap", untagged) == ""
     assert "not evaluated" in sendback.rule_problem("overlap", [])
     old = [dict(untagged[0], student_scores={"bleu": [0, 0]})]
-    assert "older version" in sendback.rule_problem("likelihood", old)
+    assert "no likelihood of the written replies" in sendback.rule_problem("likelihood", old)
     with pytest.raises(ValueError, match="unknown rule"):
         sendback.weakest(untagged, "length", 1)
 
@@ -243,7 +243,9 @@ def test_weakest_replies_go_back_blind_and_come_out_as_preference_pairs(
     assert "3 from rankings of a student's replies sent back to annotators" in card
 
     history = lineage(released)
-    assert history.sent_back == [{"job": job.pk, "rounds": 3, "ranked": 3, "rankings": 6}]
+    assert history.sent_back == [
+        {"kind": "job", "id": job.pk, "rounds": 3, "ranked": 3, "rankings": 6}
+    ]
     assert history.took == [{"release": "r-after", "rankings": 6}]
     page = client.get(reverse("curation-release", args=[released.name])).content.decode()
     assert "Their rankings went into" in page and "r-after" in page
@@ -338,3 +340,46 @@ def test_a_student_reply_at_risk_goes_to_a_lead_before_any_annotator(released):
     assert held.safety_status == SafetyStatus.FLAGGED
     assert held.safety_notes["source"] == "student reply gate"
     assert rank_all(person("ann", "annotator")) == []  # not offered while a lead holds it
+
+
+def test_an_experiment_arm_sends_its_weakest_replies(client, released, settings):
+    from training import experiments
+    from training.models import Experiment
+
+    picked = supporter_messages(released, 2)
+    weak_at = {(d, m) for d, m, _ in picked}
+    experiment = Experiment.objects.create(
+        release=released, arms=["base", "sft"], status=Experiment.Status.DONE,
+        report={"base": "tiny-student", "decoding": {"kind": "greedy", "max_new_tokens": 8}},
+    )  # fmt: skip
+    folder = experiments.run_dir(experiment)
+    (folder / "sft-seed0").mkdir(parents=True)
+    lines = []
+    for item in released.items.order_by("dialogue_id"):
+        for message, turn in enumerate(item.snapshot["turns"], start=1):
+            if turn["role"] == "supporter":
+                reply = WEAK if (item.dialogue_id, message) in weak_at else turn["text"]
+                lines.append({"id": str(item.dialogue_id), "turn": message, "context": [],
+                              "reference": turn["text"], "base": "Hm.", "sft": reply})  # fmt: skip
+    (folder / "replies.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    client.force_login(person("lena", "lead"))
+    page = client.get(experiment.get_absolute_url()).content.decode()
+    assert "Back to annotators" in page and "experiments keep none" in page
+    url = reverse("training-experiment-send-back", args=[experiment.pk])
+    response = client.post(url, {"arm": "sft", "rule": "overlap", "count": 2})
+    said = [str(m) for m in response.wsgi_request._messages]
+    assert "2 of the student's replies sent to annotators to rank (0 open now)." in said
+    rounds = RankRound.objects.filter(source__experiment=experiment.pk)
+    assert {r.turn_id for r in rounds} == {t.pk for _, _, t in picked}
+    assert all(r.training_job_id is None and r.source["arm"] == "sft" for r in rounds)
+    student = Candidate.objects.filter(author=Candidate.Author.STUDENT).first()
+    assert student.provenance["adapter"] == str(folder / "sft-seed0" / "adapter")
+    again = client.post(url, {"arm": "sft", "rule": "overlap", "count": 2})
+    assert any(
+        "from this experiment's sft arm already" in str(m) for m in again.wsgi_request._messages
+    )
+    refused = client.post(url, {"arm": "base", "rule": "overlap", "count": 2})
+    assert any("not a trained arm" in str(m) for m in refused.wsgi_request._messages)
+    assert "2 replies sent back" in client.get(experiment.get_absolute_url()).content.decode()
+    [row] = lineage(released).sent_back
+    assert (row["kind"], row["id"], row["rounds"]) == ("experiment", experiment.pk, 2)

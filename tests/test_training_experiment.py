@@ -225,8 +225,9 @@ def test_the_sft_dpo_arm_trains_sft_then_dpo_from_it_and_is_compared_with_sft(
     # The SFT stage is the sft arm's own adapter (same data, steps and seed), trained once.
     assert config["start_adapter"]["path"] == str(tmp_path / "out" / "sft-seed0" / "adapter")
     assert not (tmp_path / "out" / "sft_dpo-seed0" / "adapter").exists()
-    assert report["arms"]["sft_dpo"]["budget"][0]["tokens_seen"] == (
-        report["arms"]["sft"]["budget"][0]["tokens_seen"]
+    assert (
+        report["arms"]["sft_dpo"]["budget"][0]["tokens_seen"]
+        == (report["arms"]["sft"]["budget"][0]["tokens_seen"])
     )
     lines = [
         json.loads(line) for line in (tmp_path / "out" / "replies.jsonl").read_text().splitlines()

@@ -51,7 +51,10 @@ def rule_problem(rule: str, samples: list[dict[str, Any]]) -> str:
     if not samples:
         return "the job has no scored replies: it was not evaluated"
     if rule == "likelihood" and not any(_nll_per_token(s) is not None for s in samples):
-        return "the job's scores have no reference likelihoods (scored by an older version)"
+        return (
+            "the scores hold no likelihood of the written replies (experiments keep none; jobs "
+            "scored by an older version neither)"
+        )
     if rule == "overlap" and not any(_f1(s) is not None for s in samples):
         return "the job's scores have no word overlap (scored by an older version)"
     if rule == "strategy" and not any(split_tag(s["reference"])[0] for s in samples):
@@ -129,8 +132,42 @@ def decoding_of(job: TrainingJob) -> dict[str, Any]:
         return {}
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Whose replies go back: a training job's student, or one trained arm of an experiment.
+    `mark` goes into every round's source and the student's provenance; a turn sent from the
+    same origin before is not sent again."""
+
+    release: Any
+    samples: list[dict[str, Any]]
+    training_job_id: int | None
+    mark: dict[str, Any]  # {"training_job": id} or {"experiment": id, "arm": name}
+    provenance: dict[str, Any]  # release, variant, base model, adapter, decoding
+    name: str = "this job"  # in "sent back from this job already"
+
+
+def job_origin(job: TrainingJob) -> Origin:
+    if job.status != TrainingJob.Status.DONE:
+        raise ValueError(
+            f"{job} is {job.get_status_display().lower()}: only a finished job's replies"
+        )
+    return Origin(
+        release=job.release,
+        samples=job.samples,
+        training_job_id=job.pk,
+        mark={"training_job": job.pk},
+        provenance={
+            "release": job.release_id,
+            "variant": job.variant,
+            "base_model": job.resolved_config.get("base") or job.base_model,
+            "adapter": job.adapter_dir,
+            "decoding": decoding_of(job),
+        },
+    )
+
+
 def send_back(
-    job: TrainingJob,
+    job: TrainingJob | Origin,
     rule: str,
     count: int,
     lead: Any,
@@ -138,25 +175,22 @@ def send_back(
     samples: list[dict[str, Any]] | None = None,
     snapshots: dict[int, Any] | None = None,
 ) -> Outcome:
-    """Open a ranking round for each of the `count` weakest turns of a finished job: of the
-    test turns it was scored on, or of a pool's `samples` (with the `snapshots` they were made
-    from). A turn sent from this job before, held by the safety queue, waiting for the teacher
-    already, or changed since (reopened and edited) is skipped and said why."""
-    if job.status != TrainingJob.Status.DONE:
-        raise ValueError(
-            f"{job} is {job.get_status_display().lower()}: only a finished job's replies"
-        )
-    picked = weakest(job.samples if samples is None else samples, rule, count)
+    """Open a ranking round for each of the `count` weakest turns of a finished job (or another
+    origin): of the test turns it was scored on, or of a pool's `samples` (with the `snapshots`
+    they were made from). A turn sent from the same origin before, held by the safety queue,
+    waiting for the teacher already, or changed since (reopened and edited) is skipped and said
+    why."""
+    origin = job if isinstance(job, Origin) else job_origin(job)
+    picked = weakest(origin.samples if samples is None else samples, rule, count)
     outcome = Outcome()
     if snapshots is None:
         snapshots = dict(
             ReleaseDialogue.objects.filter(
-                release=job.release, dialogue_id__in=[w.dialogue_id for w in picked]
+                release=origin.release, dialogue_id__in=[w.dialogue_id for w in picked]
             ).values_list("dialogue_id", "snapshot")
         )
     contexts = "test" if pool is None else "pool"
     tags = {s.name.casefold(): s for s in Strategy.objects.all()}
-    decoding = decoding_of(job)
     with transaction.atomic():
         for weak in picked:
             where = f"dialogue {weak.dialogue_id}, reply {weak.message}"
@@ -166,7 +200,7 @@ def send_back(
                 continue
             where = f"dialogue {turn.dialogue_id}, turn {turn.index}"
             turn = Turn.objects.select_for_update().get(pk=turn.pk)
-            why = _not_sendable(turn, job)
+            why = _not_sendable(turn, origin)
             if why:
                 outcome.skipped.append((where, why))
                 continue
@@ -178,12 +212,8 @@ def send_back(
                 strategy=tags.get((tag or "").casefold()),
                 provenance={
                     "source": "student",
-                    "training_job": job.pk,
-                    "release": job.release_id,
-                    "variant": job.variant,
-                    "base_model": job.resolved_config.get("base") or job.base_model,
-                    "adapter": job.adapter_dir,
-                    "decoding": decoding,
+                    **origin.mark,
+                    **origin.provenance,
                     "rule": rule,
                     "score": weak.score,
                     "contexts": contexts,
@@ -200,12 +230,13 @@ def send_back(
                 keys=[*keys, f"c{student.pk}"],
                 source={
                     "kind": "student",
+                    **origin.mark,
                     "rule": rule,
                     "score": weak.score,
                     "measure": MEASURES[rule],
                     "contexts": contexts,
                 },
-                training_job_id=job.pk,
+                training_job_id=origin.training_job_id,
                 created_by=lead,
             )
             # The gate every DRI candidate passes: a reply at risk sends its dialogue to a lead
@@ -244,11 +275,16 @@ def _turn_of(weak: Weak, snapshot: Any) -> tuple[Turn | None, str]:
     return turn, ""
 
 
-def _not_sendable(turn: Turn, job: TrainingJob) -> str:
+def _not_sendable(turn: Turn, origin: Origin) -> str:
     if turn.dialogue.safety_status in SAFETY_HELD:
         return "the dialogue is held by the safety queue"
-    if RankRound.objects.filter(turn=turn, training_job_id=job.pk).exists():
-        return "sent back from this job already"
+    sent = RankRound.objects.filter(turn=turn)
+    if origin.training_job_id is not None:
+        sent = sent.filter(training_job_id=origin.training_job_id)
+    else:
+        sent = sent.filter(**{f"source__{k}": v for k, v in origin.mark.items()})
+    if sent.exists():
+        return f"sent back from {origin.name} already"
     if RankRound.objects.filter(turn=turn, status=RankRound.Status.WAITING).exists():
         return "a round for this gap is waiting for the teacher's candidates already"
     return ""
@@ -421,4 +457,58 @@ def _score_pool(pool: ReplyPool, reporter: Any) -> None:
             "skipped": outcome.skipped[:50],
             "note": note,
         },
+    )
+
+
+# ---- an experiment's arm --------------------------------------------------------------------
+
+
+def experiment_origin(experiment: Any, arm: str) -> Origin:
+    """One trained arm of a finished experiment: its replies to the scored test turns
+    (replies.jsonl), each scored for word overlap from the texts as the evaluation scores it
+    (the experiment keeps no per-reply likelihood, so that rule cannot pick here)."""
+    from training import experiments, noise
+    from training.experiment import TRAINED
+
+    if experiment.status != "done":
+        raise ValueError(f"{experiment} is not finished: only a finished experiment's replies")
+    if arm not in experiment.arms or arm not in TRAINED:
+        raise ValueError(f"{arm!r} is not a trained arm of {experiment}")
+    folder = experiments.run_dir(experiment)
+    try:
+        lines = [
+            json.loads(text)
+            for text in (folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
+            if text.strip()
+        ]
+        refs = [split_tag(line["reference"])[1] for line in lines]
+        hyps = [split_tag(line[arm])[1] for line in lines]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the experiment's replies.jsonl cannot be read ({exc})") from None
+    scores = noise.per_reply(refs, hyps)
+    samples = [
+        {
+            "id": line["id"],
+            "turn": line["turn"],
+            "reference": line["reference"],
+            "student": line[arm],
+            "student_scores": score,
+        }
+        for line, score in zip(lines, scores, strict=True)
+    ]
+    seed = folder / f"{arm}-seed0"
+    adapter = seed / "dpo" / "adapter" if arm == "sft_dpo" else seed / "adapter"
+    return Origin(
+        release=experiment.release,
+        samples=samples,
+        training_job_id=None,
+        mark={"experiment": experiment.pk, "arm": arm},
+        provenance={
+            "release": experiment.release_id,
+            "variant": arm,
+            "base_model": experiment.report.get("base") or experiment.base_model,
+            "adapter": str(adapter),
+            "decoding": experiment.report.get("decoding") or experiment.decoding,
+        },
+        name=f"this experiment's {arm} arm",
     )

@@ -19,6 +19,11 @@ urlpatterns = [
     path("training/experiments/", views.experiment_list, name="training-experiment-list"),
     path("training/experiments/new/", views.experiment_new, name="training-experiment-new"),
     path(
+        "training/experiments/<int:pk>/send-back/",
+        views.experiment_send_back,
+        name="training-experiment-send-back",
+    ),
+    path(
         "training/experiments/<int:pk>/", views.experiment_detail, name="training-experiment-detail"
     ),
     path(

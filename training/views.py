@@ -145,13 +145,38 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def _send_back_context(job: TrainingJob, user: Any) -> dict[str, Any]:
     """The job page's "back to annotators" section: the rounds sent from this job with their
     rankings so far, and (for a lead) the form, each rule with why it cannot pick, if so."""
-    from curation.models import Ranking, RankRound
+    from curation.models import RankRound
 
-    sent = list(
-        RankRound.objects.filter(training_job_id=job.pk)
-        .select_related("turn__dialogue")
-        .order_by("id")
-    )
+    pools = list(job.pools.order_by("-id")[:10])
+    return _sent_rows(RankRound.objects.filter(training_job_id=job.pk)) | {
+        "pools": pools,
+        "pool_running": any(not p.is_finished for p in pools),
+        "pool_available": sendback.pool_dialogues().count(),
+        "may_send": is_lead(user),
+        **_rules(job.samples),
+    }
+
+
+def _rules(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each rule with why it cannot pick from these samples, if so."""
+    rules = [
+        {"key": key, "label": label, "problem": sendback.rule_problem(key, samples)}
+        for key, label in sendback.RULES.items()
+    ]
+    usable = [r["key"] for r in rules if not r["problem"]]
+    return {
+        "rules": rules,
+        "any_rule": bool(usable),
+        "default_rule": usable[0] if usable else "",
+        "most": len(samples),
+    }
+
+
+def _sent_rows(sent_rounds: Any) -> dict[str, Any]:
+    """The rounds sent back from one place, with the rankings each has so far."""
+    from curation.models import Ranking
+
+    sent = list(sent_rounds.select_related("turn__dialogue").order_by("id"))
     counts: dict[tuple[int, int], int] = {}
     for turn_id, number in Ranking.objects.filter(turn__in=[r.turn_id for r in sent]).values_list(
         "turn_id", "round"
@@ -162,22 +187,7 @@ def _send_back_context(job: TrainingJob, user: Any) -> dict[str, Any]:
         {"round": r, "rankings": counts.get((r.turn_id, r.number), 0), "needed": needed}
         for r in sent
     ]
-    rules = [
-        {"key": key, "label": label, "problem": sendback.rule_problem(key, job.samples)}
-        for key, label in sendback.RULES.items()
-    ]
-    pools = list(job.pools.order_by("-id")[:10])
-    return {
-        "rows": rows,
-        "pools": pools,
-        "pool_running": any(not p.is_finished for p in pools),
-        "pool_available": sendback.pool_dialogues().count(),
-        "ranked": sum(1 for row in rows if row["rankings"] >= needed),
-        "may_send": is_lead(user),
-        "rules": rules,
-        "any_rule": any(not r["problem"] for r in rules),
-        "most": len(job.samples),
-    }
+    return {"rows": rows, "ranked": sum(1 for row in rows if row["rankings"] >= needed)}
 
 
 @require_POST
@@ -188,20 +198,34 @@ def job_send_back(request: HttpRequest, pk: int) -> HttpResponse:
     if not is_lead(request.user):
         raise PermissionDenied("Sending replies to annotators is for leads.")
     rule = request.POST.get("rule", "")
+    count = _count(request)
+    if count is None:
+        return redirect(job)
+    if request.POST.get("contexts") == "pool":
+        return _send_from_pool(request, job, rule, count)
+    _send(request, lambda: sendback.send_back(job, rule, count, request.user))
+    return redirect(job)
+
+
+def _count(request: HttpRequest) -> int | None:
+    """The form's "how many", or None after saying why it is refused."""
     try:
         count = int(request.POST.get("count", ""))
     except ValueError:
         count = 0
     if not 1 <= count <= 500:
         messages.error(request, "How many replies: a number from 1 to 500.")
-        return redirect(job)
-    if request.POST.get("contexts") == "pool":
-        return _send_from_pool(request, job, rule, count)
+        return None
+    return count
+
+
+def _send(request: HttpRequest, send: Callable[[], sendback.Outcome]) -> None:
+    """Send, then tell the lead what was sent, what waits for the teacher and what was skipped."""
     try:
-        outcome = sendback.send_back(job, rule, count, request.user)
+        outcome = send()
     except ValueError as exc:
         messages.error(request, f"Nothing was sent: {exc}.")
-        return redirect(job)
+        return
     sent = len(outcome.opened) + len(outcome.waiting)
     if sent:
         messages.success(
@@ -221,7 +245,25 @@ def job_send_back(request: HttpRequest, pk: int) -> HttpResponse:
             request,
             f"{len(outcome.skipped)} skipped: {shown}" + (f"; and {more} more" if more > 0 else ""),
         )
-    return redirect(job)
+
+
+@require_POST
+@login_required
+def experiment_send_back(request: HttpRequest, pk: int) -> HttpResponse:
+    """A lead sends the weakest replies of one trained arm of a finished experiment."""
+    experiment = _get_experiment_for_user(request, pk)
+    if not is_lead(request.user):
+        raise PermissionDenied("Sending replies to annotators is for leads.")
+    count = _count(request)
+    if count is not None:
+        arm, rule = request.POST.get("arm", ""), request.POST.get("rule", "")
+        _send(
+            request,
+            lambda: sendback.send_back(
+                sendback.experiment_origin(experiment, arm), rule, count, request.user
+            ),
+        )
+    return redirect(experiment)
 
 
 def _send_from_pool(request: HttpRequest, job: TrainingJob, rule: str, count: int) -> HttpResponse:
@@ -673,10 +715,30 @@ def experiment_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "files": [name for name in EXPERIMENT_FILES if (folder / name).is_file()]
         if experiment.status == Experiment.Status.DONE
         else [],
+        "send_back": _experiment_send_back(experiment, request.user),
     }
     if request.htmx and request.htmx.target == "live":
         return render(request, "training/experiment_detail.html#live", context)
     return render(request, "training/experiment_detail.html", context)
+
+
+def _experiment_send_back(experiment: Experiment, user: Any) -> dict[str, Any] | None:
+    """The experiment page's "back to annotators": per trained arm, the rules that can pick."""
+    from curation.models import RankRound
+    from training.experiment import TRAINED
+
+    trained = [arm for arm in experiment.arms if arm in TRAINED]
+    if experiment.status != Experiment.Status.DONE or not trained:
+        return None
+    try:
+        samples = sendback.experiment_origin(experiment, trained[0]).samples
+    except ValueError:
+        return None  # its replies file is gone or unreadable: nothing to send
+    return _sent_rows(RankRound.objects.filter(source__experiment=experiment.pk)) | {
+        "arms": trained,
+        "may_send": is_lead(user),
+        **_rules(samples),
+    }
 
 
 @require_POST

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.fields.json import KT
 
 from curation.models import Ranking, RankRound, Release, ReleaseDialogue
@@ -30,7 +30,8 @@ class Lineage:
     next: list[Release]
     students: list[Any]  # training jobs on it, newest first
     experiments: list[Any]
-    # Per student job that sent replies back: {"job", "rounds", "ranked", "rankings"}.
+    # Per training job or experiment that sent replies back: {"kind" ("job", "experiment"),
+    # "id", "rounds", "ranked", "rankings"}.
     sent_back: list[dict[str, Any]]
     # Releases holding rankings of those rounds: {"release", "rankings"}.
     took: list[dict[str, Any]]
@@ -61,14 +62,15 @@ def lineage(release: Release) -> Lineage:
         .order_by("origin")
     ]
     students = list(release.training_jobs.order_by("-id")[:50])
-    sent_back, took = _sent_back([job.pk for job in students], release)
+    experiments = list(release.experiments.order_by("-id")[:50])
+    sent_back, took = _sent_back([job.pk for job in students], [e.pk for e in experiments], release)
     return Lineage(
         rounds=rounds,
         sources=sources,
         previous=release.previous,
         next=list(Release.objects.filter(previous=release).order_by("id")),
         students=students,
-        experiments=list(release.experiments.order_by("-id")[:50]),
+        experiments=experiments,
         sent_back=sent_back,
         took=took,
         targeted=_targeted([job.pk for job in students]),
@@ -83,30 +85,34 @@ def _targeted(job_ids: list[int]) -> list[Any]:
 
 
 def _sent_back(
-    job_ids: list[int], release: Release
+    job_ids: list[int], experiment_ids: list[int], release: Release
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rounds sent back from these training jobs with their rankings so far, and the later
-    releases whose frozen snapshots hold rankings of those rounds."""
+    """The rounds sent back from these training jobs and experiments with their rankings so
+    far, and the later releases whose frozen snapshots hold rankings of those rounds."""
     sent = list(
-        RankRound.objects.filter(training_job_id__in=job_ids).values_list(
-            "training_job_id", "turn_id", "turn__index", "turn__dialogue_id", "number"
+        RankRound.objects.filter(
+            Q(training_job_id__in=job_ids) | Q(source__experiment__in=experiment_ids)
+        ).values_list(
+            "training_job_id", "source", "turn_id", "turn__index", "turn__dialogue_id", "number"
         )
     )
     if not sent:
         return [], []
     counts: dict[tuple[int, int], int] = defaultdict(int)
     for turn_id, number in Ranking.objects.filter(
-        turn_id__in={row[1] for row in sent}, round__gte=2
+        turn_id__in={row[2] for row in sent}, round__gte=2
     ).values_list("turn_id", "round"):
         counts[turn_id, number] += 1
-    per_job: dict[int, dict[str, Any]] = {}
-    for job_id, turn_id, _, _, number in sent:
-        assert job_id is not None  # filtered on it
-        row = per_job.setdefault(job_id, {"job": job_id, "rounds": 0, "ranked": 0, "rankings": 0})
+    per_origin: dict[tuple[str, int], dict[str, Any]] = {}
+    for job_id, source, turn_id, _, _, number in sent:
+        kind, pk = ("job", job_id) if job_id is not None else ("experiment", source["experiment"])
+        row = per_origin.setdefault(
+            (kind, pk), {"kind": kind, "id": pk, "rounds": 0, "ranked": 0, "rankings": 0}
+        )
         row["rounds"] += 1
         row["rankings"] += counts[turn_id, number]
         row["ranked"] += counts[turn_id, number] >= settings.REVIEWS_PER_DIALOGUE
-    wanted = {(dialogue, index, number) for _, _, index, dialogue, number in sent}
+    wanted = {(dialogue, index, number) for _, _, _, index, dialogue, number in sent}
     held: dict[int, int] = defaultdict(int)
     for release_id, snapshot in ReleaseDialogue.objects.filter(
         release_id__gt=release.pk, dialogue_id__in={d for d, _, _ in wanted}
@@ -118,4 +124,4 @@ def _sent_back(
         )
     names = dict(Release.objects.filter(pk__in=held).values_list("pk", "name"))
     took = [{"release": names[pk], "rankings": n} for pk, n in sorted(held.items()) if n]
-    return sorted(per_job.values(), key=lambda row: -row["job"]), took
+    return sorted(per_origin.values(), key=lambda row: (row["kind"], -row["id"])), took
