@@ -141,9 +141,13 @@ def create_dialogues(
     )
     waiting = [d for d in dialogues if d.safety_status == SafetyStatus.SCREENING]
     if waiting and where == "inline":
+        seekers = {
+            dialogue.pk: [Turn(text=t.text) for t in parsed.turns if t.role == Turn.Role.SEEKER]
+            for dialogue, (parsed, _) in zip(dialogues, items, strict=True)
+        }
+        for dialogue in waiting:  # the texts just written: no query for them
+            dialogue.seeker_turns = seekers[dialogue.pk]  # type: ignore[attr-defined]
         screening.screen_dialogues(waiting)
-        for dialogue in waiting:
-            dialogue.refresh_from_db(fields=["safety_status", "safety_notes"])
     elif waiting:
         screening.queue([d.pk for d in waiting])
     return dialogues

@@ -18,6 +18,7 @@ never overrides a lead, an annotator or a second screen.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,8 @@ def screen_dialogues(
     dialogues: Sequence[Dialogue], layers: Sequence[str] | None = None
 ) -> ScreenReport:
     """Run the classifier (or ``layers``) over these dialogues and settle each one still
-    SCREENING: FLAGGED with the reasons, or NONE. Returns the counts."""
+    SCREENING: FLAGGED with the reasons, or NONE (the objects given are updated too). Returns
+    the counts."""
     report = ScreenReport()
     groups = [
         [d.description, *(t.text for t in getattr(d, "seeker_turns", None) or d.turns.filter(role=Turn.Role.SEEKER).order_by("index"))]
@@ -87,10 +89,12 @@ def screen_dialogues(
     ]  # fmt: skip
     results = crisis_gate.check_many(groups, layers or crisis_gate.screen_layers())
     now = timezone.now()
+    # Passed, by (notes, layers): one UPDATE each, as fresh imports share their notes.
+    passed: dict[tuple[str, tuple[str, ...]], list[Dialogue]] = {}
     for dialogue, result in zip(dialogues, results, strict=True):
-        waiting = Dialogue.objects.filter(pk=dialogue.pk, safety_status=SafetyStatus.SCREENING)
-        screened = {"at": now.isoformat(), "layers": list(result.layers)}
         if result.flagged:
+            waiting = Dialogue.objects.filter(pk=dialogue.pk, safety_status=SafetyStatus.SCREENING)
+            screened = {"at": now.isoformat(), "layers": list(result.layers)}
             notes = {
                 **dialogue.safety_notes,
                 **result.notes(safety.GATE_SOURCES.get(dialogue.origin, "crisis gate")),
@@ -100,6 +104,7 @@ def screen_dialogues(
                 safety_status=SafetyStatus.FLAGGED, safety_notes=notes, updated_at=now
             )
             if changed:
+                dialogue.safety_status, dialogue.safety_notes = SafetyStatus.FLAGGED, notes
                 report.flagged += 1
                 Event.objects.create(
                     dialogue=dialogue,
@@ -107,12 +112,23 @@ def screen_dialogues(
                     action=Event.Action.CRISIS_FLAGGED,
                     after={"safety_status": SafetyStatus.FLAGGED, "source": notes["source"]},
                 )
+            report.screened += changed
         else:
-            changed = waiting.update(
-                safety_status=SafetyStatus.NONE,
-                safety_notes={**dialogue.safety_notes, "screened": screened},
-            )
-            report.passed += changed
+            key = (json.dumps(dialogue.safety_notes, sort_keys=True), tuple(result.layers))
+            passed.setdefault(key, []).append(dialogue)
+    for (_, layers_used), group in passed.items():
+        screened = {"at": now.isoformat(), "layers": list(layers_used)}
+        notes = {**group[0].safety_notes, "screened": screened}
+        changed = Dialogue.objects.filter(
+            pk__in=[d.pk for d in group], safety_status=SafetyStatus.SCREENING
+        ).update(safety_status=SafetyStatus.NONE, safety_notes=notes)
+        if changed == len(group):
+            for dialogue in group:
+                dialogue.safety_status, dialogue.safety_notes = SafetyStatus.NONE, dict(notes)
+        else:  # some were settled meanwhile: read back what each has now
+            for dialogue in group:
+                dialogue.refresh_from_db(fields=["safety_status", "safety_notes"])
+        report.passed += changed
         report.screened += changed
     return report
 

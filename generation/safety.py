@@ -37,6 +37,7 @@ it is a gate in front of human review, not a clinical assessment.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -339,9 +340,15 @@ def _sentences(text: str) -> list[str]:
 
 def sentence_categories(sentence: str) -> set[str]:
     """The categories one sentence triggers (used by check_texts; handy when debugging)."""
+    return set(_categories(sentence))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _categories(sentence: str) -> frozenset[str]:
+    # Cached: the same sentences come back (a dialogue screened again, seeds, DRI candidates).
     norm = normalise(sentence)
     if not norm:
-        return set()
+        return frozenset()
     found: set[str] = set()
     historical = bool(_HISTORICAL.search(norm)) and not _RECENT.search(norm)
     for category, patterns, now_only in _RULES:
@@ -349,7 +356,7 @@ def sentence_categories(sentence: str) -> set[str]:
             continue
         if any(p.search(norm) for p in patterns):
             found.add(category)
-    return found
+    return frozenset(found)
 
 
 def check_texts(texts: list[str]) -> CrisisCheck:
