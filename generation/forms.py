@@ -106,11 +106,15 @@ class JobForm(forms.Form):
         empty_value=None,
         label="Plan from the evaluation of",
     )
-    target_rule = forms.ChoiceField(choices=[], initial="likelihood", label="Weakest by")
+    # Not required: a form without them (an even round) is complete.
+    target_rule = forms.ChoiceField(
+        choices=[], initial="likelihood", required=False, label="Weakest by"
+    )
     target_emphasis = forms.FloatField(
         initial=0.5,
         min_value=0,
         max_value=1,
+        required=False,
         label="Emphasis",
         help_text="0: an even round; 1: shares in proportion to weakness alone.",
     )
@@ -195,14 +199,15 @@ class JobForm(forms.Form):
             self.add_error("target_job", "That training job has no evaluation to plan from.")
             return
         scenarios = sorted(s.name for s in data.get("scenarios") or [])
-        if not scenarios or data.get("per_scenario") is None or data.get("target_emphasis") is None:
+        if not scenarios or data.get("per_scenario") is None:
             return
+        emphasis = data.get("target_emphasis")
         self.plan = targeted_plan(
             job,
             data.get("target_rule") or "likelihood",
             scenarios,
             data["per_scenario"] * len(scenarios),
-            data["target_emphasis"],
+            0.5 if emphasis is None else emphasis,
         )
         if not any(row["replies"] for row in self.plan["scenarios"]):
             self.add_error(

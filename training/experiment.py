@@ -247,43 +247,36 @@ def run_experiment(
 
         progress(0, steps if kind == "training" else 0)
         variant = "sft" if arm == "sft_dpo" else arm
-        if kind == "training" and variant == "sft" and seed in sft_stage:
-            # sft and sft_dpo train the same SFT stage (same data, steps and seed): once.
-            adapter, first = sft_stage[seed]
-            log(f"{label}: the {steps} SFT steps of the other arm with this seed, reused")
-            progress(steps, steps)
-            budget = dict(first)
-            if arm == "sft_dpo":
-                adapter, budget["dpo_steps"] = _dpo_stage(
-                    data, out / f"{arm}-seed{seed}", adapter, base, seed, device, dpo,
-                    _after(steps, progress), should_stop,
-                )  # fmt: skip
-                log(f"{label}: DPO {budget['dpo_steps']} steps")
-            budgets.setdefault(arm, []).append(budget)
-            continue
         if kind == "training":
-            log(f"{label}: {steps} steps")
-            trained = train(
-                TrainConfig(
-                    data=str(data),
-                    out=str(out / f"{arm}-seed{seed}"),
-                    base=base,
-                    variant="sft" if arm == "sft_dpo" else arm,
-                    max_steps=steps,
-                    seed=seed,
-                    save_every=0,
-                    device=device,
-                    no_validation=True,  # the test split is scored: no need for valid's loss
-                ),
-                on_progress=_steps(progress),
-                should_stop=should_stop,
-            )
-            if trained.stopped:
-                raise Stopped
-            adapter = trained.adapter_dir
-            budget = {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}  # fmt: skip
-            if variant == "sft":
-                sft_stage[seed] = (adapter, dict(budget))
+            if variant == "sft" and seed in sft_stage:
+                # sft and sft_dpo train the same SFT stage (same data, steps and seed): once.
+                adapter, first = sft_stage[seed]
+                log(f"{label}: the {steps} SFT steps of the other arm with this seed, reused")
+                progress(steps, steps)
+                budget = dict(first)
+            else:
+                log(f"{label}: {steps} steps")
+                trained = train(
+                    TrainConfig(
+                        data=str(data),
+                        out=str(out / f"{arm}-seed{seed}"),
+                        base=base,
+                        variant=variant,
+                        max_steps=steps,
+                        seed=seed,
+                        save_every=0,
+                        device=device,
+                        no_validation=True,  # the test split is scored: no need for valid's loss
+                    ),
+                    on_progress=_steps(progress),
+                    should_stop=should_stop,
+                )
+                if trained.stopped:
+                    raise Stopped
+                adapter = trained.adapter_dir
+                budget = {"seed": seed, "steps": trained.steps, "tokens_seen": trained.config.get("tokens_seen")}  # fmt: skip
+                if variant == "sft":
+                    sft_stage[seed] = (adapter, dict(budget))
             if arm == "sft_dpo":
                 adapter, budget["dpo_steps"] = _dpo_stage(
                     data, out / f"{arm}-seed{seed}", adapter, base, seed, device, dpo,

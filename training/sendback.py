@@ -180,6 +180,8 @@ def send_back(
     they were made from). A turn sent from the same origin before, held by the safety queue,
     waiting for the teacher already, or changed since (reopened and edited) is skipped and said
     why."""
+    from generation import crisis_gate
+
     origin = job if isinstance(job, Origin) else job_origin(job)
     picked = weakest(origin.samples if samples is None else samples, rule, count)
     outcome = Outcome()
@@ -241,8 +243,6 @@ def send_back(
             )
             # The gate every DRI candidate passes: a reply at risk sends its dialogue to a lead
             # first (the round waits out of the queue while the dialogue is held).
-            from generation import crisis_gate
-
             crisis = crisis_gate.check([student.text])
             if crisis.flagged:
                 turn.dialogue.flag_by_gate(
