@@ -1,15 +1,19 @@
 """Generation throughput through the real worker path, and the local model's speed.
 
     python bench/generation.py [--dialogues 200] [--concurrency 16] [--latency 0.2]
-                               [--duplicate-threshold 0] [--skip-local]
+                               [--duplicate-threshold 0] [--skip-local] [--threads-per-slot 1]
 
 Starts the HTTP fake teacher (tests/fake_teacher.py) answering every request after `--latency`
 seconds, a Redis (the one on 127.0.0.1:6379, else one started here), and one Celery worker process
 with a thread pool of `--concurrency`; then runs a self-chat job of `--dialogues` dialogues over
 10 scenarios on a fresh SQLite data folder and times it from enqueueing to completion.
-Ideal throughput is concurrency / latency (every slot always waiting on the teacher).
+Ideal throughput is concurrency / latency (every slot always waiting on the teacher). The teacher
+is given `--concurrency` slots in all (EXTES_TEACHER_MAX_CONCURRENCY per worker process); with
+`--threads-per-slot` above 1 a worker has more threads than slots, so that a thread storing its
+dialogue does not keep a slot idle.
 Prints:
-    generation dialogues=200 concurrency=16 seconds=… dialogues_per_s=… ideal_per_s=80 ratio=…
+    generation dialogues=200 concurrency=16 … seconds=… dialogues_per_s=… ideal_per_s=80 ratio=…
+    generation_cpu worker_ms_per_dialogue=… machine_busy=… (share of all cores busy meanwhile)
     local_backend batch=4 new_tokens=… seconds=… tokens_per_s=…
 The near-duplicate filter (embeddings) is off by default here: it costs CPU per dialogue that a
 2-core machine cannot hide; pass --duplicate-threshold 0.92 to measure with it.
@@ -48,6 +52,7 @@ def main(
     postgres: str,
     gates: str,
     warmup: int,
+    threads_per_slot: float = 1.0,
 ) -> None:
     from tests.fake_teacher import FakeTeacher
 
@@ -62,7 +67,7 @@ def main(
             "EXTES_GENERATION_QUEUE": f"generation-bench-{uuid.uuid4().hex[:8]}",
             "EXTES_TEACHER_BASE_URL": fake.url,
             "EXTES_TEACHER_MODEL": "fake-teacher",
-            "EXTES_TEACHER_MAX_CONCURRENCY": str(concurrency),
+            "EXTES_TEACHER_MAX_CONCURRENCY": str(concurrency // workers),
             # The fake teacher's dialogues are ESConv's, on any topic: the off-scenario gate
             # would reject them at random (it is measured with the near-duplicate filter's
             # embedding, --gates ...,off_scenario).
@@ -90,7 +95,7 @@ def main(
             subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING",
                  "--queues", env["EXTES_GENERATION_QUEUE"], "--pool", pool, "--hostname",
-                 f"bench{number}@%h", "--concurrency", str(concurrency // workers),
+                 f"bench{number}@%h", "--concurrency", str(round(concurrency // workers * threads_per_slot)),
                  "--without-mingle", "--without-gossip"],
                 cwd=ROOT, env=env, start_new_session=True,
             )
@@ -106,9 +111,11 @@ def main(
                 _run_job(warmup, threshold, fake)
             cpu_before = _cpu_seconds([w.pid for w in worker_processes])
             own_before = time.process_time()
+            busy_before = _machine_busy()
             seconds = _run_job(dialogues, threshold, fake)
             worker_cpu = _cpu_seconds([w.pid for w in worker_processes]) - cpu_before
             own_cpu = time.process_time() - own_before
+            busy = _machine_busy() - busy_before
         finally:
             for worker in worker_processes:
                 os.killpg(worker.pid, signal.SIGTERM)
@@ -121,7 +128,7 @@ def main(
         print(
             f"generation dialogues={dialogues} concurrency={concurrency} pool={pool} "
             f"database={'postgresql' if database else 'sqlite'} "
-            f"workers={workers} latency_s={latency} "
+            f"workers={workers} threads_per_slot={threads_per_slot} latency_s={latency} "
             f"duplicate_filter={'on' if threshold else 'off'} seconds={seconds:.2f} "
             f"dialogues_per_s={rate:.1f} ideal_per_s={ideal:.0f} ratio={rate / ideal:.2f} "
             f"peak_teacher_requests={fake.peak_in_flight} gates={gates} warmup={warmup}"
@@ -129,7 +136,7 @@ def main(
         print(
             f"generation_cpu worker_ms_per_dialogue={1000 * worker_cpu / dialogues:.1f} "
             f"fake_teacher_and_bench_ms_per_dialogue={1000 * own_cpu / dialogues:.1f} "
-            f"cores={os.cpu_count()}"
+            f"cores={os.cpu_count()} machine_busy={busy / seconds / (os.cpu_count() or 1):.2f}"
         )
     if not skip_local:
         _local_backend(data / "models")
@@ -177,6 +184,14 @@ def _cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (Linux /proc/stat): every process, not
+    only the workers (the fake teacher, Redis, the database)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _fresh_postgres(url: str) -> str:
@@ -239,6 +254,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=20, help="dialogues of a first, unmeasured job (0: none)"
     )
     parser.add_argument(
+        "--threads-per-slot",
+        type=float,
+        default=1.0,
+        help="worker threads per teacher slot (the teacher's limit stays --concurrency)",
+    )
+    parser.add_argument(
         "--postgres",
         default="",
         help="server URL (e.g. postgres://postgres@127.0.0.1:5432/postgres): run on a new database there",
@@ -259,4 +280,5 @@ if __name__ == "__main__":
         args.postgres,
         args.gates,
         args.warmup,
+        args.threads_per_slot,
     )

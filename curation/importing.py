@@ -157,7 +157,10 @@ def _dialogue(parsed: ParsedDialogue, fields: dict[str, Any], where: str) -> Dia
     values: dict[str, Any] = {
         "description": parsed.description,
         "repairs": [{"kind": r.kind, "detail": r.detail} for r in parsed.repairs],
-        **_gate(parsed, str(fields.get("origin", "")), where),
+        # A caller that screened it already gives its safety fields (curation.screening.decide).
+        **(
+            {} if "safety_status" in fields else _gate(parsed, str(fields.get("origin", "")), where)
+        ),
         **fields,
     }
     if "content_hash" not in values:

@@ -56,6 +56,39 @@ def initial_fields(description: str, seeker_texts: list[str], origin: str, where
     return {}
 
 
+def decide(description: str, seeker_texts: Sequence[str], origin: str) -> dict:
+    """The safety fields of a new dialogue, the whole gate run now, before it is stored: for
+    callers that screen where they are (generation, in a worker) but outside their write
+    transaction, so that SQLite's single writer is not held while the classifier runs.
+
+    The same outcome as screening it inline: FLAGGED with the reasons (``record_flag`` writes its
+    event once the row exists) or NONE, each noting when and with which layers it was screened.
+    With the classifier off, the rules alone decide, as where dialogues are created."""
+    if mode() == "off":
+        return initial_fields(description, list(seeker_texts), origin, "rules")
+    result = crisis_gate.check([description, *seeker_texts], crisis_gate.screen_layers())
+    screened = {"at": timezone.now().isoformat(), "layers": list(result.layers)}
+    if result.flagged:
+        source = safety.GATE_SOURCES.get(origin, "crisis gate")
+        notes = {**result.notes(source), "screened": screened}
+        return {"safety_status": SafetyStatus.FLAGGED, "safety_notes": notes}
+    return {"safety_status": SafetyStatus.NONE, "safety_notes": {"screened": screened}}
+
+
+def record_flag(dialogue: Dialogue) -> None:
+    """The event of a dialogue the gate flagged before it was stored (see ``decide``)."""
+    if dialogue.safety_status == SafetyStatus.FLAGGED and "screened" in dialogue.safety_notes:
+        Event.objects.create(
+            dialogue=dialogue,
+            actor=None,
+            action=Event.Action.CRISIS_FLAGGED,
+            after={
+                "safety_status": SafetyStatus.FLAGGED,
+                "source": dialogue.safety_notes.get("source", ""),
+            },
+        )
+
+
 def placement() -> str:
     """Where new dialogues created outside a worker are screened, per the setting."""
     return {"worker": "worker", "inline": "inline", "off": "rules"}[mode()]

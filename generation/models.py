@@ -330,32 +330,32 @@ class GenerationUnit(models.Model):
         claimable = Q(status=cls.Status.PENDING) | Q(
             status=cls.Status.RUNNING, heartbeat_at__lt=stale
         )
-        updated = cls.objects.filter(
-            claimable, pk=pk, job__status=GenerationJob.Status.RUNNING
-        ).update(
-            status=cls.Status.RUNNING,
-            claimed_by=worker,
-            claimed_at=now,
-            heartbeat_at=now,
-            # What an earlier claim counted is not this claim's work.
-            calls=0,
-            prompt_tokens=0,
-            completion_tokens=0,
-            turns=0,
-            last_call_at=None,
-            activity="",
-            live_tokens=0,
-        )
+        with writing():
+            updated = cls.objects.filter(
+                claimable, pk=pk, job__status=GenerationJob.Status.RUNNING
+            ).update(
+                status=cls.Status.RUNNING,
+                claimed_by=worker,
+                claimed_at=now,
+                heartbeat_at=now,
+                # What an earlier claim counted is not this claim's work.
+                calls=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                turns=0,
+                last_call_at=None,
+                activity="",
+                live_tokens=0,
+            )
         if updated != 1:
             return None
         return cls.objects.select_related("job", "scenario", "turn").get(pk=pk)
 
     def heartbeat(self) -> None:
         """Tell others this claim is alive; at most every tenth of the lease (writes are costly)."""
-        now = timezone.now()
-        interval = timedelta(seconds=settings.GENERATION_LEASE_SECONDS / 10)
-        if self.heartbeat_at is not None and now - self.heartbeat_at < interval:
+        if not self.heartbeat_due():
             return
+        now = timezone.now()
         with writing():
             GenerationUnit.objects.filter(pk=self.pk, claimed_by=self.claimed_by).update(
                 heartbeat_at=now
@@ -378,28 +378,62 @@ class GenerationUnit(models.Model):
         return self._mine().exists()
 
     def record_call(self, usage: Usage, turns: int | None = None) -> None:
-        """After each teacher request: add its usage to the live counts, which also beats.
+        """After each teacher request: its usage joins the live counts.
 
-        A request that failed (no usage, no turn) only beats. `complete` stores the final counts.
+        The write waits for the unit's next request (`flush_calls`, before it is sent) or its
+        end (`complete`): the counts a page reads while the teacher writes are the same, and a
+        unit of one request writes once instead of twice, on SQLite's single writer. A request
+        that failed (no usage, no turn) only beats.
         """
         if not usage.calls and turns is None:
             self.heartbeat()
             return
-        now = timezone.now()
-        values: dict[str, Any] = {"heartbeat_at": now}
+        pending = self._pending_calls or {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
         if usage.calls:
+            pending["calls"] += usage.calls
+            pending["prompt_tokens"] += usage.prompt_tokens
+            pending["completion_tokens"] += usage.completion_tokens
+            pending["last_call_at"] = timezone.now()
+        if turns is not None:
+            pending["turns"] = turns
+        self._pending_calls = pending
+        # A lease must not run out for want of a write; and a page that showed the answer being
+        # written (live tokens) learns at once that it is in.
+        if self.heartbeat_due() or self._tokens_at is not None:
+            self.flush_calls()
+
+    def _pending_values(self) -> dict[str, Any]:
+        pending = self._pending_calls or {}
+        values: dict[str, Any] = {}
+        if pending.get("calls"):
             values |= {
                 "live_tokens": 0,
-                "calls": F("calls") + usage.calls,
-                "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
-                "completion_tokens": F("completion_tokens") + usage.completion_tokens,
-                "last_call_at": now,
+                "calls": F("calls") + pending["calls"],
+                "prompt_tokens": F("prompt_tokens") + pending["prompt_tokens"],
+                "completion_tokens": F("completion_tokens") + pending["completion_tokens"],
+                "last_call_at": pending["last_call_at"],
             }
-        if turns is not None:
-            values["turns"] = turns
+        if "turns" in pending:
+            values["turns"] = pending["turns"]
+        return values
+
+    def flush_calls(self) -> None:
+        """Write the counts of the requests answered since the last write (before the next)."""
+        values = self._pending_values()
+        if not values:
+            return
+        now = timezone.now()
         with writing():
-            self._mine().update(**values)
+            self._mine().update(heartbeat_at=now, **values)
+        self._pending_calls = None
+        self._tokens_at = None
         self.heartbeat_at = now
+
+    def heartbeat_due(self) -> bool:
+        interval = timedelta(seconds=settings.GENERATION_LEASE_SECONDS / 10)
+        return self.heartbeat_at is None or timezone.now() - self.heartbeat_at >= interval
+
+    _pending_calls: dict[str, Any] | None = None
 
     def record_tokens(self, count: int) -> None:
         """While an answer is being written: its tokens so far, at most once a second (it also
@@ -438,14 +472,17 @@ class GenerationUnit(models.Model):
         `usage` None keeps the counts recorded call by call (a unit that crashed).
         """
         counts = (
-            {}
-            if usage is None
+            {k: v for k, v in self._pending_values().items() if k != "live_tokens"}
+            if usage is None  # a unit that crashed: what it counted, the last requests too
             else {
                 "prompt_tokens": usage.get("prompt_tokens", 0),
                 "completion_tokens": usage.get("completion_tokens", 0),
                 "calls": usage.get("calls", 0),
             }
         )
+        for name in ("turns", "last_call_at"):  # of the last requests, not written yet
+            if self._pending_calls and name in self._pending_calls:
+                counts[name] = self._pending_calls[name]
         updated = self._mine().update(
             status=status,
             created=created,
@@ -454,9 +491,11 @@ class GenerationUnit(models.Model):
             error=error[:2000],
             finished_at=timezone.now(),
             activity="",
+            live_tokens=0,
             response_format=response_format,
             **counts,
         )
+        self._pending_calls = None
         return updated == 1
 
 

@@ -20,6 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from curation import screening
 from curation.exporting import extes_records
 from curation.importing import Reference, create_dialogues, load_reference
 from curation.models import Candidate, Dialogue, Scenario, Turn
@@ -149,15 +150,32 @@ PREPARING_LOCAL_MODEL = "Preparing the local model (first use on this worker, ab
 
 
 def _teacher(unit: GenerationUnit) -> Teacher:
-    """The job's teacher; the job page tells while a worker loads the local model for it."""
+    """The job's teacher, writing the unit's live counts before each request; the job page
+    tells while a worker loads the local model for it."""
     config = TeacherConfig(**unit.job.teacher)
     if config.backend != "local" or is_ready(config):
-        return get_teacher(config)
+        return _Reporting(get_teacher(config), unit)
     unit.set_activity(PREPARING_LOCAL_MODEL)
     try:
-        return get_teacher(config)
+        return _Reporting(get_teacher(config), unit)
     finally:
         unit.set_activity("")
+
+
+class _Reporting:
+    """A teacher that, before each request, writes the counts of the unit's requests answered
+    so far (GenerationUnit.record_call keeps them until then)."""
+
+    def __init__(self, teacher: Teacher, unit: GenerationUnit) -> None:
+        self._teacher, self._unit = teacher, unit
+        self.backend, self.model = teacher.backend, teacher.model
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        self._unit.flush_calls()
+        return self._teacher.chat(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._teacher, name)
 
 
 def _run_selfchat_unit(unit: GenerationUnit) -> None:
@@ -212,12 +230,15 @@ def _run_selfchat_unit(unit: GenerationUnit) -> None:
 
     provenance = _provenance(job, unit, produced.attempts, produced.usage)
     provenance["response_format"] = produced.response_format
+    # The crisis gate (its classifier too) before the write: SQLite's one writer is not held
+    # while it runs.
+    safety_fields = _safety_fields(produced.dialogue) if produced.dialogue is not None else {}
     try:
         with writing(), transaction.atomic():
             dialogue = None
             if produced.dialogue is not None:
                 dialogue = _store_dialogue(
-                    produced.dialogue, produced.raw, scenario, job, unit, provenance
+                    produced.dialogue, produced.raw, scenario, job, unit, provenance, safety_fields
                 )
                 vector = vector_of.known(produced.dialogue.content_hash())
                 if vector is not None:  # the gates' embedding: no process computes it again
@@ -282,6 +303,9 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
     provenance = _provenance(job, unit, result.attempts, result.usage)
     provenance["right_context"] = job.dri_right_context
     provenance["response_format"] = result.response_format
+    # The same gate as every dialogue's, before the write (SQLite's one writer is not held
+    # while the classifier runs): a lead looks first.
+    crisis = crisis_gate.check(result.texts)
     with writing(), transaction.atomic():
         if unit.still_mine():
             Candidate.objects.bulk_create(
@@ -293,8 +317,7 @@ def _run_dri_unit(unit: GenerationUnit) -> None:
                 )
                 for text in result.texts
             )
-            crisis = crisis_gate.check(result.texts)
-            if crisis.flagged:  # the same gate as every dialogue's: a lead looks first
+            if crisis.flagged:
                 turn.dialogue.flag_by_gate(
                     "DRI gate",
                     list(crisis.categories),
@@ -364,6 +387,7 @@ def _store_dialogue(
     job: GenerationJob,
     unit: GenerationUnit,
     provenance: dict[str, Any],
+    safety_fields: dict[str, Any],
 ) -> Dialogue:
     fields = {
         "scenario": scenario,
@@ -373,12 +397,19 @@ def _store_dialogue(
         "source_format": f"generated-{job.mode}",
         "raw": {"output": raw},
         "provenance": provenance,
-    }  # the crisis gate is create_dialogues'
-    # In the worker already: the classifier screens it here, before anyone can claim it.
-    (dialogue,) = create_dialogues(
-        [(parsed, fields)], _reference_data().strategy_ids, screen=_screen_here()
-    )
+        **safety_fields,  # screened already, before anyone can claim it
+    }
+    (dialogue,) = create_dialogues([(parsed, fields)], _reference_data().strategy_ids)
+    screening.record_flag(dialogue)
     return dialogue
+
+
+def _safety_fields(parsed: ParsedDialogue) -> dict[str, Any]:
+    """The crisis gate on a dialogue about to be stored: in the worker already, the whole gate
+    runs here (the rules alone when the setting turns the classifier off)."""
+    seeker = Turn.Role.SEEKER.value
+    seekers = [t.text for t in parsed.turns if t.role == seeker]
+    return screening.decide(parsed.description, seekers, Dialogue.Origin.GENERATED)
 
 
 def _provenance(
@@ -445,12 +476,6 @@ def _example_pool(scenario_id: int, later: bool) -> list[int]:
 
 _reference: tuple[float, Reference] | None = None
 REFERENCE_TTL = 60.0  # seconds: a lead's edit to a definition reaches the prompts within a minute
-
-
-def _screen_here() -> str:
-    """Generation runs in a worker: the classifier screens each new dialogue right here (or
-    not at all when the setting turns the layer off)."""
-    return "rules" if crisis_gate.screen_mode() == "off" else "inline"
 
 
 def _reference_data() -> Reference:

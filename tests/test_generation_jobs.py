@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from curation.models import Candidate, Dialogue, Scenario, Turn
+from curation.models import Candidate, Dialogue, Event, Scenario, Turn
 from curation.parsing import ParsedDialogue, ParsedTurn
 from generation import runner
 from generation.models import GenerationFailure, GenerationJob, GenerationUnit, new_job
@@ -196,10 +196,14 @@ def test_crisis_disclosures_are_flagged_for_leads(fake):
         ],
         taxonomy="extes",
     )
-    dialogue = runner._store_dialogue(parsed, "{}", unit.scenario, job, unit, {})
+    safety_fields = runner._safety_fields(parsed)  # before the write, outside its lock
+    dialogue = runner._store_dialogue(parsed, "{}", unit.scenario, job, unit, {}, safety_fields)
     assert dialogue.crisis_flagged
     assert dialogue.safety_notes["source"] == "generation gate"
     assert dialogue.safety_notes["categories"]
+    assert dialogue.safety_notes["screened"]["layers"]  # the whole gate ran, not the rules alone
+    flagged = dialogue.events.filter(action=Event.Action.CRISIS_FLAGGED)
+    assert flagged.get().after["source"] == "generation gate"
 
 
 def test_dri_job_writes_candidates_for_masked_turns(fake, settings):
@@ -407,3 +411,50 @@ def test_the_unit_says_while_the_local_model_is_prepared(fake, monkeypatch):
     monkeypatch.setattr(runner.GenerationUnit, "set_activity", None)  # loaded: not called again
     runner.process_unit(ids[1], "w")
     assert job.units.filter(status="done").count() == 2
+
+
+def test_the_crisis_gate_runs_before_the_write_not_inside_it(fake, monkeypatch, settings):
+    """SQLite has one writer: the classifier (tens of ms a dialogue) must not hold it."""
+    from django.db import connection
+
+    from generation import crisis_gate
+    from generation import models as generation_models
+
+    settings.TEACHER_RESPONSE_FORMAT = "none"
+    seen: list[tuple[int, bool]] = []
+    real = crisis_gate.check
+
+    def check(texts, layers=None):
+        seen.append((generation_models._sqlite_writer.locked(), connection.in_atomic_block))
+        return real(texts, layers)
+
+    monkeypatch.setattr(crisis_gate, "check", check)
+    job = runner.run_inline(selfchat_job(fake, per_scenario=2).pk, concurrency=1)
+    assert job.progress()["created"] == 2
+    accepted = Dialogue.objects.filter(origin="generated").first()
+    Dialogue.objects.filter(pk=accepted.pk).update(status="accepted")
+    dri = run_dri_job(fake.url, concurrency=1)
+    assert dri.status == GenerationJob.Status.COMPLETED
+    assert len(seen) >= 3  # two dialogues, then the DRI candidates
+    assert seen == [(False, False)] * len(seen)  # never under writing(), nor in a transaction
+    for dialogue in Dialogue.objects.filter(origin="generated"):
+        assert dialogue.safety_status == "none"
+        assert dialogue.safety_notes["screened"]["layers"] == list(crisis_gate.screen_layers())
+
+
+def test_a_unit_that_crashes_after_a_request_keeps_its_counts(fake, monkeypatch):
+    """The live counts wait for the next request; a crash before it still records them."""
+    from generation.teacher import Usage
+
+    def write_then_crash(teacher, spec, vocab, sampling, *, on_call, **kwargs):
+        on_call(Usage(calls=1, prompt_tokens=120, completion_tokens=30), None)
+        raise RuntimeError("bug after the answer")
+
+    monkeypatch.setattr(runner.selfchat, "write_dialogue", write_then_crash)
+    job = selfchat_job(fake, per_scenario=1)
+    (unit_id,) = runner.start(job.pk)
+    runner.process_unit(unit_id, "w")
+    unit = GenerationUnit.objects.get(pk=unit_id)
+    assert unit.status == "failed" and unit.error == "RuntimeError: bug after the answer"
+    assert (unit.calls, unit.prompt_tokens, unit.completion_tokens) == (1, 120, 30)
+    assert unit.last_call_at is not None
