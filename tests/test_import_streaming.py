@@ -345,3 +345,28 @@ def test_turn_rows_inserted_by_hand_leave_only_nullable_fields_out():
     ]
     assert left_out, "the check checks nothing"
     assert all(f.null for f in left_out), [f.name for f in left_out if not f.null]
+
+
+def test_an_import_with_debug_on_does_not_keep_every_query(tmp_path, monkeypatch, settings):
+    """DEBUG keeps the last 9,000 queries, parameters and all: an import's batches carry the
+    file's records, so that log grew with the file. It is emptied after every batch."""
+    from django.db import connection
+
+    settings.DEBUG = True
+    monkeypatch.setattr(importing, "BATCH_SIZE", 3)
+    path = lines(tmp_path / "in.jsonl", [esconv(n) for n in range(30)])
+    connection.queries_log.clear()
+    queries_per_batch: list[int] = []
+    real = importing._insert_batch
+
+    def insert_batch(*args, **kwargs):
+        result = real(*args, **kwargs)
+        queries_per_batch.append(len(connection.queries_log))
+        return result
+
+    monkeypatch.setattr(importing, "_insert_batch", insert_batch)
+    assert import_file(path, "esconv").imported == 30
+    assert len(queries_per_batch) == 10
+    # Each batch starts from an empty log: what it holds never adds up across batches.
+    assert max(queries_per_batch[1:]) <= max(queries_per_batch[:2]) + 2
+    assert len(connection.queries_log) <= max(queries_per_batch)

@@ -230,3 +230,66 @@ def test_the_migration_indexes_dialogues_already_there():
     old.description = "Rewritten after"
     old.save()
     assert found("rewritten gardening") == {old.pk}
+
+
+@pytest.mark.usefixtures("vocabulary_db")
+def test_an_import_goes_into_the_index_together_and_as_edits_do(tmp_path, monkeypatch, plan):
+    """create_dialogues writes its dialogues' documents in one statement (searchindex): the same
+    documents the triggers write, nothing left pending, and the triggers on again after it."""
+    import json
+
+    from curation import importing, searchindex
+    from curation.importing import import_file
+
+    monkeypatch.setattr(importing, "BATCH_SIZE", 3)
+    before = make("Written one at a time", ["About the harbour"])
+    records = [
+        {
+            "problem_type": "ongoing depression",
+            "situation": f"Flat for weeks at the lighthouse, case {n}.",
+            "dialog": [
+                {"text": f"I feel flat every morning, number{n}.", "speaker": "usr"},
+                {"text": "How long has it been?", "speaker": "sys", "strategy": "Question"},
+            ],
+        }
+        for n in range(7)
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    assert import_file(path, "esconv").imported == 7
+    imported = set(Dialogue.objects.filter(origin="imported").values_list("pk", flat=True))
+    imported.discard(before.pk)
+    assert found("lighthouse flat morning") == imported  # descriptions and turns
+    assert found("number3") == {Dialogue.objects.get(description__contains="case 3.").pk}
+    assert found("harbour") == {before.pk}
+    assert not waiting() & imported
+    assert_indexed_once()
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {searchindex.BATCH_TABLE}")
+            assert cursor.fetchone()[0] == 0  # the triggers are on again
+            cursor.execute(
+                "SELECT count(*) FROM curation_dialogue_search WHERE rowid IN "
+                f"({', '.join(str(pk) for pk in imported)})"
+            )
+            assert cursor.fetchone()[0] == 7  # each once
+    # Later edits and inserts go through the triggers as before.
+    edited = Dialogue.objects.get(description__contains="case 5.")
+    edited.description = "Moved to the mountains"
+    edited.save()
+    make("filler", ["zzz"])
+    assert found("mountains") == {edited.pk}
+    assert edited.pk not in found("lighthouse")
+
+
+def test_a_failed_import_batch_leaves_the_triggers_on():
+    """The pause is a row inside the block's transaction: an error rolls it back with the rows."""
+    from curation import searchindex
+
+    with pytest.raises(RuntimeError), searchindex.indexed_together():
+        make("Never stored", ["About the orchard"])
+        raise RuntimeError("the batch failed")
+    assert found("orchard") == set()
+    later = make("Stored after", ["About the orchard"])
+    make("filler", ["zzz"])
+    assert found("orchard") == {later.pk}

@@ -16,7 +16,7 @@ The triggers on each table only read that table and the two search tables: Djang
 table on SQLite for some field changes (new table, copy, drop, rename), and a trigger that reads
 another table would make the rename fail. The remake drops the table's own triggers, though: a
 later migration that remakes curation_dialogue or curation_turn on SQLite must run
-`create_sqlite_triggers` again (tests/test_search.py fails until it does).
+`create_sqlite_triggers` again, now migration 0015's (tests/test_search.py fails until it does).
 
 PostgreSQL: a tsvector per dialogue in curation_dialogue_search, with a GIN index. Inserts and
 deletes are handled once per statement (transition tables), so a bulk insert of turns rebuilds
