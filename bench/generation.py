@@ -53,6 +53,7 @@ def main(
     gates: str,
     warmup: int,
     threads_per_slot: float = 1.0,
+    torch_threads: int = 0,
 ) -> None:
     from tests.fake_teacher import FakeTeacher
 
@@ -72,6 +73,7 @@ def main(
             # would reject them at random (it is measured with the near-duplicate filter's
             # embedding, --gates ...,off_scenario).
             "EXTES_GENERATION_GATES": gates,
+            "EXTES_WORKER_TORCH_THREADS": str(torch_threads),
         }
         from config import studio
 
@@ -128,7 +130,8 @@ def main(
         print(
             f"generation dialogues={dialogues} concurrency={concurrency} pool={pool} "
             f"database={'postgresql' if database else 'sqlite'} "
-            f"workers={workers} threads_per_slot={threads_per_slot} latency_s={latency} "
+            f"workers={workers} threads_per_slot={threads_per_slot} torch_threads={torch_threads} "
+            f"latency_s={latency} "
             f"duplicate_filter={'on' if threshold else 'off'} seconds={seconds:.2f} "
             f"dialogues_per_s={rate:.1f} ideal_per_s={ideal:.0f} ratio={rate / ideal:.2f} "
             f"peak_teacher_requests={fake.peak_in_flight} gates={gates} warmup={warmup}"
@@ -260,6 +263,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="worker threads per teacher slot (the teacher's limit stays --concurrency)",
     )
     parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="EXTES_WORKER_TORCH_THREADS of the workers (0: torch's default)",
+    )
+    parser.add_argument(
         "--postgres",
         default="",
         help="server URL (e.g. postgres://postgres@127.0.0.1:5432/postgres): run on a new database there",
@@ -281,4 +290,5 @@ if __name__ == "__main__":
         args.gates,
         args.warmup,
         args.threads_per_slot,
+        args.torch_threads,
     )

@@ -196,6 +196,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 # The API key (EXTES_TEACHER_API_KEY or OPENAI_API_KEY) is read by the teacher itself, never here.
 TEACHER_TIMEOUT = float(envstr("EXTES_TEACHER_TIMEOUT", "120"))
 TEACHER_MAX_CONCURRENCY = envint("EXTES_TEACHER_MAX_CONCURRENCY", 16)
+# torch's threads per worker process (0: torch's default, every core). A worker running many
+# units at once (an HTTP teacher) spends less CPU on its encoders with 1; the local teacher
+# writes one answer faster with every core.
+WORKER_TORCH_THREADS = envint("EXTES_WORKER_TORCH_THREADS", 0)
 TEACHER_MAX_RETRIES = envint("EXTES_TEACHER_MAX_RETRIES", 4)
 # Structured output: auto (the strongest form the server takes, remembered per endpoint and
 # model), json_schema, json_object (llama.cpp), or none (free text, read tolerantly).

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from django.conf import settings
 
 from generation import runner
@@ -25,6 +25,16 @@ def run_unit(self: Any, unit_id: int) -> None:
     worker = self.request.hostname or "unknown-worker"
     for next_id in runner.process_unit(unit_id, worker):
         run_unit.delay(next_id)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _torch_threads(**kwargs: Any) -> None:
+    """EXTES_WORKER_TORCH_THREADS: torch's intra-op threads in this worker process."""
+    if settings.WORKER_TORCH_THREADS > 0:
+        import torch
+
+        torch.set_num_threads(settings.WORKER_TORCH_THREADS)
 
 
 @worker_ready.connect

@@ -458,3 +458,21 @@ def test_a_unit_that_crashes_after_a_request_keeps_its_counts(fake, monkeypatch)
     assert unit.status == "failed" and unit.error == "RuntimeError: bug after the answer"
     assert (unit.calls, unit.prompt_tokens, unit.completion_tokens) == (1, 120, 30)
     assert unit.last_call_at is not None
+
+
+def test_a_worker_process_takes_its_torch_threads_from_the_setting(settings):
+    import torch
+
+    from generation import tasks
+
+    before = torch.get_num_threads()
+    try:
+        settings.WORKER_TORCH_THREADS = 1
+        tasks._torch_threads()
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        settings.WORKER_TORCH_THREADS = 0  # torch's default: left alone
+        tasks._torch_threads()
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
