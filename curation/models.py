@@ -288,6 +288,8 @@ class Dialogue(models.Model):
         indexes = [
             models.Index(fields=["status", "id"], name="dialogue_status_id"),
             models.Index(fields=["origin", "id"], name="dialogue_origin_id"),
+            # The list filtered by origin counts its statuses from the index alone.
+            models.Index(fields=["origin", "status"], name="dialogue_origin_status"),
             models.Index(fields=["scenario", "id"], name="dialogue_scenario_id"),
             # The leads' dashboard: progress per scenario and the safety counts, from the
             # index alone.

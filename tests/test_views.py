@@ -175,3 +175,23 @@ def test_annotators_see_only_dialogues_they_hold_or_reviewed(client, annotator, 
     assert client.get(detail_url(other.pk)).status_code == 404
     reviewing.submit(reviewing.draft_for(held, annotator), "accept", [], [], "")
     assert [d.pk for d in client.get(LIST).context["dialogues"]] == [held.pk]
+
+
+def test_the_list_by_origin_counts_its_statuses_from_an_index(logged_in):
+    """At 100,000 dialogues, counting the statuses of one origin read every row (130 ms a
+    page, bench/dialogue_list.py); the (origin, status) index answers from itself."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's query plan; PostgreSQL plans by the table's size")
+    with CaptureQueriesContext(connection) as queries:
+        response = logged_in.get(reverse("curation-dialogue-list"), {"origin": "seed"})
+    assert response.status_code == 200
+    (count,) = [
+        q["sql"] for q in queries if q["sql"].startswith('SELECT "curation_dialogue"."status"')
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {count}")
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "COVERING INDEX dialogue_origin_status" in plan, plan
