@@ -76,7 +76,8 @@ def decide(description: str, seeker_texts: Sequence[str], origin: str) -> dict:
 
 
 def record_flag(dialogue: Dialogue) -> None:
-    """The event of a dialogue the gate flagged before it was stored (see ``decide``)."""
+    """The event of a dialogue the whole gate flagged (by `decide`, before it was stored, or by
+    a screen); nothing for one it did not flag or the rules alone did."""
     if dialogue.safety_status == SafetyStatus.FLAGGED and "screened" in dialogue.safety_notes:
         Event.objects.create(
             dialogue=dialogue,
@@ -139,12 +140,7 @@ def screen_dialogues(
             if changed:
                 dialogue.safety_status, dialogue.safety_notes = SafetyStatus.FLAGGED, notes
                 report.flagged += 1
-                Event.objects.create(
-                    dialogue=dialogue,
-                    actor=None,
-                    action=Event.Action.CRISIS_FLAGGED,
-                    after={"safety_status": SafetyStatus.FLAGGED, "source": notes["source"]},
-                )
+                record_flag(dialogue)
             report.screened += changed
         else:
             key = (json.dumps(dialogue.safety_notes, sort_keys=True), tuple(result.layers))
