@@ -14,19 +14,16 @@ PostgreSQL's triggers already work once per statement: there this does nothing m
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 
 from django.db import connection, transaction
 
 BATCH_TABLE = "curation_dialogue_search_batch"
 
-# One dialogue's turns as the index keeps them: each as written, and as settled where that
-# differs, in order (the same text migration 0011's triggers write).
-TURNS_OF = (
-    "coalesce((SELECT group_concat(entry, char(10)) FROM (SELECT t.text || CASE "
-    "WHEN t.final_text IS NOT NULL AND t.final_text != t.text THEN char(10) || t.final_text "
-    "ELSE '' END AS entry FROM curation_turn t WHERE t.dialogue_id = {} ORDER BY t.\"index\")), '')"
-)
+# One dialogue's turns as the index keeps them (each as written, and as settled where that
+# differs, in order): the very text migration 0011's triggers write.
+TURNS_OF: str = importlib.import_module("curation.migrations.0011_dialogue_search")._SQLITE_TURNS_OF
 
 CHUNK = 500  # ids per statement (SQLite's limit on parameters is far above)
 
