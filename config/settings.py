@@ -270,6 +270,9 @@ TRAINING_LEASE_SECONDS = envint("EXTES_TRAINING_LEASE_SECONDS", 900)
 RELEASE_LEASE_SECONDS = envint(
     "EXTES_RELEASE_LEASE_SECONDS", 120
 )  # a silent release build's worker counts as dead
+# Releases of at least this many dialogues have their JSON and Parquet files written by a second
+# process while the first freezes (curation.releases.build.ChildWriter); 0: always in one process.
+RELEASE_CHILD_WRITER_FROM = envint("EXTES_RELEASE_CHILD_WRITER_FROM", 10000)
 
 # Review queue: how many annotators review each dialogue, and how long a claimed one stays theirs.
 REVIEWS_PER_DIALOGUE = envint("EXTES_REVIEWS_PER_DIALOGUE", 2)

@@ -14,9 +14,9 @@ DELAY = float(os.environ.get("EXTES_TEST_WRITE_DELAY", "0.2"))
 _add = ReleaseWriter.add
 
 
-def _slow_add(self: ReleaseWriter, split: str, snap: dict[str, Any]) -> None:
+def _slow_add(self: ReleaseWriter, split: str, snap: dict[str, Any], *rest: Any) -> None:
     time.sleep(DELAY)
-    _add(self, split, snap)
+    _add(self, split, snap, *rest)
 
 
 ReleaseWriter.add = _slow_add  # type: ignore[method-assign]
