@@ -6,7 +6,9 @@
 Starts the HTTP fake teacher (tests/fake_teacher.py) answering every request after `--latency`
 seconds, a Redis (the one on 127.0.0.1:6379, else one started here), and one Celery worker process
 with a thread pool of `--concurrency`; then runs a self-chat job of `--dialogues` dialogues over
-10 scenarios on a fresh SQLite data folder and times it from enqueueing to completion.
+10 scenarios on a fresh SQLite data folder and times it from enqueueing until every dialogue is
+stored and screened (with EXTES_SAFETY_SCREEN=worker, the default, a worker on the default queue
+screens them in batches, as the studio's does; its CPU counts as the workers').
 Ideal throughput is concurrency / latency (every slot always waiting on the teacher). The teacher
 is given `--concurrency` slots in all (EXTES_TEACHER_MAX_CONCURRENCY per worker process); with
 `--threads-per-slot` above 1 a worker has more threads than slots, so that a thread storing its
@@ -79,6 +81,12 @@ def main(
 
         started: list[subprocess.Popen[bytes]] = []
         redis_url, _ = studio._redis(started)  # before Django reads its settings
+        # A Redis database of its own: the screening messages go to the default queue, which
+        # other workers on this machine may serve.
+        redis_url = redis_url.rsplit("/", 1)[0] + "/11"
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
         env["REDIS_URL"] = redis_url
         if not database:
             os.environ.pop("DATABASE_URL", None)
@@ -103,6 +111,17 @@ def main(
             )
             for number in range(workers)
         ]  # fmt: skip
+        screen = os.environ.get("EXTES_SAFETY_SCREEN", "worker").strip().lower()
+        if screen == "worker":  # the default: a worker on the default queue screens in batches
+            worker_processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel",
+                     "WARNING", "--queues", "default", "--pool", "threads", "--hostname",
+                     "benchscreen@%h", "--concurrency", "2", "--without-mingle",
+                     "--without-gossip"],
+                    cwd=ROOT, env=env, start_new_session=True,
+                )
+            )  # fmt: skip
         try:
             if not studio._worker_answers(redis_url, timeout=60):
                 raise SystemExit("the worker did not start")
@@ -134,7 +153,8 @@ def main(
             f"latency_s={latency} "
             f"duplicate_filter={'on' if threshold else 'off'} seconds={seconds:.2f} "
             f"dialogues_per_s={rate:.1f} ideal_per_s={ideal:.0f} ratio={rate / ideal:.2f} "
-            f"peak_teacher_requests={fake.peak_in_flight} gates={gates} warmup={warmup}"
+            f"peak_teacher_requests={fake.peak_in_flight} gates={gates} warmup={warmup} "
+            f"screen={screen}"
         )
         print(
             f"generation_cpu worker_ms_per_dialogue={1000 * worker_cpu / dialogues:.1f} "
@@ -148,7 +168,7 @@ def main(
 def _run_job(dialogues: int, threshold: float, fake) -> float:
     from django.db import transaction
 
-    from curation.models import Scenario
+    from curation.models import Dialogue, SafetyStatus, Scenario
     from generation.models import GenerationJob, new_job
     from generation.tasks import start_job
     from generation.teacher import Sampling, TeacherConfig
@@ -171,6 +191,10 @@ def _run_job(dialogues: int, threshold: float, fake) -> float:
         job.refresh_from_db()
         if job.is_finished:
             break
+        time.sleep(0.02)
+    # Until every dialogue is screened: before that no annotator can review it.
+    waiting = Dialogue.objects.filter(origin="generated", safety_status=SafetyStatus.SCREENING)
+    while waiting.exists():
         time.sleep(0.02)
     seconds = time.perf_counter() - start
     made = job.units.filter(dialogue__isnull=False).count()

@@ -28,9 +28,10 @@ def build_release(self: Any, release_id: int) -> None:
 
 @shared_task(name="curation.screen_dialogues", acks_late=True, reject_on_worker_lost=True)
 def screen_dialogues_task(ids: list[int] | None = None) -> str:
-    """The classifier over new dialogues waiting for it (these ``ids``, or all). Each dialogue
-    is settled once, by a conditional update, however often it is queued."""
-    return str(screening.screen_waiting(ids))
+    """The classifier over the new dialogues waiting for it: ``ids`` (the ones its sender
+    stored) among every one waiting, in batches, by one worker at a time (screening.sweep).
+    Each dialogue is settled once, by a conditional update, however often it is queued."""
+    return str(screening.sweep())
 
 
 @shared_task(name="curation.refresh_agreement", acks_late=True, reject_on_worker_lost=True)

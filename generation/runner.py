@@ -405,11 +405,16 @@ def _store_dialogue(
 
 
 def _safety_fields(parsed: ParsedDialogue) -> dict[str, Any]:
-    """The crisis gate on a dialogue about to be stored: in the worker already, the whole gate
-    runs here (the rules alone when the setting turns the classifier off)."""
+    """The crisis gate on a dialogue about to be stored. With the screen in a worker (the
+    default), it waits SCREENING and the screening worker takes it with the others waiting
+    (curation.screening.sweep): the classifier in batches costs about a third as much a
+    dialogue. Inline, the whole gate runs here, before the write; off, the rules alone."""
     seeker = Turn.Role.SEEKER.value
     seekers = [t.text for t in parsed.turns if t.role == seeker]
-    return screening.decide(parsed.description, seekers, Dialogue.Origin.GENERATED)
+    origin = Dialogue.Origin.GENERATED
+    if screening.mode() == "worker":
+        return screening.initial_fields(parsed.description, seekers, origin, "worker")
+    return screening.decide(parsed.description, seekers, origin)
 
 
 def _provenance(

@@ -476,3 +476,48 @@ def test_a_worker_process_takes_its_torch_threads_from_the_setting(settings):
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_with_the_screen_in_a_worker_generated_dialogues_wait_and_are_screened_together(
+    fake, monkeypatch, settings, redis_url
+):
+    """EXTES_SAFETY_SCREEN=worker (the default): the generating worker leaves the classifier to
+    the screening worker, which takes every dialogue waiting in one batch, outside any
+    transaction; until then none is reviewable."""
+    from django.db import connection
+
+    from curation.tasks import screen_dialogues_task
+    from generation import crisis_gate
+
+    settings.SAFETY_SCREEN = "worker"
+    settings.REDIS_URL = redis_url
+    settings.TEACHER_RESPONSE_FORMAT = "none"
+    sent: list[list[int] | None] = []
+    monkeypatch.setattr(
+        "curation.tasks.screen_dialogues_task.delay", lambda ids=None: sent.append(ids)
+    )
+    one_at_a_time: list[list[str]] = []
+    batches: list[tuple[int, bool]] = []
+    real_many = crisis_gate.check_many
+
+    def check_many(groups, layers=None):
+        batches.append((len(groups), connection.in_atomic_block))
+        return real_many(groups, layers)
+
+    monkeypatch.setattr(
+        crisis_gate, "check", lambda texts, layers=None: one_at_a_time.append(texts)
+    )
+    monkeypatch.setattr(crisis_gate, "check_many", check_many)
+    job = runner.run_inline(selfchat_job(fake, per_scenario=3).pk, concurrency=1)
+    assert job.progress()["created"] == 3
+    generated = Dialogue.objects.filter(origin="generated")
+    assert {d.safety_status for d in generated} == {"screening"}
+    assert not generated.unflagged().exists(), "no annotator sees one before the screen"
+    assert not one_at_a_time, "the generating worker ran no classifier"
+    assert sent == [[d.pk] for d in generated.order_by("id")], "a message per stored dialogue"
+
+    assert screen_dialogues_task(sent[0]) == "screened 3: 0 flagged, 3 passed"
+    assert batches == [(3, False)], "one batch, outside any transaction"
+    assert {d.safety_status for d in generated.all()} == {"none"}
+    assert all(d.safety_notes["screened"]["layers"] for d in generated.all())
+    assert screen_dialogues_task(sent[1]) == "screened 0: 0 flagged, 0 passed"

@@ -174,3 +174,37 @@ def test_a_reviewers_crisis_flag_takes_the_dialogue_from_the_other_reviewer(tmp_
     other = reviewing.claim_next(second)  # their next request
     assert other is not None and other != held
     assert reviewing.claim_next(first) != held
+
+
+def test_a_sweep_leaves_what_waits_to_the_worker_already_screening(
+    tmp_path, worker_mode, settings, redis_url, monkeypatch
+):
+    """One screener at a time (a lock in Redis): a message that finds it taken returns at once
+    and asks for one sweep a lease later, however many found it taken, in case the holder
+    died."""
+    settings.REDIS_URL = redis_url
+    import_file(write(tmp_path / "in.json", [record(OBLIQUE), record(CALM)]), "extes")
+    later: list[float] = []
+    monkeypatch.setattr(screening, "send_later", later.append)
+    client = screening._redis()
+    client.delete(screening._key("screening-again"))
+    holder = client.lock(screening._key("screening"), timeout=30)
+    assert holder.acquire(blocking=False)
+    try:
+        assert screening.sweep().screened == 0
+        assert screening.sweep().screened == 0
+        assert later == [screening.SWEEP_LEASE]
+        assert screening.waiting_count() == 2
+    finally:
+        holder.release()
+        client.delete(screening._key("screening-again"))
+    report = screening.sweep()
+    assert (report.screened, report.flagged, report.passed) == (2, 1, 1)
+    assert screening.waiting_count() == 0
+
+
+def test_a_sweep_without_redis_screens_what_waits_unlocked(tmp_path, worker_mode, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    import_file(write(tmp_path / "in.json", [record(CALM)]), "extes")
+    assert screening.sweep().passed == 1
+    assert Dialogue.objects.get().safety_status == SafetyStatus.NONE
