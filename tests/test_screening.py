@@ -208,3 +208,51 @@ def test_a_sweep_without_redis_screens_what_waits_unlocked(tmp_path, worker_mode
     import_file(write(tmp_path / "in.json", [record(CALM)]), "extes")
     assert screening.sweep().passed == 1
     assert Dialogue.objects.get().safety_status == SafetyStatus.NONE
+
+
+@pytest.mark.e2e
+def test_generated_dialogues_are_screened_by_the_screening_worker(tmp_path, redis_url):
+    """The default placement end to end: a generation worker stores dialogues SCREENING and a
+    worker on the default queue screens them, with a real Redis and real worker processes."""
+    import redis
+
+    from tests.fake_teacher import FakeTeacher
+    from tests.test_generation_e2e import queued_job_id
+
+    broker = redis_url.rsplit("/", 1)[0] + "/10"  # a queue of its own
+    redis.Redis.from_url(broker).flushdb()
+    with FakeTeacher(latency=0.05) as fake:
+        site = Site(tmp_path, broker, fake.url)
+        site.env["EXTES_SAFETY_SCREEN"] = "worker"
+        try:
+            site.start_worker("gen")
+            site.start_worker("screen", queue="default", pool=("threads", "2"))
+            job_id = queued_job_id(
+                site.manage(
+                    "generate",
+                    "--scenario",
+                    "Academic Stress",
+                    "--count",
+                    "4",
+                    "--duplicate-threshold",
+                    "0",
+                )
+            )
+            site.wait_for(lambda: site.job_status(job_id) == "completed", what="the job")
+            screened = (
+                "SELECT safety_status, json_extract(safety_notes, '$.screened.layers') "
+                "FROM curation_dialogue WHERE origin = 'generated'"
+            )
+            site.wait_for(
+                lambda: all(s != "screening" for s, _ in site.query(screened)),
+                timeout=120,
+                what="the screen of the generated dialogues",
+            )
+            rows = site.query(screened)
+            assert len(rows) == 4
+            assert all(status in ("none", "flagged") and layers for status, layers in rows), rows
+            screen_log = (site.data / "screen-1.log").read_text()
+            assert "safety screen: screened" in screen_log, "the screening worker screened them"
+        finally:
+            site.stop()
+            redis.Redis.from_url(broker).flushdb()
