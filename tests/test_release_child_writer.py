@@ -49,6 +49,7 @@ class Counted(releases.ChildWriter):
         super().__init__(*args, **kwargs)
 
 
+@pytest.mark.dbsensitive  # snapshots come off the cursor as text or decoded, by engine
 def test_a_child_writes_the_same_bytes_as_one_process(ranked, settings, tmp_path, monkeypatch):
     monkeypatch.setattr(releases, "ChildWriter", Counted)
     settings.RELEASE_CHILD_WRITER_FROM = 1  # every release, however small
