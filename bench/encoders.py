@@ -21,7 +21,7 @@ b) The crisis classifier (generation.crisis_model.CrisisClassifier), loaded once
    sets and on every ESConv valid dialogue (its highest unit risk, dialogue_risks).
 
 Figures, one line each:
-  encoders machine cpus=… amx=… torch_threads=… load_1m=… dialogues=… threads=…
+  encoders machine cpus=… amx=… native_bfloat16=… torch_threads=… load_1m=… dialogues=… threads=…
   embedder dtype=D mode=sequential cpu_ms_per_dialogue=… wall_ms_per_dialogue=…
   embedder dtype=D mode=threads threads=T cpu_ms_per_dialogue=… wall_ms_per_dialogue=…
         mean_batch=… max_diff_vs_sequential=…
@@ -29,7 +29,7 @@ Figures, one line each:
   classifier dtype=D mode=sequential|threads … cpu_ms_per_dialogue=… (mean_batch=…)
   classifier_agreement set=dev|heldout|esconv_valid n=… flips=… flagged_float32=…
         flagged_bfloat16=… max_risk_diff=…
-  embedder dtype=bfloat16 status=skipped reason=… (no AMX: bfloat16 is emulated; --force-bf16)
+  embedder dtype=bfloat16 status=skipped reason=… (no AMX nor AVX-512 BF16: emulated; --force-bf16)
 
 cpu_ms_per_dialogue is the process's CPU time (time.process_time, every thread) per dialogue,
 which a busy machine disturbs less than the wall time printed beside it. Each measurement follows
@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="Python threads in mode=threads")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument(
-        "--force-bf16", action="store_true", help="measure bfloat16 even without AMX (emulated)"
+        "--force-bf16", action="store_true", help="measure bfloat16 even where the CPU emulates it"
     )
     parser.add_argument("--skip-embedder", action="store_true")
     parser.add_argument("--skip-classifier", action="store_true")
@@ -256,22 +256,26 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.torch_threads)
+    from generation.embeddings import native_bfloat16
+
     try:
         amx = bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         amx = False
+    native = native_bfloat16()
     print(
-        f"encoders machine cpus={os.cpu_count()} amx={amx} torch={torch.__version__} "
+        f"encoders machine cpus={os.cpu_count()} amx={amx} native_bfloat16={native} "
+        f"torch={torch.__version__} "
         f"torch_threads={torch.get_num_threads()} load_1m={os.getloadavg()[0]:.2f} "
         f"dialogues={args.dialogues} threads={args.threads}",
         flush=True,
     )
     dtypes = list(DTYPES)
-    if not amx and not args.force_bf16:
+    if not native and not args.force_bf16:
         dtypes.remove("bfloat16")
         for name in ("embedder", "classifier"):
             print(
-                f"{name} dtype=bfloat16 status=skipped reason=no_amx "
+                f"{name} dtype=bfloat16 status=skipped reason=no_native_bfloat16 "
                 "(bfloat16 is emulated on this CPU; --force-bf16 measures it anyway)",
                 flush=True,
             )

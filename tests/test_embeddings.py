@@ -339,6 +339,15 @@ def test_combiner_lone_caller_runs_at_once_in_its_own_thread() -> None:
     assert (combiner.calls, combiner.items) == (1, 2)
 
 
+def test_native_bfloat16_is_amx_or_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    for amx, avx512_bf16 in ((True, False), (False, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert embeddings.native_bfloat16() == (amx or avx512_bf16)
+
+
 def test_precision_honours_the_environment_and_rejects_bad_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -351,8 +360,10 @@ def test_precision_honours_the_environment_and_rejects_bad_values(
         embeddings._precision.cache_clear()
         assert precision() == "bfloat16"
         monkeypatch.setenv("EXTES_ENCODER_PRECISION", "auto")
-        embeddings._precision.cache_clear()
-        assert precision() in ("float32", "bfloat16")
+        for native, chosen in ((True, "bfloat16"), (False, "float32")):
+            monkeypatch.setattr(embeddings, "native_bfloat16", lambda native=native: native)
+            embeddings._precision.cache_clear()
+            assert precision() == chosen
         monkeypatch.setenv("EXTES_ENCODER_PRECISION", "float16")
         embeddings._precision.cache_clear()
         with pytest.raises(ValueError, match="EXTES_ENCODER_PRECISION"):
