@@ -11,7 +11,7 @@ from django.db import connection, models, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from curation.models import Dialogue, Scenario, Turn
+from curation.models import Dialogue, SafetyStatus, Scenario, Turn
 from generation.teacher import Usage
 
 _sqlite_writer = threading.Lock()
@@ -239,6 +239,18 @@ class GenerationJob(models.Model):
         if self.kind == self.Kind.SELFCHAT and self.mode == self.Mode.TURNS:
             return 2 * self.exchanges
         return 0
+
+    def held_dialogues(self) -> dict[str, int]:
+        """How many of the dialogues this job made no annotator sees yet, by why: "screening"
+        (waiting for the safety screen) and "flagged" (the crisis gate's, for a lead)."""
+        held = (SafetyStatus.SCREENING, SafetyStatus.FLAGGED)
+        counts = dict(
+            self.units.filter(dialogue__safety_status__in=held)
+            .values_list("dialogue__safety_status")
+            .annotate(n=Count("id"))
+            .values_list("dialogue__safety_status", "n")
+        )
+        return {str(status): counts.get(status, 0) for status in held}
 
     def live_units(self) -> QuerySet[GenerationUnit]:
         """The running units, with what they did so far, for the job page."""

@@ -127,6 +127,7 @@ def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "job": job,
         "progress": job.progress(),
         "rounds": job.rounds_summary() if job.kind == GenerationJob.Kind.SELFCHAT else [],
+        "held": job.held_dialogues() if job.kind == GenerationJob.Kind.SELFCHAT else {},
         "failures": failures[:20],
         "failure_class": failure_class,
         "can_cancel": is_lead(request.user) and not job.is_finished,

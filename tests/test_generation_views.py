@@ -404,3 +404,35 @@ def test_relative_times_carry_their_datetime(client, lead):
         body = client.get(url).content.decode()
         assert f'<time datetime="{iso}" data-relative>now</time>' in body
     assert "js/relative-time.js" in client.get(LIST).content.decode()
+
+
+def test_the_job_page_counts_its_dialogues_no_annotator_sees_yet(client, lead, seeds):
+    """The screen in a worker holds a new dialogue for a moment; the crisis gate for a lead.
+    The job page says how many, as its progress polls, and marks them in its latest list."""
+    job = make_job(per_scenario=3)
+    made = list(Dialogue.objects.order_by("id")[:3])
+    for slot, (dialogue, status) in enumerate(
+        zip(made, ("screening", "flagged", "none"), strict=True)
+    ):
+        Dialogue.objects.filter(pk=dialogue.pk).update(safety_status=status)
+        GenerationUnit.objects.create(
+            job=job,
+            scenario=job.scenarios.get(),
+            slot=slot,
+            status="done",
+            dialogue=dialogue,
+            created=1,
+            finished_at=timezone.now(),
+        )
+    client.force_login(lead)
+    url = reverse("generation-job-detail", args=[job.pk])
+    body = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"}).content
+    text = " ".join(body.decode().split())
+    assert "<strong>1</strong> waiting for the safety screen" in text
+    assert "<strong>1</strong> held for a lead: crisis flag" in text
+    assert text.count('<span class="pill">waiting for the safety screen</span>') == 1
+    assert text.count('<span class="pill">held: crisis flag</span>') == 1
+
+    Dialogue.objects.filter(pk__in=[d.pk for d in made]).update(safety_status="none")
+    text = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"}).content
+    assert b"waiting for the safety screen" not in text and b"crisis flag" not in text

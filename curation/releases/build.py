@@ -633,6 +633,7 @@ class ChildWriter(Writer):
     def open(self) -> None:
         from curation.releases import writer
 
+        self.child_peak_mib: float | None = None  # the child's own peak memory, once finished
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish or abort)
         self.child = writer.start(
             {
@@ -710,6 +711,7 @@ class ChildWriter(Writer):
         self.progress(90)
         _card(self.release, self.out, tally)  # while the child writes Parquet
         self.progress(95)
+        self.child_peak_mib = writer.read_peak(self.answers)
         if self.child.wait() != 0:
             raise self._failed()
         self.errors.close()
