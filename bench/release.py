@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,7 +95,9 @@ def run_release(data: Path, writer_kind: str) -> None:
     writer.finish()
     done = time.perf_counter()
     Release.objects.filter(pk=release.pk).update(status="ready")
-    peak = _peak_rss_mib()
+    from curation.releases.writer import peak_kib
+
+    peak = peak_kib() / 1024  # this process's own (VmHWM), not the filling parent's
     child_peak = getattr(writer, "child_peak_mib", None) or 0  # the child writer's own
     print(
         f"release dialogues={count} writer={type(writer).__name__} freeze_and_json_s={frozen - start:.1f} "
@@ -120,17 +121,6 @@ def run_release(data: Path, writer_kind: str) -> None:
     baseline = time.perf_counter() - began
     print(f"json_dump dialogues={len(records)} seconds={baseline:.1f}")
     print(f"release_vs_json_dump ratio={(done - start) / baseline:.2f}")
-
-
-def _peak_rss_mib() -> float:
-    """This process's own peak resident memory. Not `ru_maxrss`: Linux keeps that across the
-    exec that started this process, so it reports at least what the filling parent held when it
-    forked (about 700 MiB at 20,000 dialogues, whatever the release used)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB; not Linux
 
 
 def make_parser() -> argparse.ArgumentParser:

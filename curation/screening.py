@@ -237,7 +237,10 @@ def sweep() -> ScreenReport:
             try:
                 while (report := screen_waiting(limit=SWEEP)).screened:
                     total.add(report)
-                    lock.reacquire()
+                    try:
+                        lock.reacquire()
+                    except redis.exceptions.LockError:  # a batch outlasted the lease: take
+                        break  # it again below, or leave the rest to whoever took it
             finally:
                 with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile
                     lock.release()

@@ -256,3 +256,28 @@ def test_generated_dialogues_are_screened_by_the_screening_worker(tmp_path, redi
         finally:
             site.stop()
             redis.Redis.from_url(broker).flushdb()
+
+
+def test_a_sweep_whose_lock_lapses_mid_batch_takes_it_again_and_finishes(
+    tmp_path, worker_mode, settings, redis_url, monkeypatch
+):
+    """A batch that outlasts the lease (a slow machine) loses the lock: the sweep takes it
+    again and screens the rest, instead of failing with what it has not screened waiting."""
+    settings.REDIS_URL = redis_url
+    monkeypatch.setattr(screening, "SWEEP", 1)
+    import_file(write(tmp_path / "in.json", [record(OBLIQUE), record(CALM)]), "extes")
+    client = screening._redis()
+    real = screening.screen_waiting
+    batches: list[int] = []
+
+    def slow_batch(*args, **kwargs):
+        report = real(*args, **kwargs)
+        batches.append(report.screened)
+        client.delete(screening._key("screening"))  # the lease ran out meanwhile
+        return report
+
+    monkeypatch.setattr(screening, "screen_waiting", slow_batch)
+    report = screening.sweep()
+    assert (report.screened, report.flagged, report.passed) == (2, 1, 1)
+    assert screening.waiting_count() == 0
+    assert batches[:2] == [1, 1]

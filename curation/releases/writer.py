@@ -102,11 +102,13 @@ def main() -> None:
     sys.stdout.buffer.write(len(tally).to_bytes(8, "little") + tally)
     sys.stdout.buffer.flush()
     write_parquet(out)
-    sys.stdout.buffer.write(_peak_kib().to_bytes(8, "little"))  # for benchmarks: its own peak
+    sys.stdout.buffer.write(peak_kib().to_bytes(8, "little"))  # for benchmarks: its own peak
 
 
-def _peak_kib() -> int:
-    """This process's peak resident memory in KiB (Linux's VmHWM; 0 elsewhere)."""
+def peak_kib() -> int:
+    """This process's peak resident memory in KiB (Linux's VmHWM; 0 elsewhere). Not
+    `ru_maxrss`: Linux keeps that across the exec that started the process, so a child reports
+    at least what its parent held when it forked."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
